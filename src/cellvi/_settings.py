@@ -1,0 +1,59 @@
+"""Global settings: the random seed, threads and the default progress bar.
+
+``cellvi.settings.seed = 0`` seeds Python, NumPy and PyTorch at once, and every minibatch shuffle and
+posterior sample taken afterwards derives from it, so a run with the same seed, data and hardware is
+repeatable (on CPU bit for bit; on GPU some kernels are not deterministic, see the README).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+
+class Settings:
+    """Process-wide settings of cellvi. Use the instance ``cellvi.settings``."""
+
+    def __init__(self) -> None:
+        self._seed: int | None = None
+        self.progress_bar: bool = True
+        self.device: str | None = None  # None: CUDA when available, else CPU
+
+    @property
+    def seed(self) -> int | None:
+        """The random seed; setting it seeds ``random``, NumPy and PyTorch immediately."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int | None) -> None:
+        self._seed = None if value is None else int(value)
+        if value is not None:
+            random.seed(self._seed)
+            np.random.seed(self._seed)
+            torch.manual_seed(self._seed)
+
+    @property
+    def num_threads(self) -> int:
+        """Number of CPU threads PyTorch uses for its operations."""
+        return torch.get_num_threads()
+
+    @num_threads.setter
+    def num_threads(self, value: int) -> None:
+        torch.set_num_threads(int(value))
+
+    def torch_device(self) -> torch.device:
+        """The device models are put on: ``settings.device`` if set, else CUDA when present, else CPU."""
+        if self.device is not None:
+            return torch.device(self.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def new_generator(self, offset: int = 0) -> np.random.Generator:
+        """A NumPy generator derived from the seed (fresh entropy when no seed is set)."""
+        if self._seed is None:
+            return np.random.default_rng()
+        return np.random.default_rng([self._seed, offset])
+
+
+settings = Settings()

@@ -1,0 +1,5 @@
+"""Analyses on top of a trained model: integration metrics (and differential expression)."""
+
+from .metrics import batch_mixing_entropy, knn_label_accuracy
+
+__all__ = ["batch_mixing_entropy", "knn_label_accuracy"]

@@ -1,0 +1,80 @@
+"""Access to a count matrix whatever its storage: dense, sparse (CSR/CSC), or on disk (backed AnnData).
+
+Everything reads rows in chunks, so that checking a matrix never needs it whole in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import InvalidDataError, InvalidTypeError, MissingKeyError
+
+CHUNK_ROWS = 10_000
+
+
+def count_matrix(adata, layer: str | None):
+    """``adata.X`` or ``adata.layers[layer]``; raises a clear error when absent."""
+    if layer is None:
+        X = adata.X
+        if X is None:
+            raise MissingKeyError("adata.X is empty (None). Pass layer= with the layer holding raw counts.")
+        return X
+    if layer not in adata.layers:
+        raise MissingKeyError(f"Layer {layer!r} is not in adata.layers. Available layers: {list(adata.layers)}.")
+    return adata.layers[layer]
+
+
+def iter_row_chunks(X, chunk_rows: int = CHUNK_ROWS) -> Iterator:
+    """Yield consecutive row blocks of ``X`` (scipy sparse or NumPy arrays)."""
+    n = X.shape[0]
+    if sp.issparse(X) and not (sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array)):
+        X = sp.csr_matrix(X)
+    for start in range(0, n, chunk_rows):
+        yield X[start : min(start + chunk_rows, n)]
+
+
+def _values(chunk) -> np.ndarray:
+    if sp.issparse(chunk):
+        return np.asarray(chunk.data)
+    return np.asarray(chunk)
+
+
+def validate_counts_chunk(chunk, first_row: int, layer: str | None) -> None:
+    """Raise :class:`InvalidDataError` unless the block holds finite, non-negative integer counts."""
+    where = f"adata.layers[{layer!r}]" if layer else "adata.X"
+    values = _values(chunk)
+    if values.dtype == bool or not np.issubdtype(values.dtype, np.number):
+        raise InvalidTypeError(f"{where} has dtype {values.dtype}; raw counts must be numeric.")
+    if np.issubdtype(values.dtype, np.complexfloating):
+        raise InvalidTypeError(f"{where} has complex values; raw counts must be real integers.")
+    if np.issubdtype(values.dtype, np.floating):
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise InvalidDataError(
+                f"{where} has {int(bad.sum())} NaN or infinite values (first block at cell {first_row}). "
+                "cellvi needs raw counts: remove or fix those cells."
+            )
+    if (values < 0).any():
+        raise InvalidDataError(
+            f"{where} has {int((values < 0).sum())} negative values (first block at cell {first_row}). "
+            "cellvi models raw counts, which are >= 0; pass the raw counts (for example layer='counts')."
+        )
+    if np.issubdtype(values.dtype, np.floating):
+        frac = values != np.round(values)
+        if frac.any():
+            example = float(values[frac][0])
+            raise InvalidDataError(
+                f"{where} has {int(frac.sum())} non-integer values (e.g. {example:g}) from cell {first_row} on. "
+                "It looks normalised or log-transformed; cellvi needs raw counts (for example layer='counts')."
+            )
+
+
+def dense_rows(X, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of ``X`` as a dense float32 array, (len(rows), n_genes)."""
+    block = X[rows]
+    if sp.issparse(block):
+        block = block.toarray()
+    return np.asarray(block, dtype=np.float32)

@@ -1,0 +1,6 @@
+"""User-facing models with the AnnData API (scvi-tools call pattern)."""
+
+from .base import BaseModel
+from .scvi import SCVI
+
+__all__ = ["BaseModel", "SCVI"]

@@ -1,0 +1,273 @@
+"""What every user-facing model shares: data handling, training, streaming outputs, save and load.
+
+A model holds an AnnData, its :class:`~cellvi.data.Registry` and a PyTorch module; it holds no tensor
+maths (that lives in :mod:`cellvi.module`). Subclasses say how to build their module
+(:meth:`BaseModel._build_module`) and add their own outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import __version__
+from .._settings import settings
+from ..data import CellData, MinibatchLoader, Registry
+from ..errors import InvalidParameterError, ModelFileError, NotSetUpError
+from ..train import Trainer, TrainingPlan
+from . import _files
+
+
+class BaseModel:
+    """Base class of SCVI and SCANVI. Not used directly."""
+
+    _model_name = "Base"
+    _latent_key = "X_latent"
+
+    def __init__(self, adata, **init_params) -> None:
+        if adata is None:
+            raise NotSetUpError("Pass the AnnData the model is for: Model(adata).")
+        registry = Registry.of(adata)
+        self._init(adata, registry, init_params)
+
+    def _init(self, adata, registry: Registry, init_params: dict) -> None:
+        self.adata = adata
+        self.registry = registry
+        self.init_params = dict(init_params)
+        self.module = self._build_module(registry, **init_params)
+        self.device = settings.torch_device()
+        self.module.to(self.device)
+        self.is_trained = False
+        self.history = pd.DataFrame()
+        self.train_indices = self.validation_indices = np.array([], dtype=np.int64)
+        self._data_cache: tuple[int, CellData] | None = None
+
+    def _build_module(self, registry: Registry, **init_params) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        s = self.registry.summary
+        params = ", ".join(f"{k}={v!r}" for k, v in self.init_params.items())
+        return (
+            f"{type(self).__name__}({params})\n  data: {s['n_cells']} cells x {s['n_vars']} genes, "
+            f"{s['n_batch']} batches, {s['n_labels']} labels; trained: {self.is_trained}"
+        )
+
+    # ------------------------------------------------------------------ data
+    def _cell_data(self, adata=None) -> CellData:
+        """The arrays of ``adata`` (default: the model's), checked against the registry."""
+        if adata is None or adata is self.adata:
+            if self._data_cache is None or self._data_cache[0] != id(self.adata):
+                self._data_cache = (id(self.adata), self.registry.cell_data(self.adata))
+            return self._data_cache[1]
+        return self.registry.cell_data(adata)
+
+    def _batches(self, adata=None, indices=None, batch_size: int | None = None) -> Iterator[dict]:
+        """Minibatches of the cells ``indices`` of ``adata``, in order, on the model's device."""
+        data = self._cell_data(adata)
+        if indices is not None:
+            indices = np.arange(data.n_cells)[np.asarray(indices)]
+        size = batch_size or 1024
+        _check_positive("batch_size", size)
+        self.module.eval()
+        return iter(MinibatchLoader(data, indices, size, shuffle=False, device=self.device))
+
+    def _n_cells(self, adata=None, indices=None) -> int:
+        n = (self.adata if adata is None else adata).n_obs
+        return n if indices is None else len(np.arange(n)[np.asarray(indices)])
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        train_size: float = 0.9,
+        validation_size: float | None = None,
+        batch_size: int = 128,
+        early_stopping: bool = False,
+        early_stopping_patience: int = 45,
+        plan_kwargs: dict | None = None,
+        enable_progress_bar: bool | None = None,
+        checkpoint_dir: str | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
+        **module_loss_kwargs,
+    ) -> "BaseModel":
+        """Train the model with Adam on minibatches.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells. Default: ``min(400, round(400 * 20000 / n_cells))``.
+        train_size, validation_size
+            Fractions of cells used to train and to validate (default: the rest). ``train_size=1``
+            trains on every cell and skips validation.
+        batch_size
+            Cells per minibatch. A trailing minibatch of one cell is merged into the previous one.
+        early_stopping, early_stopping_patience
+            Stop when the validation ELBO has not improved for this many epochs.
+        plan_kwargs
+            Optimiser and KL warm-up: ``lr`` (1e-3), ``weight_decay`` (1e-6), ``eps`` (0.01),
+            ``n_epochs_kl_warmup`` (400), ``n_steps_kl_warmup``, ``max_kl_weight``, ``min_kl_weight``.
+        enable_progress_bar
+            Show a progress bar (default: ``cellvi.settings.progress_bar``).
+        checkpoint_dir, checkpoint_every, resume
+            Write a checkpoint every ``checkpoint_every`` epochs to ``checkpoint_dir``; with ``resume=True``
+            continue from the checkpoint found there.
+
+        Returns the model; the per-epoch history is in ``model.history`` (a DataFrame).
+        """
+        n = self.adata.n_obs
+        if max_epochs is None:
+            max_epochs = int(min(400, max(1, round(400 * 20000 / n))))
+        _check_positive("max_epochs", max_epochs)
+        _check_positive("batch_size", batch_size)
+        if not 0 < train_size <= 1:
+            raise InvalidParameterError(f"train_size must be in (0, 1], got {train_size}.")
+        if validation_size is not None and not 0 <= validation_size <= 1 - train_size + 1e-9:
+            raise InvalidParameterError("validation_size must be in [0, 1 - train_size].")
+        plan = TrainingPlan.from_kwargs(plan_kwargs)
+        seed = settings.seed if settings.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        perm = np.random.default_rng([seed, 1]).permutation(n)
+        n_train = int(math.ceil(train_size * n))
+        n_val = n - n_train if validation_size is None else int(math.floor(validation_size * n))
+        self.train_indices, self.validation_indices = np.sort(perm[:n_train]), np.sort(perm[n_train : n_train + n_val])
+        data = self._cell_data()
+        train_loader = MinibatchLoader(data, self.train_indices, batch_size, True, seed, self.device)
+        val_loader = MinibatchLoader(data, self.validation_indices, max(batch_size, 1024), False, seed, self.device)
+        trainer = Trainer(
+            self.module, train_loader, val_loader if n_val > 0 else None, plan, max_epochs,
+            early_stopping=early_stopping, early_stopping_patience=early_stopping_patience,
+            progress_bar=settings.progress_bar if enable_progress_bar is None else enable_progress_bar,
+            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
+            extra_loss_kwargs=module_loss_kwargs,
+        )
+        try:
+            self.history = trainer.fit()
+        finally:
+            self.module.eval()
+        self.is_trained = True
+        return self
+
+    # ------------------------------------------------------------------ shared outputs
+    def get_latent_representation(
+        self,
+        adata=None,
+        indices=None,
+        give_mean: bool = True,
+        batch_size: int | None = None,
+        obsm_key: str | None = "default",
+    ) -> np.ndarray:
+        """Latent representation of each cell, (n_cells, n_latent) float32.
+
+        give_mean: the posterior mean (True) or one posterior sample (False).
+        obsm_key: when all cells are asked for (``indices=None``), the result is also stored in
+        ``adata.obsm[obsm_key]`` (default ``"X_scvi"`` for SCVI, ``"X_scanvi"`` for SCANVI) so that
+        ``sc.pp.neighbors(adata, use_rep="X_scvi")`` works directly. Pass ``obsm_key=None`` not to store.
+        """
+        n = self._n_cells(adata, indices)
+        out = np.empty((n, self.module.n_latent), dtype=np.float32)
+        pos = 0
+        for batch in self._batches(adata, indices, batch_size):
+            z = self.module.latent(batch, give_mean=give_mean).cpu().numpy()
+            out[pos : pos + len(z)] = z
+            pos += len(z)
+        if obsm_key is not None and indices is None:
+            key = self._latent_key if obsm_key == "default" else obsm_key
+            (self.adata if adata is None else adata).obsm[key] = out
+        return out
+
+    def _mean_over_cells(self, per_batch, adata, indices, batch_size) -> float:
+        total, n = 0.0, 0
+        for batch in self._batches(adata, indices, batch_size):
+            values = per_batch(batch)
+            total += float(values.double().sum())
+            n += len(values)
+        return total / max(n, 1)
+
+    def get_elbo(self, adata=None, indices=None, batch_size: int | None = None) -> float:
+        """Mean evidence lower bound per cell (nats; higher is better), at one posterior sample."""
+
+        def elbo(batch):
+            t = self.module.elbo_terms(batch)
+            return -(t["reconstruction_loss"] + t["kl_z"] + t["kl_l"])
+
+        return self._mean_over_cells(elbo, adata, indices, batch_size)
+
+    def get_reconstruction_error(self, adata=None, indices=None, batch_size: int | None = None) -> dict:
+        """Mean reconstruction loss per cell, ``-log p(x | z, l)`` in nats (lower is better)."""
+        value = self._mean_over_cells(
+            lambda b: self.module.elbo_terms(b)["reconstruction_loss"], adata, indices, batch_size
+        )
+        return {"reconstruction_loss": value}
+
+    def get_marginal_ll(
+        self, adata=None, indices=None, n_mc_samples: int = 1000, batch_size: int | None = None
+    ) -> float:
+        """Mean per cell of log p(x) (nats; higher is better), by importance sampling with
+        ``n_mc_samples`` draws from the approximate posterior."""
+        _check_positive("n_mc_samples", n_mc_samples)
+        return self._mean_over_cells(
+            lambda b: self.module.marginal_ll(b, n_mc_samples), adata, indices, batch_size or 256
+        )
+
+    # ------------------------------------------------------------------ save and load
+    def save(self, dir_path: str | os.PathLike, overwrite: bool = False, save_anndata: bool = False) -> None:
+        """Save weights (``model.safetensors``), hyper-parameters and registry (``model.json``) and,
+        with ``save_anndata``, the AnnData (``adata.h5ad``). The folder is written next to its final
+        place and renamed at the end, so an interrupted save never leaves a half-written model."""
+        meta = {
+            "format": _files.FORMAT,
+            "cellvi_version": __version__,
+            "model_class": type(self).__name__,
+            "init_params": self.init_params,
+            "registry": json.loads(self.registry.to_json()),
+            "is_trained": self.is_trained,
+            "history": json.loads(self.history.reset_index().to_json(orient="records")) if len(self.history) else [],
+        }
+        with _files.staged_folder(dir_path, overwrite) as tmp:
+            _files.write_weights(tmp, self.module.state_dict())
+            (tmp / _files.META_NAME).write_text(json.dumps(meta, indent=1))
+            if save_anndata:
+                self.adata.write_h5ad(tmp / _files.ADATA_NAME)
+
+    @classmethod
+    def load(cls, dir_path: str | os.PathLike, adata=None, device: str | None = None) -> "BaseModel":
+        """Load a model saved with :meth:`save`. ``adata`` must have the saved genes (in order) and
+        known categories; when None, the AnnData saved in the folder is used. Loading only reads JSON and
+        safetensors: no code from the folder is ever executed."""
+        meta = _files.read_meta(dir_path)
+        if meta["model_class"] != cls.__name__:
+            raise ModelFileError(
+                f"{dir_path} holds a {meta['model_class']} model; load it with cellvi.model.{meta['model_class']}."
+            )
+        registry = Registry(**meta["registry"])
+        if adata is None:
+            adata = _files.read_saved_adata(dir_path)
+        registry.check_genes(adata)
+        registry.cell_data(adata, validate_counts=False)  # unknown categories fail here, clearly
+        adata.uns["_cellvi_registry"] = registry.to_json()
+        model = cls.__new__(cls)
+        if device is not None:
+            settings.device, old = device, settings.device
+        model._init(adata, registry, meta["init_params"])
+        if device is not None:
+            settings.device = old
+        _files.load_weights_into(model.module, dir_path)
+        model.module.to(model.device)
+        model.module.eval()
+        model.is_trained = bool(meta.get("is_trained", True))
+        if meta.get("history"):
+            model.history = pd.DataFrame(meta["history"]).set_index("epoch")
+        return model
+
+
+def _check_positive(name: str, value) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise InvalidParameterError(f"{name} must be a positive integer, got {value!r}.")

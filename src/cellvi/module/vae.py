@@ -1,0 +1,241 @@
+"""The scVI variational autoencoder as a plain PyTorch module.
+
+A minibatch is a dict of tensors (see :mod:`cellvi.data.loaders`):
+
+* ``X`` (n_cells, n_genes) float32 raw counts
+* ``batch`` (n_cells,) int64 batch code; ``labels`` (n_cells,) int64 label code
+* ``cat_covs`` (n_cells, n_extra_categorical) int64 or absent; ``cont_covs`` (n_cells, n_continuous) or absent
+* ``size_factor`` (n_cells,) float32 or absent: a given library size that replaces the observed one
+
+The module never sees AnnData. Generative model, per cell ``n`` and gene ``g``:
+``z ~ N(0, I)``, ``l`` = log library (observed, or ``~ N(mu_batch, var_batch)``),
+``rho = softmax(f(z, s))``, ``x_ng ~ ZINB/NB/Poisson(mean = exp(l) * rho_ng, theta_g, pi_ng)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import distributions as D
+from ..nn import Decoder, Encoder
+
+DISPERSIONS = ("gene", "gene-batch", "gene-label", "gene-cell")
+LIKELIHOODS = ("zinb", "nb", "poisson")
+LATENT_DISTRIBUTIONS = ("normal", "ln")
+
+
+def kl_normal(m_q, v_q, m_p, v_p) -> torch.Tensor:
+    """KL(N(m_q, v_q) || N(m_p, v_p)) summed over the last axis; variances, not standard deviations."""
+    return 0.5 * (torch.log(v_p / v_q) + (v_q + (m_q - m_p) ** 2) / v_p - 1).sum(-1)
+
+
+def log_normal_density(x, m, v) -> torch.Tensor:
+    """log N(x; m, v) summed over the last axis."""
+    return (-0.5 * (np.log(2 * np.pi) + torch.log(v) + (x - m) ** 2 / v)).sum(-1)
+
+
+class VAE(nn.Module):
+    """scVI. See :class:`cellvi.model.SCVI` for the meaning of the hyper-parameters.
+
+    ``library_log_means`` / ``library_log_vars``: (n_batch,) mean and variance of the log library size per
+    batch, the prior used when ``use_observed_lib_size=False``.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_batch: int = 1,
+        n_labels: int = 1,
+        n_hidden: int = 128,
+        n_latent: int = 10,
+        n_layers: int = 1,
+        n_continuous_cov: int = 0,
+        n_cats_per_cov: Sequence[int] = (),
+        dropout_rate: float = 0.1,
+        dispersion: str = "gene",
+        gene_likelihood: str = "zinb",
+        latent_distribution: str = "normal",
+        use_observed_lib_size: bool = True,
+        encode_covariates: bool = False,
+        deeply_inject_covariates: bool = True,
+        library_log_means: Sequence[float] | None = None,
+        library_log_vars: Sequence[float] | None = None,
+        use_batch_norm: bool = True,
+        use_layer_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.n_input, self.n_batch, self.n_labels, self.n_latent = n_input, n_batch, n_labels, n_latent
+        self.dispersion = dispersion
+        self.gene_likelihood = gene_likelihood
+        self.latent_distribution = latent_distribution
+        self.use_observed_lib_size = use_observed_lib_size
+        self.encode_covariates = encode_covariates
+
+        cats = [n_batch, *n_cats_per_cov]
+        enc_cats = cats if encode_covariates else []
+        enc_cont = n_continuous_cov if encode_covariates else 0
+        self.z_encoder = Encoder(
+            n_input, n_latent, enc_cats, enc_cont, n_layers, n_hidden, dropout_rate,
+            latent_distribution, deeply_inject_covariates, use_batch_norm=use_batch_norm,
+            use_layer_norm=use_layer_norm,
+        )
+        if not use_observed_lib_size:
+            self.l_encoder = Encoder(
+                n_input, 1, enc_cats, enc_cont, 1, n_hidden, dropout_rate, "normal",
+                deeply_inject_covariates, use_batch_norm=use_batch_norm, use_layer_norm=use_layer_norm,
+            )
+            means = torch.as_tensor(library_log_means if library_log_means is not None else [0.0] * n_batch)
+            lvars = torch.as_tensor(library_log_vars if library_log_vars is not None else [1.0] * n_batch)
+            self.register_buffer("library_log_means", means.float().reshape(-1))
+            self.register_buffer("library_log_vars", lvars.float().reshape(-1))
+        self.decoder = Decoder(
+            n_latent, n_input, cats, n_continuous_cov, n_layers, n_hidden, deeply_inject_covariates,
+            use_batch_norm, use_layer_norm, need_r=dispersion == "gene-cell",
+            need_dropout=gene_likelihood == "zinb",
+        )
+        n_rows = {"gene": 1, "gene-batch": n_batch, "gene-label": n_labels, "gene-cell": 0}[dispersion]
+        self.px_r = nn.Parameter(torch.randn(n_rows, n_input)) if n_rows else None
+
+    # ------------------------------------------------------------------ inference and generative model
+    @staticmethod
+    def _covariates(batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        codes = batch["batch"].reshape(-1, 1)
+        if batch.get("cat_covs") is not None:
+            codes = torch.cat([codes, batch["cat_covs"]], dim=1)
+        return codes, batch.get("cont_covs")
+
+    def inference(self, batch: dict, sample: bool = True) -> dict:
+        """Posterior q(z, l | x). Returns qz_m, qz_v (n_cells, n_latent), z, and library (n_cells, 1) in
+        log space (plus ql_m, ql_v when the library is latent)."""
+        x = batch["X"]
+        codes, cont = self._covariates(batch)
+        enc_codes, enc_cont = (codes, cont) if self.encode_covariates else (None, None)
+        x_in = torch.log1p(x)
+        qz_m, qz_v, z = self.z_encoder(x_in, enc_codes, enc_cont, sample=sample)
+        out = {"qz_m": qz_m, "qz_v": qz_v, "z": z}
+        if self.use_observed_lib_size:
+            size = batch.get("size_factor")
+            lib = x.sum(1).clamp_min(1.0) if size is None else size  # a cell with no counts gets library 1
+            out["library"] = torch.log(lib).unsqueeze(1)
+        else:
+            ql_m, ql_v, library = self.l_encoder(x_in, enc_codes, enc_cont, sample=sample)
+            out.update(ql_m=ql_m, ql_v=ql_v, library=library)
+        return out
+
+    def generative(self, z: torch.Tensor, library: torch.Tensor, batch: dict) -> dict:
+        """Parameters of p(x | z, l): scale (proportions), rate (mean counts), theta, dropout_logits."""
+        codes, cont = self._covariates(batch)
+        scale, r, dropout_logits = self.decoder(z, codes, cont)
+        if self.dispersion == "gene-cell":
+            log_theta = r
+        elif self.dispersion == "gene":
+            log_theta = self.px_r
+        else:
+            key = "batch" if self.dispersion == "gene-batch" else "labels"
+            log_theta = self.px_r[batch[key]]
+        return {
+            "scale": scale,
+            "rate": torch.exp(library) * scale,
+            "theta": torch.exp(log_theta),
+            "dropout_logits": dropout_logits,
+        }
+
+    def log_likelihood(self, x: torch.Tensor, gen: dict) -> torch.Tensor:
+        """log p(x | z, l) summed over genes, (n_cells,)."""
+        if self.gene_likelihood == "zinb":
+            return D.log_zinb_sum(x, gen["rate"], gen["theta"], gen["dropout_logits"])
+        if self.gene_likelihood == "nb":
+            return D.log_nb_sum(x, gen["rate"], gen["theta"])
+        return D.log_poisson_sum(x, gen["rate"])
+
+    def _kl_library(self, batch: dict, inf: dict) -> torch.Tensor:
+        if self.use_observed_lib_size:
+            return torch.zeros(batch["X"].shape[0], device=batch["X"].device)
+        b = batch["batch"]
+        return kl_normal(inf["ql_m"], inf["ql_v"], self.library_log_means[b, None], self.library_log_vars[b, None])
+
+    def loss(self, batch: dict, kl_weight: float = 1.0) -> dict:
+        """Negative ELBO terms. Returns ``loss`` (scalar to minimise, KL on z weighted by ``kl_weight``),
+        and per cell (n_cells,): ``reconstruction_loss`` = -log p(x|z,l), ``kl_z``, ``kl_l``."""
+        inf = self.inference(batch)
+        gen = self.generative(inf["z"], inf["library"], batch)
+        rec = -self.log_likelihood(batch["X"], gen)
+        zeros = torch.zeros_like(inf["qz_m"])
+        kl_z = kl_normal(inf["qz_m"], inf["qz_v"], zeros, torch.ones_like(zeros))
+        kl_l = self._kl_library(batch, inf)
+        loss = torch.mean(rec + kl_weight * kl_z + kl_l)
+        return {"loss": loss, "reconstruction_loss": rec, "kl_z": kl_z, "kl_l": kl_l}
+
+    # ------------------------------------------------------------------ quantities for the model's outputs
+    @torch.no_grad()
+    def latent(self, batch: dict, give_mean: bool = True) -> torch.Tensor:
+        """Posterior mean (or one sample) of z, (n_cells, n_latent). For "ln" the mean is estimated by
+        Monte Carlo (softmax of samples, 200 draws) because softmax(mean) is not the mean."""
+        inf = self.inference(batch, sample=not give_mean)
+        if give_mean and self.latent_distribution == "ln":
+            eps = torch.randn((200, *inf["qz_m"].shape), device=inf["qz_m"].device)
+            return torch.softmax(inf["qz_m"] + inf["qz_v"].sqrt() * eps, dim=-1).mean(0)
+        return inf["z"] if not give_mean else inf["qz_m"]
+
+    @torch.no_grad()
+    def expression(
+        self, batch: dict, batch_code: int | None = None, latent_library: bool = False, sample_z: bool = False
+    ) -> torch.Tensor:
+        """Expected expression (n_cells, n_genes): proportions (scale) or, with ``latent_library``, mean
+        counts. ``batch_code`` decodes every cell as if it came from that batch (batch correction)."""
+        inf = self.inference(batch, sample=sample_z)
+        if batch_code is not None:
+            batch = {**batch, "batch": torch.full_like(batch["batch"], batch_code)}
+        gen = self.generative(inf["z"], inf["library"], batch)
+        return gen["rate"] if latent_library else gen["scale"]
+
+    @torch.no_grad()
+    def likelihood_parameters(self, batch: dict, sample_z: bool = False) -> dict:
+        """mean, dispersions (theta) and dropout (logits), each (n_cells, n_genes) where they apply."""
+        inf = self.inference(batch, sample=sample_z)
+        gen = self.generative(inf["z"], inf["library"], batch)
+        out = {"mean": gen["rate"], "dispersions": gen["theta"].expand_as(gen["rate"])}
+        if gen["dropout_logits"] is not None:
+            out["dropout"] = gen["dropout_logits"]
+        return out
+
+    @torch.no_grad()
+    def sample_counts(self, batch: dict) -> torch.Tensor:
+        """One draw of counts from the posterior predictive, (n_cells, n_genes)."""
+        inf = self.inference(batch, sample=True)
+        gen = self.generative(inf["z"], inf["library"], batch)
+        if self.gene_likelihood == "zinb":
+            return D.sample_zinb(gen["rate"], gen["theta"], gen["dropout_logits"])
+        if self.gene_likelihood == "nb":
+            return D.sample_nb(gen["rate"], gen["theta"])
+        return D.sample_poisson(gen["rate"])
+
+    @torch.no_grad()
+    def elbo_terms(self, batch: dict) -> dict:
+        """Per-cell reconstruction loss and KL terms at one posterior sample (the ELBO is -(rec + kl))."""
+        out = self.loss(batch, kl_weight=1.0)
+        return {k: out[k] for k in ("reconstruction_loss", "kl_z", "kl_l")}
+
+    @torch.no_grad()
+    def marginal_ll(self, batch: dict, n_mc_samples: int) -> torch.Tensor:
+        """Importance-sampling estimate of log p(x) per cell, (n_cells,), with q(z, l | x) as proposal."""
+        inf = self.inference(batch, sample=False)
+        log_w = []
+        for _ in range(n_mc_samples):
+            u = inf["qz_m"] + inf["qz_v"].sqrt() * torch.randn_like(inf["qz_m"])
+            z = self.z_encoder.transform(u)
+            lw = log_normal_density(u, torch.zeros_like(u), torch.ones_like(u))
+            lw = lw - log_normal_density(u, inf["qz_m"], inf["qz_v"])
+            library = inf["library"]
+            if not self.use_observed_lib_size:
+                library = inf["ql_m"] + inf["ql_v"].sqrt() * torch.randn_like(inf["ql_m"])
+                b = batch["batch"]
+                lw = lw + log_normal_density(library, self.library_log_means[b, None], self.library_log_vars[b, None])
+                lw = lw - log_normal_density(library, inf["ql_m"], inf["ql_v"])
+            gen = self.generative(z, library, batch)
+            log_w.append(lw + self.log_likelihood(batch["X"], gen))
+        return torch.logsumexp(torch.stack(log_w), dim=0) - np.log(n_mc_samples)

@@ -1,0 +1,6 @@
+"""Neural-network building blocks: fully connected layers with covariate injection, encoders, decoder."""
+
+from .layers import CovariateInjection, FCLayers
+from .encoder_decoder import Decoder, Encoder
+
+__all__ = ["CovariateInjection", "FCLayers", "Encoder", "Decoder"]

@@ -1,0 +1,144 @@
+"""Fully connected layers that take categorical and continuous covariates.
+
+A categorical covariate with ``k`` categories enters a linear layer as if its one-hot code were
+concatenated to the input. Instead of building that one-hot matrix every step, each covariate owns a
+weight table of shape ``(k, n_out)`` whose row for the cell's category is added to the layer's output:
+the same function, without the concatenation. It also makes architecture surgery for query mapping
+simple: new categories are new rows appended to the table (see :meth:`CovariateInjection.extend`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class CovariateInjection(nn.Module):
+    """Adds the covariates' contribution to a linear layer's output.
+
+    Parameters
+    ----------
+    n_out
+        Width of the layer the covariates are added to.
+    n_cats_per_cov
+        Number of categories of each categorical covariate.
+    n_continuous
+        Number of continuous covariates.
+    """
+
+    def __init__(
+        self, n_out: int, n_cats_per_cov: Sequence[int] = (), n_continuous: int = 0, init_bound: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.tables = nn.ParameterList(
+            [nn.Parameter(torch.empty(k, n_out).uniform_(-init_bound, init_bound)) for k in n_cats_per_cov]
+        )
+        self.continuous = nn.Linear(n_continuous, n_out, bias=False) if n_continuous > 0 else None
+        if self.continuous is not None:
+            nn.init.uniform_(self.continuous.weight, -init_bound, init_bound)
+        self._frozen_rows: list[int] = [0] * len(self.tables)
+
+    def forward(self, cat_codes: torch.Tensor | None, cont: torch.Tensor | None) -> torch.Tensor | float:
+        """cat_codes: (n_cells, n_categorical) int64; cont: (n_cells, n_continuous). Returns (n_cells, n_out)."""
+        out: torch.Tensor | float = 0.0
+        for i, table in enumerate(self.tables):
+            out = out + table[cat_codes[:, i]]
+        if self.continuous is not None:
+            out = out + self.continuous(cont)
+        return out
+
+    def extend(self, n_new_per_cov: Sequence[int], freeze_existing: bool) -> None:
+        """Append rows for new categories; with ``freeze_existing`` the old rows get zero gradient."""
+        for i, n_new in enumerate(n_new_per_cov):
+            old = self.tables[i]
+            if n_new > 0:
+                new_rows = torch.zeros(n_new, old.shape[1], dtype=old.dtype, device=old.device)
+                self.tables[i] = nn.Parameter(torch.cat([old.detach(), new_rows], dim=0))
+            if freeze_existing:
+                n_frozen = old.shape[0]
+                self.tables[i].register_hook(_zero_first_rows(n_frozen))
+
+
+def _zero_first_rows(n_rows: int):
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[:n_rows] = 0
+        return grad
+
+    return hook
+
+
+class FCLayers(nn.Module):
+    """A stack of ``Linear -> BatchNorm/LayerNorm -> ReLU -> Dropout`` layers with covariates injected.
+
+    Parameters
+    ----------
+    n_in, n_out
+        Input and output widths.
+    n_cats_per_cov
+        Categories of each categorical covariate (batch first, then any others).
+    n_continuous
+        Number of continuous covariates.
+    n_layers, n_hidden
+        Depth and width of the hidden layers.
+    dropout_rate
+        Dropout after each layer.
+    inject_covariates
+        Covariates enter every layer when True, only the first layer when False.
+    use_batch_norm, use_layer_norm
+        Normalisation after each linear map.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        n_cats_per_cov: Sequence[int] = (),
+        n_continuous: int = 0,
+        n_layers: int = 1,
+        n_hidden: int = 128,
+        dropout_rate: float = 0.1,
+        inject_covariates: bool = True,
+        use_batch_norm: bool = True,
+        use_layer_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        widths = [n_in] + [n_hidden] * (n_layers - 1) + [n_out]
+        self.linears = nn.ModuleList()
+        self.injections = nn.ModuleList()
+        self.post = nn.ModuleList()
+        for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:])):
+            injected = i == 0 or inject_covariates
+            # initialise as one linear map over [input, one-hot covariates] would be (PyTorch's default)
+            fan_in = w_in + (sum(n_cats_per_cov) + n_continuous if injected else 0)
+            bound = 1.0 / fan_in**0.5
+            linear = nn.Linear(w_in, w_out)
+            nn.init.uniform_(linear.weight, -bound, bound)
+            nn.init.uniform_(linear.bias, -bound, bound)
+            self.linears.append(linear)
+            if injected:
+                self.injections.append(CovariateInjection(w_out, n_cats_per_cov, n_continuous, bound))
+            else:
+                self.injections.append(CovariateInjection(w_out))
+            norm: list[nn.Module] = []
+            if use_batch_norm:
+                norm.append(nn.BatchNorm1d(w_out, momentum=0.01, eps=1e-3))
+            if use_layer_norm:
+                norm.append(nn.LayerNorm(w_out, elementwise_affine=False))
+            self.post.append(nn.Sequential(*norm, nn.ReLU(), nn.Dropout(dropout_rate)))
+
+    def forward(
+        self, x: torch.Tensor, cat_codes: torch.Tensor | None = None, cont: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (n_cells, n_in). Returns (n_cells, n_out)."""
+        for linear, inject, post in zip(self.linears, self.injections, self.post):
+            x = post(linear(x) + inject(cat_codes, cont))
+        return x
+
+    def extend_categories(self, n_new_per_cov: Sequence[int], freeze_existing: bool) -> None:
+        """Grow every covariate table by the given number of new categories (query mapping)."""
+        for inject in self.injections:
+            if len(inject.tables):
+                inject.extend(n_new_per_cov, freeze_existing)

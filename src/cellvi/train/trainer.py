@@ -1,0 +1,217 @@
+"""The training loop: a short, plain script over minibatches.
+
+Per epoch: shuffle, step Adam over the training minibatches with the KL term warmed up, evaluate the
+validation cells, log one row of history, maybe stop early, maybe write a checkpoint. Per-step work
+stays on the tensors: losses are summed on the device and read once per epoch, so there is no
+per-step synchronisation or logging overhead.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..data.loaders import MinibatchLoader, prefetch
+from ..errors import InvalidParameterError, TrainingDivergedError
+from . import checkpoint as ckpt
+
+
+@dataclass
+class TrainingPlan:
+    """Optimiser and KL warm-up settings (``plan_kwargs`` of ``train``).
+
+    lr: Adam learning rate. weight_decay: L2 penalty. eps: Adam epsilon.
+    n_epochs_kl_warmup / n_steps_kl_warmup: the KL weight on z grows linearly from ``min_kl_weight``
+    to ``max_kl_weight`` over this many epochs (or steps, which takes precedence when set).
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    eps: float = 0.01
+    n_epochs_kl_warmup: int | None = 400
+    n_steps_kl_warmup: int | None = None
+    max_kl_weight: float = 1.0
+    min_kl_weight: float = 0.0
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict | None) -> "TrainingPlan":
+        kwargs = dict(kwargs or {})
+        unknown = set(kwargs) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InvalidParameterError(
+                f"Unknown plan_kwargs {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}."
+            )
+        plan = cls(**kwargs)
+        if plan.lr <= 0:
+            raise InvalidParameterError(f"lr must be > 0, got {plan.lr}.")
+        return plan
+
+    def kl_weight(self, epoch: int, step: int) -> float:
+        span = self.max_kl_weight - self.min_kl_weight
+        if self.n_steps_kl_warmup:
+            return min(self.max_kl_weight, self.min_kl_weight + span * step / self.n_steps_kl_warmup)
+        if self.n_epochs_kl_warmup:
+            return min(self.max_kl_weight, self.min_kl_weight + span * epoch / self.n_epochs_kl_warmup)
+        return self.max_kl_weight
+
+
+class Trainer:
+    """Trains a module (see :mod:`cellvi.module`) whose ``loss(batch, kl_weight)`` returns ``loss`` and
+    per-cell ``reconstruction_loss``, ``kl_z`` and ``kl_l``.
+
+    ``fit()`` returns the history: one row per epoch with, for ``train`` and ``validation``, the mean per
+    cell of ``elbo`` (higher is better), ``reconstruction_loss`` (-log p(x|z)) and ``kl_local``
+    (KL of z and library), plus ``loss_train`` (what was minimised, with the warmed-up KL weight),
+    ``kl_weight`` and ``epoch_end_s`` (wall seconds since the start of ``fit``).
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        train_loader: MinibatchLoader,
+        val_loader: MinibatchLoader | None,
+        plan: TrainingPlan,
+        max_epochs: int,
+        early_stopping: bool = False,
+        early_stopping_patience: int = 45,
+        early_stopping_min_delta: float = 0.0,
+        progress_bar: bool = True,
+        checkpoint_dir: str | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
+        extra_loss_kwargs: dict | None = None,
+    ) -> None:
+        self.module = module
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.plan = plan
+        self.max_epochs = int(max_epochs)
+        self.early_stopping = early_stopping
+        self.patience = early_stopping_patience
+        self.min_delta = early_stopping_min_delta
+        self.progress_bar = progress_bar
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.resume = resume
+        self.extra_loss_kwargs = extra_loss_kwargs or {}
+        params = [p for p in module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(
+            params, lr=plan.lr, eps=plan.eps, weight_decay=plan.weight_decay, foreach=True
+        )
+        self.rows: list[dict] = []
+        self.step = 0
+        self.best = -math.inf
+        self.epochs_since_best = 0
+
+    # ------------------------------------------------------------------ one pass
+    def _run_epoch(self, loader: MinibatchLoader, epoch: int, train: bool) -> dict:
+        self.module.train(train)
+        sums = torch.zeros(3, dtype=torch.float64)
+        n_cells = 0
+        kl_w = 1.0
+        with torch.set_grad_enabled(train):
+            for batch in prefetch(loader):
+                if train:
+                    kl_w = self.plan.kl_weight(epoch, self.step)
+                out = self.module.loss(batch, kl_weight=kl_w, **self.extra_loss_kwargs)
+                if train:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    out["loss"].backward()
+                    self.optimizer.step()
+                    self.step += 1
+                with torch.no_grad():
+                    kl = out["kl_z"] + out["kl_l"]
+                    sums += torch.stack([out["loss"] * len(kl), out["reconstruction_loss"].sum(), kl.sum()]).double().cpu()
+                n_cells += len(kl)
+        mean = (sums / max(n_cells, 1)).tolist()
+        tag = "train" if train else "validation"
+        row = {
+            f"elbo_{tag}": -(mean[1] + mean[2]),
+            f"reconstruction_loss_{tag}": mean[1],
+            f"kl_local_{tag}": mean[2],
+        }
+        if train:
+            row["loss_train"] = mean[0]
+            row["kl_weight"] = kl_w
+        return row
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> pd.DataFrame:
+        start_epoch = 0
+        if self.resume and self.checkpoint_dir:
+            start_epoch = self._load_checkpoint()
+        last_good = copy.deepcopy(self.module.state_dict())
+        t0 = time.perf_counter() - (self.rows[-1]["epoch_end_s"] if self.rows else 0.0)
+        bar = tqdm(
+            range(start_epoch, self.max_epochs), disable=not self.progress_bar, desc="Training",
+            unit="epoch", initial=start_epoch, total=self.max_epochs,
+        )
+        for epoch in bar:
+            self.train_loader.set_epoch(epoch)
+            row = {"epoch": epoch, **self._run_epoch(self.train_loader, epoch, train=True)}
+            if not math.isfinite(row["loss_train"]):
+                self.module.load_state_dict(last_good)
+                raise TrainingDivergedError(
+                    f"The training loss became {row['loss_train']} in epoch {epoch}; the weights of the last "
+                    "good epoch were restored. Likely causes: a learning rate too high (try plan_kwargs="
+                    "{'lr': 1e-4}), counts that are not raw, or extreme library sizes."
+                )
+            if self.val_loader is not None and len(self.val_loader.indices):
+                row.update(self._run_epoch(self.val_loader, epoch, train=False))
+            row["epoch_end_s"] = time.perf_counter() - t0
+            self.rows.append(row)
+            last_good = copy.deepcopy(self.module.state_dict())
+            bar.set_postfix(elbo=f"{row['elbo_train']:.1f}", refresh=False)
+            stop = self._early_stop(row)
+            if self.checkpoint_dir and self.checkpoint_every and (epoch + 1) % self.checkpoint_every == 0:
+                self._save_checkpoint(epoch + 1)
+            if stop:
+                break
+        bar.close()
+        return self.history()
+
+    def history(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows).set_index("epoch") if self.rows else pd.DataFrame()
+
+    def _early_stop(self, row: dict) -> bool:
+        if not self.early_stopping:
+            return False
+        key = "elbo_validation" if "elbo_validation" in row else "elbo_train"
+        if row[key] > self.best + self.min_delta:
+            self.best, self.epochs_since_best = row[key], 0
+            return False
+        self.epochs_since_best += 1
+        return self.epochs_since_best >= self.patience
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, epoch: int) -> dict:
+        return {
+            "epoch": epoch,
+            "step": self.step,
+            "module": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "history": [dict(r) for r in self.rows],
+            "early_stopping": [self.best, self.epochs_since_best],
+            "plan": asdict(self.plan),
+        }
+
+    def _save_checkpoint(self, epoch: int) -> None:
+        ckpt.save_checkpoint(self.checkpoint_dir, self._state(epoch))
+
+    def _load_checkpoint(self) -> int:
+        state = ckpt.load_checkpoint(self.checkpoint_dir)
+        if state is None:
+            return 0
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.rows = [dict(r) for r in state["history"]]
+        self.best, self.epochs_since_best = state["early_stopping"]
+        return int(state["epoch"])

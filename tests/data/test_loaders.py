@@ -1,0 +1,39 @@
+import numpy as np
+import scipy.sparse as sp
+
+from cellvi.data import CellData, MinibatchLoader, minibatch_slices, prefetch
+
+
+def test_trailing_single_cell_is_merged():
+    sizes = [s.stop - s.start for s in minibatch_slices(257, 128)]
+    assert sizes == [128, 129]
+    assert [s.stop - s.start for s in minibatch_slices(1, 128)] == [1]
+    assert sum(s.stop - s.start for s in minibatch_slices(1000, 7)) == 1000
+
+
+def test_loader_visits_every_cell_once_and_shuffles_reproducibly():
+    X = sp.csr_matrix(np.arange(50 * 3, dtype=np.float32).reshape(50, 3))
+    data = CellData(X, np.zeros(50, dtype=np.int64), np.zeros(50, dtype=np.int64))
+    loader = MinibatchLoader(data, np.arange(10, 50), batch_size=8, shuffle=True, seed=3)
+    seen = np.concatenate([b["X"][:, 0].numpy() / 3 for b in loader]).astype(int)
+    assert sorted(seen) == list(range(10, 50))
+    again = np.concatenate([b["X"][:, 0].numpy() / 3 for b in loader]).astype(int)
+    np.testing.assert_array_equal(seen, again)
+    loader.set_epoch(1)
+    other = np.concatenate([b["X"][:, 0].numpy() / 3 for b in loader]).astype(int)
+    assert not np.array_equal(seen, other)
+
+
+def test_prefetch_preserves_order_and_errors():
+    assert list(prefetch(iter(range(20)))) == list(range(20))
+
+    def broken():
+        yield 1
+        raise RuntimeError("boom")
+
+    try:
+        list(prefetch(broken()))
+    except RuntimeError as exc:
+        assert "boom" in str(exc)
+    else:
+        raise AssertionError("the error was swallowed")

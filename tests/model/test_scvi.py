@@ -1,0 +1,172 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import cellvi
+from cellvi.errors import InvalidParameterError, MissingKeyError, ModelFileError
+from cellvi.model import SCVI
+
+
+def _trained(adata, epochs=3, **kwargs):
+    SCVI.setup_anndata(adata, batch_key="batch")
+    model = SCVI(adata, n_hidden=32, n_latent=5, **kwargs)
+    model.train(max_epochs=epochs, batch_size=64)
+    return model
+
+
+def test_workflow_stores_latent_and_history(small_adata):
+    model = _trained(small_adata)
+    latent = model.get_latent_representation(small_adata)
+    assert latent.shape == (small_adata.n_obs, 5)
+    np.testing.assert_array_equal(small_adata.obsm["X_scvi"], latent)
+    hist = model.history
+    assert len(hist) == 3
+    for col in ["elbo_train", "reconstruction_loss_train", "kl_local_train", "elbo_validation",
+                "reconstruction_loss_validation", "kl_local_validation", "epoch_end_s"]:
+        assert col in hist.columns and np.isfinite(hist[col]).all()
+    assert hist["elbo_train"].iloc[-1] > hist["elbo_train"].iloc[0]
+
+
+def test_latent_not_stored_when_asked(small_adata):
+    model = _trained(small_adata, epochs=1)
+    model.get_latent_representation(small_adata, obsm_key=None)
+    assert "X_scvi" not in small_adata.obsm
+    model.get_latent_representation(small_adata, indices=[0, 1])
+    assert "X_scvi" not in small_adata.obsm
+
+
+def test_outputs_have_documented_shapes(small_adata):
+    model = _trained(small_adata, epochs=2)
+    n, g = small_adata.shape
+    expr = model.get_normalized_expression()
+    assert isinstance(expr, pd.DataFrame) and expr.shape == (n, g)
+    np.testing.assert_allclose(expr.sum(1), 1.0, rtol=1e-4)
+    genes = list(small_adata.var_names[:4])
+    sub = model.get_normalized_expression(indices=np.arange(10), gene_list=genes, library_size=1e4)
+    assert list(sub.columns) == genes and sub.shape == (10, 4)
+    np.testing.assert_allclose(sub.values, expr.loc[sub.index, genes].values * 1e4, rtol=1e-4)
+    samples = model.get_normalized_expression(n_samples=3, return_mean=False)
+    assert samples.shape == (3, n, g)
+    assert model.posterior_predictive_sample().shape == (n, g)
+    assert model.posterior_predictive_sample(n_samples=2).shape == (n, g, 2)
+    params = model.get_likelihood_parameters()
+    assert set(params) == {"mean", "dispersions", "dropout"} and params["mean"].shape == (n, g)
+    cellvi.settings.seed = 0
+    elbo = model.get_elbo()
+    assert elbo < 0 and np.isfinite(elbo)
+    cellvi.settings.seed = 0  # the same posterior draws: -ELBO = reconstruction loss + KL
+    rec = model.get_reconstruction_error()["reconstruction_loss"]
+    assert rec > 0 and -elbo > rec
+    mll = model.get_marginal_ll(n_mc_samples=20)
+    assert elbo - 5 < mll < 0  # importance sampling is at least as tight as the ELBO, up to noise
+
+
+def test_batch_corrected_expression_is_the_same_for_every_batch(small_adata):
+    model = _trained(small_adata, epochs=2)
+    corrected = model.get_batch_corrected_expression(return_numpy=True)
+    as_b0 = model.get_normalized_expression(transform_batch="batch0", return_numpy=True)
+    as_b1 = model.get_normalized_expression(transform_batch="batch1", return_numpy=True)
+    np.testing.assert_allclose(corrected, (as_b0 + as_b1) / 2, rtol=1e-4, atol=1e-7)
+    with pytest.raises(MissingKeyError):
+        model.get_normalized_expression(transform_batch="nope")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(gene_likelihood="nb", dispersion="gene-batch"),
+        dict(gene_likelihood="poisson"),
+        dict(dispersion="gene-cell", latent_distribution="ln"),
+        dict(dispersion="gene-label", use_observed_lib_size=False, encode_covariates=True, n_layers=2),
+    ],
+)
+def test_model_variants_train(small_adata, kwargs):
+    model = _trained(small_adata, epochs=2, **kwargs)
+    assert np.isfinite(model.history["elbo_train"]).all()
+    assert np.isfinite(model.get_latent_representation()).all()
+    assert np.isfinite(model.get_marginal_ll(n_mc_samples=3))
+
+
+def test_covariates(small_adata):
+    small_adata.obs["donor"] = np.where(np.arange(small_adata.n_obs) % 3 == 0, "d1", "d2")
+    small_adata.obs["pct_mito"] = np.linspace(0, 1, small_adata.n_obs)
+    SCVI.setup_anndata(small_adata, batch_key="batch", categorical_covariate_keys=["donor"],
+                       continuous_covariate_keys=["pct_mito"])
+    model = SCVI(small_adata, n_hidden=16)
+    model.train(max_epochs=2)
+    assert np.isfinite(model.get_latent_representation()).all()
+
+
+def test_single_cell_last_minibatch_does_not_crash(small_adata):
+    adata = small_adata[:129].copy()
+    SCVI.setup_anndata(adata)
+    model = SCVI(adata, n_hidden=16)
+    model.train(max_epochs=2, batch_size=128, train_size=1.0)
+    assert "elbo_validation" not in model.history
+
+
+def test_seed_reproduces_training(small_adata):
+    def run(seed):
+        cellvi.settings.seed = seed
+        a = small_adata.copy()
+        return _trained(a, epochs=2).get_latent_representation()
+
+    np.testing.assert_array_equal(run(5), run(5))
+    assert not np.array_equal(run(5), run(6))
+
+
+def test_save_load_round_trip_is_exact(small_adata, tmp_path):
+    model = _trained(small_adata, epochs=2)
+    latent = model.get_latent_representation()
+    model.save(tmp_path / "m", save_anndata=True)
+    with pytest.raises(ModelFileError, match="exists"):
+        model.save(tmp_path / "m")
+    model.save(tmp_path / "m", overwrite=True, save_anndata=True)
+    again = SCVI.load(tmp_path / "m", adata=small_adata.copy())
+    np.testing.assert_array_equal(again.get_latent_representation(), latent)
+    from_file = SCVI.load(tmp_path / "m")
+    np.testing.assert_array_equal(from_file.get_latent_representation(), latent)
+    assert list(from_file.history.columns) == list(model.history.columns)
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folders left behind
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(n_latent=0), dict(gene_likelihood="gaussian"), dict(dispersion="cell"), dict(dropout_rate=1.5)]
+)
+def test_invalid_hyper_parameters(small_adata, kwargs):
+    SCVI.setup_anndata(small_adata)
+    with pytest.raises(InvalidParameterError):
+        SCVI(small_adata, **kwargs)
+
+
+def test_invalid_training_arguments(small_adata):
+    SCVI.setup_anndata(small_adata)
+    model = SCVI(small_adata)
+    for kwargs in [dict(batch_size=0), dict(max_epochs=0), dict(train_size=0), dict(plan_kwargs={"lrr": 1})]:
+        with pytest.raises(InvalidParameterError):
+            model.train(**kwargs)
+
+
+def test_early_stopping_stops(small_adata):
+    SCVI.setup_anndata(small_adata)
+    model = SCVI(small_adata, n_hidden=16)
+    model.train(max_epochs=200, early_stopping=True, early_stopping_patience=2, plan_kwargs={"lr": 5e-2})
+    assert len(model.history) < 200
+
+
+def test_checkpoint_resume_equals_uninterrupted(small_adata, tmp_path):
+    def fresh():
+        cellvi.settings.seed = 0
+        a = small_adata.copy()
+        SCVI.setup_anndata(a, batch_key="batch")
+        return SCVI(a, n_hidden=16)
+
+    full = fresh()
+    full.train(max_epochs=4)
+    part = fresh()
+    part.train(max_epochs=2, checkpoint_dir=tmp_path, checkpoint_every=1)
+    resumed = fresh()
+    resumed.train(max_epochs=4, checkpoint_dir=tmp_path, checkpoint_every=1, resume=True)
+    np.testing.assert_array_equal(resumed.get_latent_representation(), full.get_latent_representation())
+    pd.testing.assert_frame_equal(resumed.history.drop(columns="epoch_end_s"), full.history.drop(columns="epoch_end_s"))

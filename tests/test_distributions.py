@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import scipy.stats as st
+import torch
+
+from cellvi import distributions as D
+
+
+def _nb_inputs(seed=0, shape=(6, 7)):
+    g = np.random.default_rng(seed)
+    x = g.negative_binomial(2, 0.3, size=shape).astype(np.float64)
+    x[g.random(shape) < 0.5] = 0
+    mu = g.uniform(0.1, 20, size=shape)
+    theta = g.uniform(0.2, 10, size=shape)
+    pi = g.normal(size=shape)
+    return x, mu, theta, pi
+
+
+def test_nb_matches_scipy():
+    x, mu, theta, _ = _nb_inputs()
+    ours = D.log_nb(*map(torch.tensor, (x, mu, theta))).numpy()
+    ref = st.nbinom.logpmf(x, theta, theta / (theta + mu))
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_poisson_matches_scipy():
+    x, mu, _, _ = _nb_inputs()
+    np.testing.assert_allclose(D.log_poisson(torch.tensor(x), torch.tensor(mu)).numpy(), st.poisson.logpmf(x, mu), rtol=1e-6)
+
+
+def test_zinb_matches_mixture():
+    x, mu, theta, pi = _nb_inputs()
+    p_drop = 1 / (1 + np.exp(-pi))
+    nb = st.nbinom.pmf(x, theta, theta / (theta + mu))
+    ref = np.log(np.where(x == 0, p_drop + (1 - p_drop) * nb, (1 - p_drop) * nb))
+    ours = D.log_zinb(*map(torch.tensor, (x, mu, theta, pi))).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_zinb_stable_for_extreme_logits():
+    x = torch.tensor([[0.0, 3.0]])
+    out = D.log_zinb(x, torch.tensor([[5.0, 5.0]]), torch.tensor([[2.0, 2.0]]), torch.tensor([[-60.0, 60.0]]))
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("theta_shape", ["full", "per_gene"])
+def test_sparse_sums_equal_dense_sums(theta_shape):
+    x, mu, theta, pi = map(torch.tensor, _nb_inputs(1))
+    if theta_shape == "per_gene":
+        theta = theta[:1]
+    torch.testing.assert_close(D.log_nb_sum(x, mu, theta), D.log_nb(x, mu, theta).sum(-1))
+    torch.testing.assert_close(D.log_zinb_sum(x, mu, theta, pi), D.log_zinb(x, mu, theta, pi).sum(-1))
+    torch.testing.assert_close(D.log_poisson_sum(x, mu), D.log_poisson(x, mu).sum(-1))
+
+
+def test_gradients_match_finite_differences():
+    x, mu, theta, pi = _nb_inputs(2, shape=(3, 4))
+    x = torch.tensor(x)
+    params = [torch.tensor(a, requires_grad=True) for a in (mu, theta, pi)]
+    assert torch.autograd.gradcheck(lambda m, t, p: D.log_zinb_sum(x, m, t, p), params)
+    assert torch.autograd.gradcheck(lambda m, t: D.log_nb_sum(x, m, t), params[:2])
+    assert torch.autograd.gradcheck(lambda m: D.log_poisson_sum(x, m), params[:1])
+
+
+def test_sparse_sum_gradients_equal_dense_gradients():
+    x, mu, theta, pi = _nb_inputs(3)
+    x = torch.tensor(x)
+    grads = []
+    for fn in (D.log_zinb_sum, lambda *a: D.log_zinb(*a).sum(-1)):
+        params = [torch.tensor(a, requires_grad=True) for a in (mu, theta, pi)]
+        fn(x, *params).sum().backward()
+        grads.append([p.grad for p in params])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_samplers_have_the_right_mean():
+    torch.manual_seed(0)
+    mu = torch.full((20000,), 4.0)
+    theta = torch.full((20000,), 2.0)
+    nb = D.sample_nb(mu, theta)
+    assert abs(nb.mean().item() - 4.0) < 0.1
+    assert abs(nb.var().item() - (4 + 16 / 2)) < 0.6
+    zinb = D.sample_zinb(mu, theta, torch.zeros(20000))
+    assert abs(zinb.mean().item() - 2.0) < 0.1
