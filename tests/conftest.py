@@ -30,7 +30,7 @@ def real_data_path(name: str) -> Path:
 def _quiet_and_seeded():
     cellvi.settings.progress_bar = False
     cellvi.settings.seed = 0
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("CELLVI_TEST_THREADS", "2")))
     yield
 
 
