@@ -83,3 +83,24 @@ def test_samplers_have_the_right_mean():
     assert abs(nb.var().item() - (4 + 16 / 2)) < 0.6
     zinb = D.sample_zinb(mu, theta, torch.zeros(20000))
     assert abs(zinb.mean().item() - 2.0) < 0.1
+
+
+def test_fused_kernels_give_the_same_values_and_gradients():
+    x, mu, theta, pi = _nb_inputs(4, shape=(9, 12))
+    x = torch.tensor(x, dtype=torch.float32)
+    results = []
+    for fused in (False, True):
+        D.enable_fused_kernels(fused)
+        params = [torch.tensor(a, dtype=torch.float32, requires_grad=True) for a in (mu, theta[:1], pi)]
+        value = D.log_zinb_sum(x, *params)
+        value.sum().backward()
+        results.append([value.detach()] + [p.grad for p in params])
+    D.enable_fused_kernels(False)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_precomputed_nonzero_coordinates_give_the_same_result():
+    x, mu, theta, pi = map(torch.tensor, _nb_inputs(5))
+    rows, cols = torch.nonzero(x, as_tuple=True)
+    torch.testing.assert_close(D.log_zinb_sum(x, mu, theta, pi, nonzero=(rows, cols)), D.log_zinb_sum(x, mu, theta, pi))

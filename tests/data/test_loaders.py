@@ -37,3 +37,14 @@ def test_prefetch_preserves_order_and_errors():
         assert "boom" in str(exc)
     else:
         raise AssertionError("the error was swallowed")
+
+
+def test_densify_skips_explicitly_stored_zeros():
+    from cellvi.data.matrix import densify
+
+    block = sp.csr_matrix((np.array([3.0, 0.0, 2.0]), np.array([0, 1, 2]), np.array([0, 2, 3])), shape=(2, 4))
+    dense, rows, cols = densify(block)
+    np.testing.assert_array_equal(dense, block.toarray())
+    assert list(zip(rows, cols)) == [(0, 0), (1, 2)]
+    dense2, rows2, cols2 = densify(block.toarray())
+    assert list(zip(rows2, cols2)) == [(0, 0), (1, 2)]

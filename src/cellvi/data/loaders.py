@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from .matrix import dense_rows
+from .matrix import densify
 from .registry import CellData
 
 
@@ -80,8 +80,10 @@ class MinibatchLoader:
     def batch(self, rows: np.ndarray) -> dict:
         """The minibatch of the cells at positions ``rows``."""
         d = self.data
+        X, nz_rows, nz_cols = densify(d.X[rows])
         out = {
-            "X": torch.from_numpy(dense_rows(d.X, rows)),
+            "X": torch.from_numpy(X),
+            "nonzero": (torch.from_numpy(nz_rows), torch.from_numpy(nz_cols)),
             "batch": torch.from_numpy(d.batch[rows]),
             "labels": torch.from_numpy(d.labels[rows]),
         }
@@ -92,8 +94,14 @@ class MinibatchLoader:
         if d.size_factor is not None:
             out["size_factor"] = torch.from_numpy(d.size_factor[rows])
         if self.device.type != "cpu":
-            out = {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
+            out = {k: _to(v, self.device) for k, v in out.items()}
         return out
+
+
+def _to(value, device: torch.device):
+    if isinstance(value, tuple):
+        return tuple(v.to(device, non_blocking=True) for v in value)
+    return value.to(device, non_blocking=True)
 
 
 def prefetch(iterable: Iterable, depth: int = 2) -> Iterator:

@@ -6,6 +6,7 @@ A minibatch is a dict of tensors (see :mod:`cellvi.data.loaders`):
 * ``batch`` (n_cells,) int64 batch code; ``labels`` (n_cells,) int64 label code
 * ``cat_covs`` (n_cells, n_extra_categorical) int64 or absent; ``cont_covs`` (n_cells, n_continuous) or absent
 * ``size_factor`` (n_cells,) float32 or absent: a given library size that replaces the observed one
+* ``nonzero`` optional pair (rows, cols) of int64 coordinates of the non-zero entries of ``X``
 
 The module never sees AnnData. Generative model, per cell ``n`` and gene ``g``:
 ``z ~ N(0, I)``, ``l`` = log library (observed, or ``~ N(mu_batch, var_batch)``),
@@ -144,12 +145,12 @@ class VAE(nn.Module):
             "dropout_logits": dropout_logits,
         }
 
-    def log_likelihood(self, x: torch.Tensor, gen: dict) -> torch.Tensor:
-        """log p(x | z, l) summed over genes, (n_cells,)."""
+    def log_likelihood(self, x: torch.Tensor, gen: dict, nonzero: tuple | None = None) -> torch.Tensor:
+        """log p(x | z, l) summed over genes, (n_cells,). ``nonzero``: (rows, cols) of x's non-zeros."""
         if self.gene_likelihood == "zinb":
-            return D.log_zinb_sum(x, gen["rate"], gen["theta"], gen["dropout_logits"])
+            return D.log_zinb_sum(x, gen["rate"], gen["theta"], gen["dropout_logits"], nonzero=nonzero)
         if self.gene_likelihood == "nb":
-            return D.log_nb_sum(x, gen["rate"], gen["theta"])
+            return D.log_nb_sum(x, gen["rate"], gen["theta"], nonzero=nonzero)
         return D.log_poisson_sum(x, gen["rate"])
 
     def _kl_library(self, batch: dict, inf: dict) -> torch.Tensor:
@@ -163,7 +164,7 @@ class VAE(nn.Module):
         and per cell (n_cells,): ``reconstruction_loss`` = -log p(x|z,l), ``kl_z``, ``kl_l``."""
         inf = self.inference(batch)
         gen = self.generative(inf["z"], inf["library"], batch)
-        rec = -self.log_likelihood(batch["X"], gen)
+        rec = -self.log_likelihood(batch["X"], gen, batch.get("nonzero"))
         zeros = torch.zeros_like(inf["qz_m"])
         kl_z = kl_normal(inf["qz_m"], inf["qz_v"], zeros, torch.ones_like(zeros))
         kl_l = self._kl_library(batch, inf)
@@ -237,5 +238,5 @@ class VAE(nn.Module):
                 lw = lw + log_normal_density(library, self.library_log_means[b, None], self.library_log_vars[b, None])
                 lw = lw - log_normal_density(library, inf["ql_m"], inf["ql_v"])
             gen = self.generative(z, library, batch)
-            log_w.append(lw + self.log_likelihood(batch["X"], gen))
+            log_w.append(lw + self.log_likelihood(batch["X"], gen, batch.get("nonzero")))
         return torch.logsumexp(torch.stack(log_w), dim=0) - np.log(n_mc_samples)

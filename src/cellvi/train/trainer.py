@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.loaders import MinibatchLoader, prefetch
-from ..errors import InvalidParameterError, TrainingDivergedError
+from ..errors import InvalidParameterError, ModelFileError, TrainingDivergedError
 from . import checkpoint as ckpt
 
 
@@ -61,6 +61,15 @@ class TrainingPlan:
         return self.max_kl_weight
 
 
+def _adam(params: list, plan: TrainingPlan) -> torch.optim.Adam:
+    """Adam with the fused kernel (one pass over all parameters; ~5x faster than foreach on CPU)."""
+    kwargs = dict(lr=plan.lr, eps=plan.eps, weight_decay=plan.weight_decay)
+    try:
+        return torch.optim.Adam(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError):  # a device or dtype without the fused kernel
+        return torch.optim.Adam(params, foreach=True, **kwargs)
+
+
 class Trainer:
     """Trains a module (see :mod:`cellvi.module`) whose ``loss(batch, kl_weight)`` returns ``loss`` and
     per-cell ``reconstruction_loss``, ``kl_z`` and ``kl_l``.
@@ -100,9 +109,7 @@ class Trainer:
         self.resume = resume
         self.extra_loss_kwargs = extra_loss_kwargs or {}
         params = [p for p in module.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(
-            params, lr=plan.lr, eps=plan.eps, weight_decay=plan.weight_decay, foreach=True
-        )
+        self.optimizer = _adam(params, plan)
         self.rows: list[dict] = []
         self.step = 0
         self.best = -math.inf
@@ -196,6 +203,7 @@ class Trainer:
             "module": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "history": [dict(r) for r in self.rows],
             "early_stopping": [self.best, self.epochs_since_best],
             "plan": asdict(self.plan),
@@ -208,10 +216,18 @@ class Trainer:
         state = ckpt.load_checkpoint(self.checkpoint_dir)
         if state is None:
             return 0
-        self.module.load_state_dict(state["module"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        self.step = int(state["step"])
-        self.rows = [dict(r) for r in state["history"]]
-        self.best, self.epochs_since_best = state["early_stopping"]
-        return int(state["epoch"])
+        try:
+            self.module.load_state_dict(state["module"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            self.step = int(state["step"])
+            self.rows = [dict(r) for r in state["history"]]
+            self.best, self.epochs_since_best = state["early_stopping"]
+            return int(state["epoch"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise ModelFileError(
+                f"The checkpoint in {self.checkpoint_dir} does not fit this model ({str(exc)[:200]}). "
+                "Delete it, or pass another checkpoint_dir."
+            ) from exc
