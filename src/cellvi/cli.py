@@ -64,7 +64,10 @@ def run_demo(args) -> dict:
     cellvi.model.SCVI.setup_anndata(adata, layer=args.layer, batch_key=batch_key)
     model = cellvi.model.SCVI(adata)
     start = time.perf_counter()
-    model.train(max_epochs=args.max_epochs)
+    max_epochs = args.max_epochs
+    if max_epochs is None and not args.data:
+        max_epochs = 100  # the simulated data is learned well long before the heuristic's 400 epochs
+    model.train(max_epochs=max_epochs)
     train_s = time.perf_counter() - start
     model.get_latent_representation(adata)  # stored in adata.obsm["X_scvi"]
     sc.pp.neighbors(adata, use_rep="X_scvi")

@@ -170,3 +170,19 @@ def test_checkpoint_resume_equals_uninterrupted(small_adata, tmp_path):
     resumed.train(max_epochs=4, checkpoint_dir=tmp_path, checkpoint_every=1, resume=True)
     np.testing.assert_array_equal(resumed.get_latent_representation(), full.get_latent_representation())
     pd.testing.assert_frame_equal(resumed.history.drop(columns="epoch_end_s"), full.history.drop(columns="epoch_end_s"))
+
+
+def test_outputs_follow_the_order_of_indices(small_adata):
+    model = _trained(small_adata, epochs=1)
+    full = model.get_latent_representation()
+    np.testing.assert_allclose(model.get_latent_representation(indices=[5, 3, 9]), full[[5, 3, 9]], rtol=1e-5, atol=1e-6)
+    expr = model.get_normalized_expression(indices=[7, 2])
+    assert list(expr.index) == list(small_adata.obs_names[[7, 2]])
+
+
+def test_callbacks_see_each_epoch_and_can_stop(small_adata):
+    SCVI.setup_anndata(small_adata)
+    model = SCVI(small_adata, n_hidden=16)
+    seen = []
+    model.train(max_epochs=10, callbacks=[lambda epoch, row: seen.append(row["elbo_train"]) or epoch == 2])
+    assert len(seen) == 3 and len(model.history) == 3

@@ -1,7 +1,10 @@
 """Data: the registry that ``setup_anndata`` records, minibatch loaders, and the simulator."""
 
 from .loaders import MinibatchLoader, minibatch_slices, prefetch
+from .ondisk import OnDiskLoader, open_zarr
 from .registry import CellData, Registry
 from .simulate import simulate
 
-__all__ = ["CellData", "MinibatchLoader", "Registry", "minibatch_slices", "prefetch", "simulate"]
+__all__ = [
+    "CellData", "MinibatchLoader", "OnDiskLoader", "Registry", "minibatch_slices", "open_zarr", "prefetch", "simulate",
+]

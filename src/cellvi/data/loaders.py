@@ -74,7 +74,9 @@ class MinibatchLoader:
         if self.shuffle:
             order = order[np.random.default_rng([self.seed, self.epoch]).permutation(len(order))]
         for part in minibatch_slices(len(order), self.batch_size):
-            rows = np.sort(order[part])  # sorted rows read faster from CSR and from disk
+            rows = order[part]
+            if self.shuffle:  # within a random minibatch order is irrelevant; sorted rows read faster
+                rows = np.sort(rows)
             yield self.batch(rows)
 
     def batch(self, rows: np.ndarray) -> dict:

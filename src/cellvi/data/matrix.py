@@ -72,9 +72,37 @@ def validate_counts_chunk(chunk, first_row: int, layer: str | None) -> None:
             )
 
 
-def dense_rows(X, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` of ``X`` as a dense float32 array, (len(rows), n_genes)."""
-    block = X[rows]
+def densify(block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A block of rows as a dense float32 array (n_rows, n_genes), with the row and column indices
+    (int64) of its non-zero entries, which the likelihoods use to skip the zeros."""
     if sp.issparse(block):
-        block = block.toarray()
-    return np.asarray(block, dtype=np.float32)
+        block = sp.csr_matrix(block)
+        keep = block.data != 0  # explicit zeros stored in the sparse structure are zeros
+        rows = np.repeat(np.arange(block.shape[0], dtype=np.int64), np.diff(block.indptr))[keep]
+        cols = block.indices[keep].astype(np.int64)
+        return block.toarray().astype(np.float32, copy=False), rows, cols
+    dense = np.asarray(block, dtype=np.float32)
+    rows, cols = np.nonzero(dense)
+    return dense, rows.astype(np.int64), cols.astype(np.int64)
+
+
+def is_on_disk(X) -> bool:
+    """True for matrices whose values stay on disk: a backed AnnData's ``X`` (h5py or zarr CSR/CSC
+    dataset of anndata) or a dense h5py / zarr array."""
+    from anndata.abc import CSCDataset, CSRDataset
+
+    if isinstance(X, (CSRDataset, CSCDataset)):
+        return True
+    try:
+        import h5py
+
+        if isinstance(X, h5py.Dataset):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import zarr
+
+        return isinstance(X, zarr.Array)
+    except ImportError:  # pragma: no cover
+        return False

@@ -17,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InvalidDataError, MissingKeyError, NotSetUpError, RegistryMismatchError
-from .matrix import count_matrix, iter_row_chunks, validate_counts_chunk
+from .matrix import count_matrix, is_on_disk, iter_row_chunks, validate_counts_chunk
 
 REGISTRY_KEY = "_cellvi_registry"
 REGISTRY_VERSION = 1
@@ -222,7 +222,8 @@ class Registry:
             raise InvalidDataError("The AnnData has no cells.")
         args = self.setup_args
         X = count_matrix(adata, args["layer"])
-        if validate_counts:
+        # an on-disk X stays on disk; OnDiskLoader checks each chunk as it reads it (no extra pass)
+        if validate_counts and not is_on_disk(X):
             start = 0
             for chunk in iter_row_chunks(X):
                 validate_counts_chunk(chunk, start, args["layer"])
@@ -257,9 +258,9 @@ def _categories_of(obs: pd.DataFrame, key: str | None) -> list[str]:
             f"'unknown') or remove those cells before setup."
         )
     if isinstance(col.dtype, pd.CategoricalDtype):
-        present = set(col.astype(str).unique())
+        present = set(col.astype(str).tolist())  # not .unique(): pandas truncates strings at "\x00"
         return [str(c) for c in col.cat.categories if str(c) in present]
-    return sorted(col.astype(str).unique().tolist())
+    return sorted(set(col.astype(str).tolist()))
 
 
 def _encode(obs: pd.DataFrame, key: str | None, categories: list[str], name: str) -> np.ndarray:

@@ -162,7 +162,7 @@ def simulate(
     batch_effect: float = 0.3,
     batch_library_shift: float = 0.2,
     de_fraction: float = 0.1,
-    de_lfc: float = 1.0,
+    de_lfc: float = 2.0,
     up_fraction: float = 0.5,
     library_median: float = 2500.0,
     library_log_sd: float = 0.5,

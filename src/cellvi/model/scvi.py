@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -114,6 +114,46 @@ class SCVI(BaseModel):
             library_log_means=s["library_log_means"], library_log_vars=s["library_log_vars"], **p,
         )
 
+    # ------------------------------------------------------------------ query mapping (scArches)
+    @staticmethod
+    def prepare_query_anndata(adata, reference):
+        """A copy of the query ``adata`` with the reference's genes, in its order; missing genes are
+        zeros (a warning says how many). reference: a model or a saved model folder."""
+        from .query import prepare_query_anndata
+
+        return prepare_query_anndata(adata, reference)
+
+    @classmethod
+    def load_query_data(
+        cls,
+        adata,
+        reference,
+        freeze_expression: bool = True,
+        freeze_decoder_first_layer: bool = True,
+        freeze_batchnorm_encoder: bool = True,
+        freeze_batchnorm_decoder: bool = False,
+        freeze_dropout: bool = False,
+        freeze_classifier: bool = True,
+        unfrozen: bool = False,
+    ):
+        """A model of the query ``adata`` built from a trained ``reference`` (a model or a saved folder),
+        to be trained on the query (scArches). The query needs the reference's genes (see
+        :meth:`prepare_query_anndata`) and its setup columns (a missing SCANVI labels column is filled
+        with the unlabeled category); new batches and categories get new weights, which are all that
+        trains by default, so the reference cells' latent does not change. Options as scvi-tools:
+        ``freeze_expression=False`` trains the encoder's first layer, ``freeze_decoder_first_layer=
+        False`` the decoder's, ``freeze_batchnorm_*`` keep batch norms fixed (decoder's trains by
+        default), ``freeze_dropout`` turns dropout off, ``freeze_classifier=False`` trains SCANVI's
+        classifier, ``unfrozen`` trains everything. Training uses ``weight_decay=0`` by default (L2
+        would move frozen weights). ``adata`` is set up in place (registry in ``adata.uns``).
+        """
+        from .query import load_query_data
+
+        return load_query_data(
+            cls, adata, reference, freeze_expression, freeze_decoder_first_layer, freeze_batchnorm_encoder,
+            freeze_batchnorm_decoder, freeze_dropout, freeze_classifier, unfrozen,
+        )
+
     # ------------------------------------------------------------------ expression outputs
     def _batch_codes(self, transform_batch) -> list[int | None]:
         if transform_batch is None:
@@ -160,29 +200,17 @@ class SCVI(BaseModel):
         (n_samples, n_cells, n_genes). Computed minibatch by minibatch into one float32 result.
         Returns a DataFrame (cells x genes) unless ``return_numpy``.
         """
-        _check_positive("n_samples", n_samples)
-        latent_library = library_size == "latent"
-        if not latent_library and not (isinstance(library_size, (int, float)) and library_size > 0):
-            raise InvalidParameterError(f"library_size must be a positive number or 'latent', got {library_size!r}.")
-        codes = self._batch_codes(transform_batch)
         genes = self._gene_mask(gene_list)
+        blocks = self._normalized_blocks(
+            adata, indices, transform_batch, genes, library_size, n_samples, batch_size, return_mean
+        )
         n = self._n_cells(adata, indices)
         shape = (n, len(genes)) if return_mean else (n_samples, n, len(genes))
         out = np.zeros(shape, dtype=np.float32)
         pos = 0
-        for batch in self._batches(adata, indices, batch_size):
-            b = len(batch["X"])
-            acc = torch.zeros((n_samples, b, len(genes)), device=self.device)
-            for s in range(n_samples):
-                for code in codes:
-                    expr = self.module.expression(batch, code, latent_library, sample_z=n_samples > 1)
-                    acc[s] += expr[:, genes] / len(codes)
-            if not latent_library:
-                acc *= float(library_size)
-            if return_mean:
-                out[pos : pos + b] = acc.mean(0).cpu().numpy()
-            else:
-                out[:, pos : pos + b] = acc.cpu().numpy()
+        for block in blocks:
+            b = block.shape[-2]
+            out[..., pos : pos + b, :] = block
             pos += b
         if return_numpy or not return_mean:
             return out
@@ -190,6 +218,53 @@ class SCVI(BaseModel):
         if indices is not None:
             obs_names = obs_names[np.asarray(indices)]
         return pd.DataFrame(out, index=obs_names, columns=np.asarray(self.registry.var_names)[genes], copy=False)
+
+    def _normalized_blocks(
+        self, adata, indices, transform_batch, genes, library_size, n_samples, batch_size, return_mean
+    ) -> Iterator[np.ndarray]:
+        """Normalized expression minibatch by minibatch, in cell order: float32 (b, len(genes)), or
+        (n_samples, b, len(genes)) unless ``return_mean`` (see :meth:`get_normalized_expression`)."""
+        _check_positive("n_samples", n_samples)
+        latent_library = library_size == "latent"
+        if not latent_library and not (isinstance(library_size, (int, float)) and library_size > 0):
+            raise InvalidParameterError(f"library_size must be a positive number or 'latent', got {library_size!r}.")
+        codes = self._batch_codes(transform_batch)
+
+        def blocks():  # a generator inside, so that the checks above run at the call
+            for batch in self._batches(adata, indices, batch_size):
+                acc = torch.zeros((n_samples, len(batch["X"]), len(genes)), device=self.device)
+                for s in range(n_samples):
+                    for code in codes:
+                        expr = self.module.expression(batch, code, latent_library, sample_z=n_samples > 1)
+                        acc[s] += expr[:, genes] / len(codes)
+                if not latent_library:
+                    acc *= float(library_size)
+                yield (acc.mean(0) if return_mean else acc).cpu().numpy()
+
+        return blocks()
+
+    def write_normalized_expression(
+        self,
+        path,
+        layer: str = "scvi_normalized",
+        adata=None,
+        indices=None,
+        transform_batch=None,
+        library_size: float | str = 1,
+        n_samples: int = 1,
+        batch_size: int | None = None,
+        overwrite: bool = False,
+    ) -> str:
+        """Write :meth:`get_normalized_expression` (mean over ``n_samples``) to ``layers[layer]`` of the
+        .h5ad ``path``, minibatch by minibatch, never holding all cells in memory (for backed or zarr
+        data too). ``path`` is created (obs of the cells, the model's genes, no X) or, if it exists
+        (for example from :meth:`write_latent`), must hold the same cells; it cannot be the input file.
+        Returns ``path``. The layer is dense float32 (n_cells x n_genes x 4 bytes on disk)."""
+        genes = self._gene_mask(None)
+        blocks = self._normalized_blocks(
+            adata, indices, transform_batch, genes, library_size, n_samples, batch_size, True
+        )
+        return self._write_rows(path, "layers", layer, blocks, len(genes), adata, indices, overwrite)
 
     def get_batch_corrected_expression(self, adata=None, indices=None, **kwargs) -> pd.DataFrame | np.ndarray:
         """Batch-corrected denoised expression: every cell decoded in every batch, averaged. Same
@@ -229,6 +304,55 @@ class SCVI(BaseModel):
         if n_samples == 1 or give_mean:
             out = {k: v.mean(0) for k, v in out.items()}
         return out
+
+    def differential_expression(
+        self,
+        adata=None,
+        groupby: str | None = None,
+        group1=None,
+        group2=None,
+        idx1=None,
+        idx2=None,
+        mode: str = "vanilla",
+        delta: float | None = 0.25,
+        batch_size: int | None = None,
+        all_stats: bool = True,
+        batch_correction: bool = False,
+        fdr_target: float = 0.05,
+        silent: bool = True,
+        n_samples: int = 5000,
+        pseudocounts: float | None = None,
+        test_mode: str = "three",
+        n_samples_overall: int | None = None,
+    ) -> pd.DataFrame:
+        """Bayesian differential expression (Lopez et al. 2018 "vanilla"; Boyeau et al. 2019 "change").
+
+        Groups: ``groupby`` (an ``adata.obs`` column) with ``group1`` (a group or list; None: each
+        group in turn, one-vs-all) and ``group2`` (None: all other cells); or ``idx1``/``idx2``
+        (boolean masks, integer positions or ``adata.obs.query`` strings; ``idx2=None``: the rest).
+        For each comparison, ``n_samples`` random cells of each group (all cells, re-sampled, for a
+        smaller group) give one posterior sample each of normalized expression; so time and memory
+        (about ``2 * n_samples * n_genes * 4`` bytes) do not grow with group size.
+        batch_correction: decode every sampled cell in every batch and average (as
+        :meth:`get_batch_corrected_expression`) instead of in its own batch.
+        mode "vanilla": columns proba_m1 = P(h1 > h2), proba_m2, bayes_factor (natural log), sorted by
+        bayes_factor. mode "change": log2 fold change per sample pair; proba_de = P(|lfc| > delta)
+        (``test_mode`` "three": the larger of up and down; "two": their sum), proba_not_de,
+        bayes_factor, pseudocounts, delta (None: estimated from the LFC distribution), lfc_mean,
+        lfc_median, lfc_std, lfc_min, lfc_max and ``is_de_fdr_<fdr_target>`` (posterior expected FDR
+        control); sorted by proba_de. Both: scale1, scale2 (mean normalized expression) and, with
+        ``all_stats``, raw_mean1/2, non_zeros_proportion1/2, raw_normalized_mean1/2 (counts per
+        10,000) over all cells of each group. With ``groupby``: comparison, group1, group2 columns.
+        ``silent`` is accepted for compatibility; ``n_samples_overall`` is an alias of ``n_samples``.
+        Returns one DataFrame indexed by gene, comparisons stacked.
+        """
+        from ._de import differential_expression
+
+        return differential_expression(
+            self, adata, groupby, group1, group2, idx1, idx2, mode, delta, batch_size, all_stats,
+            batch_correction, fdr_target, n_samples if n_samples_overall is None else n_samples_overall,
+            pseudocounts, test_mode,
+        )
 
 
 def _check_choice(name: str, value, choices) -> None:

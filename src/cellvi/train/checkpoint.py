@@ -23,11 +23,14 @@ def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / CHECKPOINT_NAME
     tmp = directory / (CHECKPOINT_NAME + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
     return final
 
 
@@ -40,4 +43,8 @@ def load_checkpoint(directory: str | os.PathLike) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupted, truncated, or holding objects we refuse to unpickle
-        raise ModelFileError(f"Cannot read checkpoint {path}: {exc}. Delete it to start afresh.") from exc
+        raise ModelFileError(
+            f"Cannot read checkpoint {path} ({type(exc).__name__}): it is truncated or corrupted, or holds "
+            "objects other than tensors, which are refused because unpickling them could run code. "
+            "Delete it to start afresh."
+        ) from exc

@@ -95,6 +95,7 @@ class Trainer:
         checkpoint_every: int | None = None,
         resume: bool = False,
         extra_loss_kwargs: dict | None = None,
+        callbacks: list | None = None,
     ) -> None:
         self.module = module
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -108,6 +109,7 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.resume = resume
         self.extra_loss_kwargs = extra_loss_kwargs or {}
+        self.callbacks = list(callbacks or [])
         params = [p for p in module.parameters() if p.requires_grad]
         self.optimizer = _adam(params, plan)
         self.rows: list[dict] = []
@@ -175,6 +177,8 @@ class Trainer:
             last_good = copy.deepcopy(self.module.state_dict())
             bar.set_postfix(elbo=f"{row['elbo_train']:.1f}", refresh=False)
             stop = self._early_stop(row)
+            for callback in self.callbacks:  # callback(epoch, row) -> True asks to stop
+                stop = bool(callback(epoch, row)) or stop
             if self.checkpoint_dir and self.checkpoint_every and (epoch + 1) % self.checkpoint_every == 0:
                 self._save_checkpoint(epoch + 1)
             if stop:
