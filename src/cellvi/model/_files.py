@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
+from ..data import Registry
 from ..errors import ModelFileError
 
 FORMAT = "cellvi-model/1"
@@ -47,6 +49,36 @@ def staged_folder(dir_path: str | os.PathLike, overwrite: bool):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_digest(path: Path, meta: dict | None) -> None:
+    """Compare ``path`` with the SHA-256 that ``save`` recorded in ``model.json``. This catches accidental
+    corruption that leaves a file readable (flipped bytes in the weights); files saved without a digest
+    are not checked."""
+    digests = (meta or {}).get("sha256")
+    expected = digests.get(path.name) if isinstance(digests, dict) else None
+    if expected is not None and sha256(path) != expected:
+        raise ModelFileError(
+            f"{path} is corrupted: its SHA-256 differs from the one recorded when it was saved. "
+            "Restore the file from a backup, or save the model again."
+        )
+
+
+def registry_of(meta: dict, dir_path) -> Registry:
+    """The data registry recorded in ``model.json``."""
+    try:
+        return Registry(**meta["registry"])
+    except TypeError as exc:
+        raise ModelFileError(f"{dir_path}/{META_NAME} has an invalid registry ({exc}); save the model again.") from exc
 
 
 def write_weights(folder: Path, state_dict: dict) -> None:
@@ -83,23 +115,25 @@ def read_meta(dir_path: str | os.PathLike) -> dict:
     return meta
 
 
-def read_saved_adata(dir_path: str | os.PathLike):
+def read_saved_adata(dir_path: str | os.PathLike, meta: dict | None = None):
     path = Path(dir_path) / ADATA_NAME
     if not path.is_file():
         raise ModelFileError(
             f"{dir_path} holds no AnnData (it was saved with save_anndata=False); pass adata= to load()."
         )
+    check_digest(path, meta)
     try:
         return anndata.read_h5ad(path)
     except Exception as exc:
         raise ModelFileError(f"Cannot read {path}: {exc}") from exc
 
 
-def load_weights_into(module: torch.nn.Module, dir_path: str | os.PathLike) -> None:
+def load_weights_into(module: torch.nn.Module, dir_path: str | os.PathLike, meta: dict | None = None) -> None:
     """Load ``model.safetensors`` into ``module``; names and shapes must match exactly."""
     path = Path(dir_path) / WEIGHTS_NAME
     if not path.is_file():
         raise ModelFileError(f"{dir_path} is incomplete: {WEIGHTS_NAME} is missing.")
+    check_digest(path, meta)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
