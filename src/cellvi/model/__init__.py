@@ -1,6 +1,7 @@
 """User-facing models with the AnnData API (scvi-tools call pattern)."""
 
 from .base import BaseModel
+from .scanvi import SCANVI
 from .scvi import SCVI
 
-__all__ = ["BaseModel", "SCVI"]
+__all__ = ["BaseModel", "SCANVI", "SCVI"]

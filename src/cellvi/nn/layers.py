@@ -50,15 +50,22 @@ class CovariateInjection(nn.Module):
         return out
 
     def extend(self, n_new_per_cov: Sequence[int], freeze_existing: bool) -> None:
-        """Append rows for new categories; with ``freeze_existing`` the old rows get zero gradient."""
+        """Append rows for new categories; with ``freeze_existing`` the old rows get zero gradient.
+
+        A table with no new rows is frozen whole (``requires_grad=False``, so no optimiser sees it). The
+        old rows of a grown table get a zero gradient from a hook: with Adam their moments stay zero and
+        so do their updates, but only without weight decay (L2 is added to the gradient after the
+        hook), so train a query with ``weight_decay=0``.
+        """
         for i, n_new in enumerate(n_new_per_cov):
             old = self.tables[i]
             if n_new > 0:
                 new_rows = torch.zeros(n_new, old.shape[1], dtype=old.dtype, device=old.device)
                 self.tables[i] = nn.Parameter(torch.cat([old.detach(), new_rows], dim=0))
-            if freeze_existing:
-                n_frozen = old.shape[0]
-                self.tables[i].register_hook(_zero_first_rows(n_frozen))
+                if freeze_existing:
+                    self.tables[i].register_hook(_zero_first_rows(old.shape[0]))
+            elif freeze_existing:
+                old.requires_grad_(False)
 
 
 def _zero_first_rows(n_rows: int):

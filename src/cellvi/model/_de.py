@@ -1,0 +1,161 @@
+"""Differential expression for a trained model: choosing the cell groups from ``adata.obs``, drawing
+posterior samples of normalized expression through the module, and tabulating the statistics of
+:mod:`cellvi.analysis.differential`. Used by :meth:`cellvi.model.SCVI.differential_expression`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .._settings import settings
+from ..analysis import differential as de
+from ..errors import InvalidParameterError, MissingKeyError
+
+MODES = ("vanilla", "change")
+THRESHOLD_COUNTS = 0.01  # a gene with a lower raw mean in a group is "not expressed" there (pseudocount)
+
+
+@dataclass
+class Comparison:
+    """One test: cells of ``mask1`` against cells of ``mask2`` (None: every other cell)."""
+
+    name1: object
+    name2: object
+    k1: int  # row of mask1 in the count sums
+    k2: int | None
+    labelled: bool  # add the comparison / group1 / group2 columns
+
+
+def _as_mask(idx, obs: pd.DataFrame, name: str) -> np.ndarray:
+    """A boolean (n_obs,) mask from a mask, integer positions or an ``obs.query`` string."""
+    n = len(obs)
+    if isinstance(idx, str):
+        try:
+            return obs.index.isin(obs.query(idx).index)
+        except Exception as exc:  # pandas raises many types for a bad query
+            raise InvalidParameterError(f"{name}={idx!r} is not a valid adata.obs query: {exc}") from exc
+    arr = np.asarray(idx).ravel()
+    if arr.dtype == bool:
+        if len(arr) != n:
+            raise InvalidParameterError(f"{name} is a boolean mask of length {len(arr)}; adata has {n} cells.")
+        return arr
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise InvalidParameterError(f"{name} must be a boolean mask, integer positions or a query string.")
+    mask = np.zeros(n, dtype=bool)
+    mask[arr.astype(np.int64)] = True
+    return mask
+
+
+def plan_comparisons(obs: pd.DataFrame, groupby, group1, group2, idx1, idx2):
+    """Resolve the arguments into (masks, comparisons). Raises on unknown columns or groups."""
+    if idx1 is not None:
+        masks = [_as_mask(idx1, obs, "idx1")]
+        if idx2 is not None:
+            masks.append(_as_mask(idx2, obs, "idx2"))
+        if not masks[0].any() or (idx2 is not None and not masks[1].any()):
+            raise InvalidParameterError("idx1 or idx2 selects no cell.")
+        return masks, [Comparison("idx1", "idx2" if idx2 is not None else "Rest", 0, 1 if idx2 is not None else None, False)]
+    if groupby is None:
+        raise InvalidParameterError("Pass groupby (an adata.obs column) or idx1.")
+    if groupby not in obs.columns:
+        raise MissingKeyError(f"groupby {groupby!r} is not a column of adata.obs; columns: {list(obs.columns)}.")
+    col = pd.Categorical(obs[groupby]).remove_unused_categories()
+    names = {str(c): c for c in col.categories}
+    codes = np.asarray(col.codes)
+    if group1 is None:
+        group1 = [g for g in col.categories if group2 is None or str(g) != str(group2)]
+        if len(col.categories) < 2:
+            raise InvalidParameterError(f"adata.obs[{groupby!r}] has a single group; nothing to compare.")
+    elif isinstance(group1, str) or not np.iterable(group1):
+        group1 = [group1]
+    wanted = list(group1) + ([] if group2 is None else [group2])
+    unknown = [g for g in wanted if str(g) not in names]
+    if unknown:
+        raise MissingKeyError(f"Groups {unknown} are not in adata.obs[{groupby!r}]; groups: {list(names)}.")
+    order = list(dict.fromkeys(str(g) for g in wanted))
+    masks = [codes == list(names).index(g) for g in order]
+    k2 = None if group2 is None else order.index(str(group2))
+    comps = [Comparison(g, "Rest" if group2 is None else group2, order.index(str(g)), k2, True) for g in group1]
+    return masks, comps
+
+
+def scale_samples(model, adata, cells: np.ndarray, codes: list, batch_size) -> np.ndarray:
+    """One posterior sample of normalized expression per cell of ``cells`` (sorted, distinct),
+    averaged over the batch codes ``codes`` ([None]: each cell in its own batch). (n, n_genes)."""
+    out = np.empty((len(cells), model.module.n_input), dtype=np.float32)
+    pos = 0
+    with torch.no_grad():
+        for batch in model._batches(adata, cells, batch_size):
+            acc = sum(model.module.expression(batch, code, sample_z=True) for code in codes) / len(codes)
+            out[pos : pos + len(acc)] = acc.cpu().numpy()
+            pos += len(acc)
+    return out
+
+
+def group_samples(model, adata, pool, n_samples, codes, batch_size, rng) -> np.ndarray:
+    """``n_samples`` posterior samples of random cells of ``pool``, in random order."""
+    passes = de.cell_passes(pool, n_samples, rng)
+    samples = np.concatenate([scale_samples(model, adata, cells, codes, batch_size) for cells in passes])
+    return de.pick_rows(samples, n_samples, rng)
+
+
+def differential_expression(
+    model, adata, groupby, group1, group2, idx1, idx2, mode, delta, batch_size, all_stats,
+    batch_correction, fdr_target, n_samples, pseudocounts, test_mode,
+) -> pd.DataFrame:
+    """See :meth:`cellvi.model.SCVI.differential_expression`."""
+    if mode not in MODES:
+        raise InvalidParameterError(f"mode must be one of {list(MODES)}, got {mode!r}.")
+    if test_mode not in ("two", "three"):
+        raise InvalidParameterError(f"test_mode must be 'two' or 'three', got {test_mode!r}.")
+    if delta is not None and not delta >= 0:
+        raise InvalidParameterError(f"delta must be >= 0 or None, got {delta!r}.")
+    if not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
+        raise InvalidParameterError(f"n_samples must be an integer >= 2, got {n_samples!r}.")
+    ad = model.adata if adata is None else adata
+    data = model._cell_data(adata)  # checks genes and categories of a new adata
+    masks, comps = plan_comparisons(ad.obs, groupby, group1, group2, idx1, idx2)
+    n_batch = len(model.registry.categories["batch"])
+    codes = list(range(n_batch)) if batch_correction else [None]
+    sums = de.group_count_sums(data.X, masks) if (all_stats or (mode == "change" and pseudocounts is None)) else None
+    rng = settings.new_generator(offset=7)
+    everyone = np.arange(ad.n_obs)
+    genes = pd.Index(model.registry.var_names)
+    results = []
+    for comp in comps:
+        in1 = masks[comp.k1]
+        pool2 = everyone[~in1] if comp.k2 is None else everyone[masks[comp.k2]]
+        if not in1.any() or len(pool2) == 0:
+            raise InvalidParameterError(f"{comp.name1!r} vs {comp.name2!r}: a group has no cells.")
+        s1 = group_samples(model, adata, everyone[in1], n_samples, codes, batch_size, rng)
+        s2 = group_samples(model, adata, pool2, n_samples, codes, batch_size, rng)
+        stats = de.raw_stats(sums, comp.k1, comp.k2) if sums is not None else {}
+        if mode == "vanilla":
+            res = de.vanilla_test(s1, s2)
+        else:
+            eps = pseudocounts
+            if eps is None:
+                eps = de.estimate_pseudocount(
+                    s1, s2, stats["raw_mean1"] < THRESHOLD_COUNTS, stats["raw_mean2"] < THRESHOLD_COUNTS
+                )
+            d = delta
+            if d is None:  # data-driven threshold from a first pass at delta 0
+                d = de.estimate_delta(de.change_test(s1, s2, 0.0, eps, test_mode)["lfc_mean"])
+            res = de.change_test(s1, s2, d, eps, test_mode)
+            res = {**{k: res[k] for k in ("proba_de", "proba_not_de", "bayes_factor", "scale1", "scale2")},
+                   "pseudocounts": eps, "delta": d, **{k: v for k, v in res.items() if k.startswith("lfc_")}}
+        if not all_stats:
+            stats = {}
+        table = pd.DataFrame({**res, **stats}, index=genes)
+        table = table.sort_values("proba_de" if mode == "change" else "bayes_factor", ascending=False, kind="stable")
+        if mode == "change":
+            table[f"is_de_fdr_{fdr_target}"] = de.fdr_calls(table["proba_de"].to_numpy(), fdr_target)
+        if comp.labelled:
+            table["comparison"] = f"{comp.name1} vs {comp.name2}"
+            table["group1"] = comp.name1
+            table["group2"] = comp.name2
+        results.append(table)
+    return pd.concat(results, axis=0)

@@ -1,0 +1,234 @@
+"""SCANVI: scVI with semi-supervised cell-type annotation (label transfer), with the scvi-tools API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data import Registry
+from ..errors import InvalidDataError, InvalidParameterError, MissingKeyError, RegistryMismatchError
+from ..module import SCANVAE
+from ..module.vae import DISPERSIONS, LIKELIHOODS
+from .base import _check_positive
+from .scvi import SCVI, _check_choice
+
+
+class SCANVI(SCVI):
+    """Single-cell annotation using variational inference (Xu et al. 2021).
+
+    Cells whose label is ``unlabeled_category`` (see :meth:`setup_anndata`) are unlabelled; every other
+    label present in the data is a class. The unlabeled category is never a class and a category with
+    no labelled cell is never predicted.
+
+    Parameters
+    ----------
+    adata
+        AnnData prepared with :meth:`SCANVI.setup_anndata`.
+    n_hidden, n_latent, n_layers, dropout_rate, dispersion, gene_likelihood, use_observed_lib_size,
+    encode_covariates, deeply_inject_covariates
+        As for :class:`~cellvi.model.SCVI` (the latent is Gaussian).
+    linear_classifier
+        Classify with a linear map of the latent instead of an MLP.
+    classifier_parameters
+        ``n_hidden``, ``n_layers``, ``dropout_rate`` of the classifier MLP.
+    y_prior
+        Prior class probabilities, in the order of :attr:`classes_` (default uniform).
+
+    Examples
+    --------
+    >>> scvi.model.SCANVI.setup_anndata(adata, labels_key="cell_type", unlabeled_category="Unknown",
+    ...                                 batch_key="batch")
+    >>> model = scvi.model.SCANVI(adata)
+    >>> model.train()
+    >>> adata.obs["predicted"] = model.predict()
+    """
+
+    _model_name = "SCANVI"
+    _latent_key = "X_scanvi"
+
+    def __init__(
+        self,
+        adata,
+        n_hidden: int = 128,
+        n_latent: int = 10,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        dispersion: str = "gene",
+        gene_likelihood: str = "zinb",
+        use_observed_lib_size: bool = True,
+        encode_covariates: bool = False,
+        deeply_inject_covariates: bool = True,
+        linear_classifier: bool = False,
+        classifier_parameters: dict | None = None,
+        y_prior: Sequence[float] | None = None,
+    ) -> None:
+        super(SCVI, self).__init__(
+            adata, n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers, dropout_rate=dropout_rate,
+            dispersion=dispersion, gene_likelihood=gene_likelihood, use_observed_lib_size=use_observed_lib_size,
+            encode_covariates=encode_covariates, deeply_inject_covariates=deeply_inject_covariates,
+            linear_classifier=linear_classifier, classifier_parameters=classifier_parameters,
+            y_prior=None if y_prior is None else [float(p) for p in y_prior],
+        )
+        self.was_pretrained = False
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata,
+        labels_key: str,
+        unlabeled_category: str,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        size_factor_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+    ) -> None:
+        """As :meth:`SCVI.setup_anndata`, with ``labels_key`` (the ``adata.obs`` column of labels) and
+        ``unlabeled_category`` (its value for cells without a label). Needs at least one labelled cell."""
+        if labels_key is None:
+            raise MissingKeyError("SCANVI needs labels_key: the adata.obs column with the cell labels.")
+        unlabeled = str(unlabeled_category)
+        registry = Registry.from_anndata(
+            adata, layer, batch_key, labels_key, size_factor_key,
+            list(categorical_covariate_keys or []), list(continuous_covariate_keys or []), cls._model_name,
+            extra_args={"unlabeled_category": unlabeled},
+        )
+        # classes: the labels present in the data, minus the unlabeled category, which gets the last code
+        classes = [c for c in registry.categories["labels"] if c != unlabeled]
+        if not classes:
+            raise InvalidDataError(
+                f"Every cell of adata.obs[{labels_key!r}] is {unlabeled!r}: SCANVI needs some labelled cells."
+            )
+        registry.categories["labels"] = classes + [unlabeled]
+        registry.summary["n_labels"] = len(classes)
+        registry.attach(adata)
+
+    @property
+    def classes_(self) -> list[str]:
+        """The class names, in the order of the classifier's outputs."""
+        return list(self.registry.categories["labels"][:-1])
+
+    def _build_module(self, registry: Registry, **p) -> SCANVAE:
+        _check_choice("dispersion", p["dispersion"], DISPERSIONS)
+        _check_choice("gene_likelihood", p["gene_likelihood"], LIKELIHOODS)
+        for name in ("n_hidden", "n_latent", "n_layers"):
+            _check_positive(name, p[name])
+        if not 0 <= p["dropout_rate"] < 1:
+            raise InvalidParameterError(f"dropout_rate must be in [0, 1), got {p['dropout_rate']}.")
+        s = registry.summary
+        n_classes = len(registry.categories["labels"]) - 1
+        if p.get("y_prior") is not None and len(p["y_prior"]) != n_classes:
+            raise InvalidParameterError(f"y_prior needs one probability per class ({n_classes}).")
+        return SCANVAE(
+            n_input=s["n_vars"], n_labels=n_classes, n_batch=s["n_batch"],
+            n_continuous_cov=s["n_continuous"], n_cats_per_cov=s["n_cats_per_cov"],
+            library_log_means=s["library_log_means"], library_log_vars=s["library_log_vars"], **p,
+        )
+
+    @classmethod
+    def from_scvi_model(
+        cls, scvi_model: SCVI, unlabeled_category: str, labels_key: str | None = None, adata=None, **scanvi_kwargs
+    ) -> "SCANVI":
+        """A SCANVI initialised with the weights of a trained :class:`SCVI` (its hyper-parameters too).
+
+        labels_key: default the SCVI's. adata: default the SCVI's; it is set up for SCANVI with the
+        SCVI's other setup arguments. scanvi_kwargs: SCANVI-only options (``linear_classifier``...).
+        Train it afterwards (by default for few epochs, as it starts from a trained model).
+        """
+        if type(scvi_model) is not SCVI:
+            raise InvalidParameterError("from_scvi_model needs a cellvi.model.SCVI model.")
+        if not scvi_model.is_trained:
+            raise InvalidParameterError("The SCVI model has not been trained yet: call scvi_model.train() first.")
+        params = dict(scvi_model.init_params)
+        if params.pop("latent_distribution", "normal") != "normal":
+            raise InvalidParameterError("SCANVI needs an SCVI with latent_distribution='normal'.")
+        for key in list(scanvi_kwargs):
+            if key in params:
+                raise InvalidParameterError(f"{key!r} is fixed by the SCVI model ({params[key]!r}); do not pass it.")
+        adata = scvi_model.adata if adata is None else adata
+        args = dict(scvi_model.registry.setup_args)
+        labels_key = labels_key or args.pop("labels_key", None)
+        args.pop("labels_key", None)
+        if labels_key is None:
+            raise MissingKeyError("Pass labels_key: the SCVI model was set up without labels.")
+        scvi_model.registry.check_genes(adata)
+        cls.setup_anndata(adata, labels_key, unlabeled_category, **args)
+        registry = Registry.of(adata)
+        for name in ["batch", *scvi_model.registry.extra_categorical_keys]:
+            if registry.categories[name] != scvi_model.registry.categories[name]:
+                raise RegistryMismatchError(
+                    f"The {name} categories of adata differ from the SCVI model's; use the SCVI's AnnData."
+                )
+        model = cls(adata, **params, **scanvi_kwargs)
+        own = model.module.state_dict()
+        weights = {k: v for k, v in scvi_model.module.state_dict().items() if k in own and v.shape == own[k].shape}
+        model.module.load_state_dict(weights, strict=False)
+        model.was_pretrained = True
+        return model
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        n_samples_per_label: int | None = None,
+        plan_kwargs: dict | None = None,
+        **kwargs,
+    ) -> "SCANVI":
+        """Train on labelled and unlabelled cells. Arguments as :meth:`SCVI.train`, plus:
+
+        max_epochs: default as SCVI, or, for a model from :meth:`from_scvi_model`, a third of that
+        clipped to [2, 10]. n_samples_per_label: balance the classes in the classification loss as if
+        each had at most this many labelled cells (rarer classes count fully, larger ones less).
+        plan_kwargs may hold ``classification_ratio`` (default 50), the weight of the classification
+        loss against the bound (per cell).
+        """
+        if max_epochs is None:
+            max_epochs = int(min(400, max(1, round(400 * 20000 / self.adata.n_obs))))
+            if getattr(self, "was_pretrained", False):
+                max_epochs = int(min(10, max(2, round(max_epochs / 3.0))))
+        plan = dict(plan_kwargs or {})
+        ratio = float(plan.pop("classification_ratio", 50.0))
+        if ratio < 0:
+            raise InvalidParameterError(f"classification_ratio must be >= 0, got {ratio}.")
+        weights = None
+        if n_samples_per_label is not None:
+            _check_positive("n_samples_per_label", n_samples_per_label)
+            n_classes = len(self.classes_)
+            counts = np.bincount(self._cell_data().labels, minlength=n_classes + 1)[:n_classes]
+            weights = torch.as_tensor(
+                np.minimum(1.0, n_samples_per_label / np.maximum(counts, 1)), dtype=torch.float32, device=self.device
+            )
+        return super().train(
+            max_epochs=max_epochs, plan_kwargs=plan, classification_ratio=ratio, class_weights=weights, **kwargs
+        )
+
+    # ------------------------------------------------------------------ outputs
+    @torch.no_grad()
+    def predict(
+        self, adata=None, indices=None, soft: bool = False, batch_size: int | None = None, keep_observed: bool = True
+    ) -> np.ndarray | pd.DataFrame:
+        """Label of each cell: an array of class names (n_cells,), or with ``soft`` a DataFrame (cells x
+        classes) of class probabilities from the classifier (posterior mean of the latent).
+
+        keep_observed: a labelled cell keeps its observed label (probability 1 with ``soft``) rather than
+        the classifier's guess; pass False to classify every cell (to check the classifier on labelled
+        cells). The data's labels are never changed.
+        """
+        parts = [torch.softmax(self.module.classify(b), dim=-1).cpu().numpy()
+                 for b in self._batches(adata, indices, batch_size)]
+        n_classes = len(self.classes_)
+        probs = np.concatenate(parts) if parts else np.zeros((0, n_classes), dtype=np.float32)
+        if keep_observed:
+            labels = self._cell_data(adata).labels
+            labels = labels if indices is None else labels[np.asarray(indices)]
+            observed = labels < n_classes
+            probs[observed] = np.eye(n_classes, dtype=probs.dtype)[labels[observed]]
+        if not soft:
+            return np.asarray(self.classes_, dtype=object)[probs.argmax(1)]
+        obs_names = (self.adata if adata is None else adata).obs_names
+        if indices is not None:
+            obs_names = obs_names[np.asarray(indices)]
+        return pd.DataFrame(probs, index=obs_names, columns=self.classes_)

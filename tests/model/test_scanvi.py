@@ -1,0 +1,101 @@
+"""SCANVI: setup of labels, semi-supervised training, prediction, initialisation from SCVI, save/load."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import cellvi
+from cellvi.errors import InvalidDataError, InvalidParameterError, MissingKeyError
+from cellvi.model import SCANVI, SCVI
+
+
+def _hide_labels(adata, fraction=0.3, seed=0):
+    """labels column: the cell type, with a fraction of cells set to "Unknown"."""
+    rng = np.random.default_rng(seed)
+    labels = adata.obs["cell_type"].astype(str).to_numpy().copy()
+    hidden = rng.random(adata.n_obs) < fraction
+    labels[hidden] = "Unknown"
+    adata.obs["labels"] = labels
+    return hidden
+
+
+def test_unlabeled_and_unused_categories_are_not_classes(small_adata):
+    _hide_labels(small_adata)
+    # a categorical dtype with a category no cell has, listed first
+    small_adata.obs["labels"] = pd.Categorical(
+        small_adata.obs["labels"], categories=["ghost", "Unknown", "type0", "type1", "type2"]
+    )
+    SCANVI.setup_anndata(small_adata, labels_key="labels", unlabeled_category="Unknown", batch_key="batch")
+    model = SCANVI(small_adata, n_hidden=32, n_latent=4)
+    assert model.classes_ == ["type0", "type1", "type2"]
+    model.train(max_epochs=2)
+    soft = model.predict(soft=True)
+    assert list(soft.columns) == ["type0", "type1", "type2"]
+    assert set(model.predict()) <= {"type0", "type1", "type2"}
+
+
+def test_setup_errors(small_adata):
+    small_adata.obs["labels"] = "Unknown"
+    with pytest.raises(InvalidDataError, match="labelled"):
+        SCANVI.setup_anndata(small_adata, labels_key="labels", unlabeled_category="Unknown")
+    with pytest.raises(MissingKeyError):
+        SCANVI.setup_anndata(small_adata, labels_key="nope", unlabeled_category="Unknown")
+
+
+def test_train_predict_and_outputs(small_adata):
+    hidden = _hide_labels(small_adata)
+    before = small_adata.obs["labels"].copy()
+    SCANVI.setup_anndata(small_adata, labels_key="labels", unlabeled_category="Unknown", batch_key="batch")
+    model = SCANVI(small_adata, n_latent=5)
+    model.train(max_epochs=40, n_samples_per_label=50, plan_kwargs={"classification_ratio": 50})
+    assert np.isfinite(model.history["elbo_train"]).all()
+    soft = model.predict(soft=True)
+    np.testing.assert_allclose(soft.to_numpy().sum(1), 1.0, rtol=1e-5)
+    hard = model.predict()
+    assert hard.shape == (small_adata.n_obs,)
+    np.testing.assert_array_equal(hard, soft.columns.to_numpy()[soft.to_numpy().argmax(1)])
+    # labelled cells keep their observed label (unless asked), and the data's labels are left as they were
+    np.testing.assert_array_equal(hard[~hidden], before.to_numpy()[~hidden])
+    guess = model.predict(keep_observed=False)
+    np.testing.assert_array_equal(guess[hidden], hard[hidden])
+    pd.testing.assert_series_equal(small_adata.obs["labels"], before)
+    # the unlabelled cells are predicted far better than chance (3 balanced-ish types)
+    truth = small_adata.obs["cell_type"].astype(str).to_numpy()
+    assert np.mean(hard[hidden] == truth[hidden]) > 0.8
+    latent = model.get_latent_representation()
+    assert latent.shape == (small_adata.n_obs, 5)
+    assert "X_scanvi" in small_adata.obsm
+    assert np.isfinite(model.get_elbo())
+
+
+def test_from_scvi_model_copies_weights(small_adata):
+    _hide_labels(small_adata)
+    SCVI.setup_anndata(small_adata, batch_key="batch")
+    vae = SCVI(small_adata, n_hidden=32, n_latent=4)
+    with pytest.raises(InvalidParameterError, match="trained"):
+        SCANVI.from_scvi_model(vae, "Unknown", labels_key="labels")
+    vae.train(max_epochs=3)
+    with pytest.raises(MissingKeyError):
+        SCANVI.from_scvi_model(vae, "Unknown")
+    model = SCANVI.from_scvi_model(vae, "Unknown", labels_key="labels", linear_classifier=True)
+    assert model.init_params["n_latent"] == 4 and model.init_params["linear_classifier"]
+    for name, value in vae.module.state_dict().items():
+        torch.testing.assert_close(model.module.state_dict()[name], value)
+    np.testing.assert_allclose(
+        model.get_latent_representation(obsm_key=None), vae.get_latent_representation(obsm_key=None), atol=1e-6
+    )
+    model.train()  # pretrained: a few epochs by default
+    assert 2 <= len(model.history) <= 10
+
+
+def test_save_load_roundtrip(small_adata, tmp_path):
+    _hide_labels(small_adata)
+    SCANVI.setup_anndata(small_adata, labels_key="labels", unlabeled_category="Unknown", batch_key="batch")
+    model = SCANVI(small_adata, n_hidden=32, n_latent=4, dispersion="gene-label")
+    model.train(max_epochs=3)
+    model.save(tmp_path / "m")
+    loaded = SCANVI.load(tmp_path / "m", adata=small_adata)
+    pd.testing.assert_frame_equal(loaded.predict(soft=True), model.predict(soft=True))
+    with pytest.raises(cellvi.errors.ModelFileError):
+        SCVI.load(tmp_path / "m", adata=small_adata)
