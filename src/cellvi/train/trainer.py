@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..data.loaders import MinibatchLoader, prefetch
+from ..data.loaders import MinibatchLoader
 from ..errors import InvalidParameterError, ModelFileError, TrainingDivergedError
 from . import checkpoint as ckpt
 
@@ -124,7 +124,7 @@ class Trainer:
         n_cells = 0
         kl_w = 1.0
         with torch.set_grad_enabled(train):
-            for batch in prefetch(loader):
+            for batch in loader:
                 if train:
                     kl_w = self.plan.kl_weight(epoch, self.step)
                 out = self.module.loss(batch, kl_weight=kl_w, **self.extra_loss_kwargs)
