@@ -48,3 +48,16 @@ def test_densify_skips_explicitly_stored_zeros():
     assert list(zip(rows, cols)) == [(0, 0), (1, 2)]
     dense2, rows2, cols2 = densify(block.toarray())
     assert list(zip(rows2, cols2)) == [(0, 0), (1, 2)]
+
+
+def test_gather_rows_matches_scipy_for_any_index_dtype():
+    from cellvi.data.matrix import gather_rows
+
+    X = sp.random(50, 30, density=0.2, format="csr", random_state=0, dtype=np.float32)
+    X.data[:3] = 0.0  # explicitly stored zeros
+    wide = sp.csr_matrix((X.data, X.indices, X.indptr.astype(np.int64)), shape=X.shape)
+    rows = np.array([7, 3, 3, 49, 0])
+    for M in (X, wide):
+        dense, r, c = gather_rows(M, rows)
+        np.testing.assert_array_equal(dense, X[rows].toarray())
+        assert np.all(dense[r, c] != 0) and len(r) == np.count_nonzero(dense)

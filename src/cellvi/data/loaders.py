@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from .matrix import densify
+from .matrix import gather_rows
 from .registry import CellData
 
 
@@ -82,7 +82,7 @@ class MinibatchLoader:
     def batch(self, rows: np.ndarray) -> dict:
         """The minibatch of the cells at positions ``rows``."""
         d = self.data
-        X, nz_rows, nz_cols = densify(d.X[rows])
+        X, nz_rows, nz_cols = gather_rows(d.X, rows)
         out = {
             "X": torch.from_numpy(X),
             "nonzero": (torch.from_numpy(nz_rows), torch.from_numpy(nz_cols)),

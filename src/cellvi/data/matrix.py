@@ -32,8 +32,15 @@ def iter_row_chunks(X, chunk_rows: int = CHUNK_ROWS) -> Iterator:
     n = X.shape[0]
     if sp.issparse(X) and not (sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array)):
         X = sp.csr_matrix(X)
+    csr = sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array)
     for start in range(0, n, chunk_rows):
-        yield X[start : min(start + chunk_rows, n)]
+        stop = min(start + chunk_rows, n)
+        if csr:  # views of the three arrays: scipy's slicing may cast the whole index array first
+            a, b = X.indptr[start], X.indptr[stop]
+            ptr = X.indptr[start : stop + 1] - a
+            yield sp.csr_matrix((X.data[a:b], X.indices[a:b], ptr), shape=(stop - start, X.shape[1]), copy=False)
+        else:
+            yield X[start:stop]
 
 
 def _values(chunk) -> np.ndarray:
@@ -70,6 +77,28 @@ def validate_counts_chunk(chunk, first_row: int, layer: str | None) -> None:
                 f"{where} has {int(frac.sum())} non-integer values (e.g. {example:g}) from cell {first_row} on. "
                 "It looks normalised or log-transformed; cellvi needs raw counts (for example layer='counts')."
             )
+
+
+def gather_rows(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows ``rows`` of ``X`` densified, with the coordinates of their non-zeros (see :func:`densify`).
+
+    For an in-memory CSR matrix the rows are gathered straight from its three arrays: scipy's fancy
+    row indexing casts the whole index array when ``indptr`` and ``indices`` differ in dtype (as in
+    h5ad files with 64-bit ``indptr``), which costs a pass over every non-zero of the matrix per call.
+    """
+    if not (sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array)):
+        return densify(X[rows])
+    starts, ends = X.indptr[rows], X.indptr[rows + 1]
+    lengths = (ends - starts).astype(np.int64)
+    first = np.cumsum(lengths) - lengths  # where each row's entries start in the gathered arrays
+    pos = np.repeat(starts.astype(np.int64) - first, lengths) + np.arange(lengths.sum(), dtype=np.int64)
+    values = X.data[pos]
+    local_rows = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    cols = X.indices[pos].astype(np.int64)
+    dense = np.zeros((len(rows), X.shape[1]), dtype=np.float32)
+    dense[local_rows, cols] = values
+    keep = values != 0  # explicitly stored zeros are zeros
+    return dense, local_rows[keep], cols[keep]
 
 
 def densify(block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
