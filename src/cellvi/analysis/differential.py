@@ -49,6 +49,11 @@ def pick_rows(samples: np.ndarray, n_samples: int, rng: np.random.Generator) -> 
 
 
 # ---------------------------------------------------------------------------------------- the tests
+def _log_odds(p: np.ndarray) -> np.ndarray:
+    """Bayes factor of a probability, ``log(p / (1 - p))`` (natural log), kept finite at 0 and 1."""
+    return np.log(p + EPS_BF) - np.log(1.0 - p + EPS_BF)
+
+
 def vanilla_test(scales1: np.ndarray, scales2: np.ndarray) -> dict[str, np.ndarray]:
     """``proba_m1 = P(h1 > h2)``, ``proba_m2``, ``bayes_factor`` (natural log), ``scale1``,
     ``scale2`` (posterior mean expression per group); each (n_genes,)."""
@@ -56,7 +61,7 @@ def vanilla_test(scales1: np.ndarray, scales2: np.ndarray) -> dict[str, np.ndarr
     return {
         "proba_m1": p,
         "proba_m2": 1.0 - p,
-        "bayes_factor": np.log(p + EPS_BF) - np.log(1.0 - p + EPS_BF),
+        "bayes_factor": _log_odds(p),
         "scale1": scales1.mean(0, dtype=np.float64),
         "scale2": scales2.mean(0, dtype=np.float64),
     }
@@ -105,7 +110,7 @@ def change_test(
     return {
         "proba_de": p,
         "proba_not_de": 1.0 - p,
-        "bayes_factor": np.log(p + EPS_BF) - np.log(1.0 - p + EPS_BF),
+        "bayes_factor": _log_odds(p),
         "scale1": scales1.mean(0, dtype=np.float64),
         "scale2": scales2.mean(0, dtype=np.float64),
         **{k: out[k] for k in keys[1:]},
