@@ -149,7 +149,7 @@ def test_zarr_training_and_streamed_outputs(h5ad_path, tmp_path):
     assert is_on_disk(lazy.X)
     cellvi.model.SCVI.setup_anndata(lazy, batch_key="batch")
     model = cellvi.model.SCVI(lazy, n_latent=5, n_hidden=32)
-    model.train(max_epochs=2, batch_size=128)
+    model.train(max_epochs=2, batch_size=128, check_val_every_n_epoch=1)
     assert np.isfinite(model.history["elbo_validation"]).all()
 
     latent = model.get_latent_representation(full, obsm_key=None)  # the same cells in memory

@@ -22,10 +22,33 @@ def test_workflow_stores_latent_and_history(small_adata):
     np.testing.assert_array_equal(small_adata.obsm["X_scvi"], latent)
     hist = model.history
     assert len(hist) == 3
-    for col in ["elbo_train", "reconstruction_loss_train", "kl_local_train", "elbo_validation",
-                "reconstruction_loss_validation", "kl_local_validation", "epoch_end_s"]:
+    for col in ["elbo_train", "reconstruction_loss_train", "kl_local_train", "epoch_end_s"]:
         assert col in hist.columns and np.isfinite(hist[col]).all()
+    # validation runs after the last epoch unless asked for more often (or early stopping is on)
+    for col in ["elbo_validation", "reconstruction_loss_validation", "kl_local_validation"]:
+        assert hist[col].isna().tolist() == [True, True, False]
     assert hist["elbo_train"].iloc[-1] > hist["elbo_train"].iloc[0]
+
+
+def test_check_val_every_n_epoch(small_adata):
+    cellvi.model.SCVI.setup_anndata(small_adata, batch_key="batch")
+    model = cellvi.model.SCVI(small_adata, n_latent=5, n_hidden=32)
+    model.train(max_epochs=5, check_val_every_n_epoch=2)
+    assert model.history["elbo_validation"].notna().tolist() == [False, True, False, True, True]
+    model.train(max_epochs=3, early_stopping=True)
+    assert model.history["elbo_validation"].notna().all()
+
+
+def test_validation_does_not_change_training(small_adata):
+    latents = []
+    for every in (None, 1):
+        cellvi.settings.seed = 0
+        a = small_adata.copy()
+        SCVI.setup_anndata(a, batch_key="batch")
+        model = SCVI(a, n_latent=5, n_hidden=32)
+        model.train(max_epochs=3, check_val_every_n_epoch=every)
+        latents.append(model.get_latent_representation())
+    np.testing.assert_array_equal(latents[0], latents[1])
 
 
 def test_latent_not_stored_when_asked(small_adata):
@@ -163,11 +186,11 @@ def test_checkpoint_resume_equals_uninterrupted(small_adata, tmp_path):
         return SCVI(a, n_hidden=16)
 
     full = fresh()
-    full.train(max_epochs=4)
+    full.train(max_epochs=4, check_val_every_n_epoch=1)
     part = fresh()
-    part.train(max_epochs=2, checkpoint_dir=tmp_path, checkpoint_every=1)
+    part.train(max_epochs=2, checkpoint_dir=tmp_path, checkpoint_every=1, check_val_every_n_epoch=1)
     resumed = fresh()
-    resumed.train(max_epochs=4, checkpoint_dir=tmp_path, checkpoint_every=1, resume=True)
+    resumed.train(max_epochs=4, checkpoint_dir=tmp_path, checkpoint_every=1, resume=True, check_val_every_n_epoch=1)
     np.testing.assert_array_equal(resumed.get_latent_representation(), full.get_latent_representation())
     pd.testing.assert_frame_equal(resumed.history.drop(columns="epoch_end_s"), full.history.drop(columns="epoch_end_s"))
 

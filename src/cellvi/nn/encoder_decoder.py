@@ -57,8 +57,9 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Maps latent ``z`` (and covariates) to per-gene expression proportions and likelihood parameters.
 
-    ``forward`` returns ``(scale, r, dropout_logits)``: ``scale`` (n_cells, n_genes) sums to 1 per cell
-    (softmax), ``r`` the log inverse dispersion per cell and gene (only used for dispersion="gene-cell"),
+    ``forward`` returns ``(scale_logits, r, dropout_logits)``, each (n_cells, n_genes):
+    ``softmax(scale_logits)`` is the expression proportion of each gene (the softmax is left to the
+    likelihood, which fuses it, see :mod:`cellvi.distributions.softmax_counts`), ``r`` the log inverse dispersion per cell and gene (only used for dispersion="gene-cell"),
     ``dropout_logits`` the zero-inflation logits.
     """
 
@@ -87,7 +88,6 @@ class Decoder(nn.Module):
 
     def forward(self, z, cat_codes=None, cont=None):
         h = self.decoder(z, cat_codes, cont)
-        scale = torch.softmax(self.scale_head(h), dim=-1)
         r = self.r_head(h) if self.r_head is not None else None
         dropout_logits = self.dropout_head(h) if self.dropout_head is not None else None
-        return scale, r, dropout_logits
+        return self.scale_head(h), r, dropout_logits

@@ -20,6 +20,10 @@ from tqdm.auto import tqdm
 from ..data.loaders import MinibatchLoader
 from ..errors import InvalidParameterError, ModelFileError, TrainingDivergedError
 from . import checkpoint as ckpt
+from .compiled import CompiledLoss
+
+
+VALIDATION_SEED = 7_919  # validation draws z from its own stream, seeded with this + epoch
 
 
 @dataclass
@@ -96,6 +100,8 @@ class Trainer:
         resume: bool = False,
         extra_loss_kwargs: dict | None = None,
         callbacks: list | None = None,
+        compile_loss: bool = False,
+        check_val_every_n_epoch: int | None = None,
     ) -> None:
         self.module = module
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -110,6 +116,8 @@ class Trainer:
         self.resume = resume
         self.extra_loss_kwargs = extra_loss_kwargs or {}
         self.callbacks = list(callbacks or [])
+        self.compiled_loss = CompiledLoss(module.loss) if compile_loss else None
+        self.check_val_every_n_epoch = check_val_every_n_epoch
         params = [p for p in module.parameters() if p.requires_grad]
         self.optimizer = _adam(params, plan)
         self.rows: list[dict] = []
@@ -127,12 +135,12 @@ class Trainer:
             for batch in loader:
                 if train:
                     kl_w = self.plan.kl_weight(epoch, self.step)
-                out = self.module.loss(batch, kl_weight=kl_w, **self.extra_loss_kwargs)
                 if train:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    out["loss"].backward()
+                    out = self._forward_backward(batch, kl_w)
                     self.optimizer.step()
                     self.step += 1
+                else:
+                    out = self.module.loss(batch, kl_weight=kl_w, **self.extra_loss_kwargs)
                 with torch.no_grad():
                     kl = out["kl_z"] + out["kl_l"]
                     sums += torch.stack([out["loss"] * len(kl), out["reconstruction_loss"].sum(), kl.sum()]).double().cpu()
@@ -148,6 +156,24 @@ class Trainer:
             row["loss_train"] = mean[0]
             row["kl_weight"] = kl_w
         return row
+
+    def _forward_backward(self, batch: dict, kl_w: float) -> dict:
+        if self.compiled_loss is not None:
+            return self.compiled_loss.step(self.optimizer, batch, kl_weight=kl_w, **self.extra_loss_kwargs)
+        out = self.module.loss(batch, kl_weight=kl_w, **self.extra_loss_kwargs)
+        self.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        return out
+
+    def _validate_now(self, epoch: int) -> bool:
+        """Validation every ``check_val_every_n_epoch`` epochs; by default (None) every epoch with early
+        stopping, else only after the last epoch (as scvi-tools, which skips it unless asked)."""
+        if self.val_loader is None or not len(self.val_loader.indices):
+            return False
+        last = epoch + 1 == self.max_epochs
+        if self.check_val_every_n_epoch is None:
+            return self.early_stopping or last
+        return last or (epoch + 1) % self.check_val_every_n_epoch == 0
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> pd.DataFrame:
@@ -170,8 +196,11 @@ class Trainer:
                     "good epoch were restored. Likely causes: a learning rate too high (try plan_kwargs="
                     "{'lr': 1e-4}), counts that are not raw, or extreme library sizes."
                 )
-            if self.val_loader is not None and len(self.val_loader.indices):
-                row.update(self._run_epoch(self.val_loader, epoch, train=False))
+            if self._validate_now(epoch):
+                # with its own random stream: how often validation runs never changes the training
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(VALIDATION_SEED + epoch)
+                    row.update(self._run_epoch(self.val_loader, epoch, train=False))
             row["epoch_end_s"] = time.perf_counter() - t0
             self.rows.append(row)
             last_good = copy.deepcopy(self.module.state_dict())

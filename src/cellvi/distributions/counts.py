@@ -3,7 +3,7 @@
 Parameterisation (as in scVI): ``mu`` is the mean (> 0), ``theta`` the inverse dispersion (> 0; variance
 ``mu + mu**2 / theta``), ``pi_logits`` the logit of the zero-inflation probability.
 
-Two flavours of each log-likelihood:
+Two flavours of each log-likelihood (see also :mod:`.softmax_counts`):
 
 * ``log_nb`` / ``log_zinb`` / ``log_poisson`` return the log-probability of every entry, shape of ``x``.
 * ``log_nb_sum`` / ``log_zinb_sum`` / ``log_poisson_sum`` return the sum over genes per cell, shape
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 
 EPS = 1e-8
 
@@ -60,8 +61,7 @@ def _zero_case(mu: torch.Tensor, theta: torch.Tensor, pi_logits: torch.Tensor | 
     """Every entry evaluated as if its count were zero, with the gradients of that value.
 
     Returns the per-cell sum (n_cells,) of log p(0) and its gradients with respect to mu, theta and
-    pi_logits, each (n_cells, n_genes) (``None`` for pi without zero inflation). Purely element-wise,
-    so :func:`enable_fused_kernels` can compile it into one loop over memory.
+    pi_logits, each (n_cells, n_genes) (``None`` for pi without zero inflation).
     """
     tm = theta + mu + eps
     inv_tm = 1.0 / tm
@@ -82,30 +82,6 @@ def _zero_case_value(mu, theta, pi_logits, eps: float) -> torch.Tensor:
     if pi_logits is None:
         return nb0.sum(-1)
     return (F.softplus(nb0 - pi_logits) - F.softplus(-pi_logits)).sum(-1)
-
-
-_zero_case_impl = _zero_case
-
-
-def fused_kernels_enabled() -> bool:
-    """Whether :func:`enable_fused_kernels` is in effect."""
-    return _zero_case_impl is not _zero_case
-
-
-def enable_fused_kernels(enabled: bool = True) -> bool:
-    """Compile the element-wise likelihood pass with ``torch.compile`` (one fused loop instead of ~15
-    passes over memory). Costs ~20 s of compilation once per process and needs a C++ compiler on CPU;
-    returns whether it is on. Falls back to eager mode when compilation is unavailable."""
-    global _zero_case_impl
-    if not enabled:
-        _zero_case_impl = _zero_case
-        return False
-    try:
-        _zero_case_impl = torch.compile(_zero_case, dynamic=True)
-    except Exception:  # no compiler backend here
-        _zero_case_impl = _zero_case
-        return False
-    return True
 
 
 class _CountLikelihoodSum(torch.autograd.Function):
@@ -130,7 +106,7 @@ class _CountLikelihoodSum(torch.autograd.Function):
         nb_nz = t_nz * r_nz + xv * (torch.log(mu_nz + eps) - torch.log(tm_nz)) + lgamma_terms
         needs_grad = any(ctx.needs_input_grad[1:4])
         if needs_grad:
-            zero_sum, grad_mu, grad_t, grad_pi = _zero_case_impl(mu, theta, pi_logits, eps)
+            zero_sum, grad_mu, grad_t, grad_pi = _zero_case(mu, theta, pi_logits, eps)
         else:  # evaluation: the value alone
             zero_sum = _zero_case_value(mu, theta, pi_logits, eps)
         # log p(0) at the non-zero entries, to swap for log p(x)
