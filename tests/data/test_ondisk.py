@@ -56,6 +56,19 @@ def test_loader_reads_the_right_rows_in_order_and_shuffled(h5ad_path):
     np.testing.assert_array_equal(_ids(loader), _ids(loader))
 
 
+def test_reading_ahead_or_not_gives_the_same_minibatches(h5ad_path):
+    backed = ad.read_h5ad(h5ad_path, backed="r")
+    runs = []
+    for read_ahead in (False, True):
+        loader = OnDiskLoader(_positional(backed.X), batch_size=97, shuffle=True, chunk_size=300,
+                              buffer_chunks=2, read_ahead=read_ahead)
+        runs.append([(b["batch"].numpy(), b["X"].numpy()) for b in loader])
+    assert len(runs[0]) == len(runs[1])
+    for (ids_a, x_a), (ids_b, x_b) in zip(*runs):
+        np.testing.assert_array_equal(ids_a, ids_b)
+        np.testing.assert_array_equal(x_a, x_b)
+
+
 def test_no_minibatch_of_one_cell():
     data = _positional(sp.random(1025, 5, density=0.5, format="csr", random_state=0).ceil())
     sizes = [len(b["X"]) for b in OnDiskLoader(data, batch_size=128, shuffle=True, chunk_size=300)]

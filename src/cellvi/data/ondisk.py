@@ -3,8 +3,11 @@
 :class:`OnDiskLoader` has the interface of :class:`~cellvi.data.MinibatchLoader` (iterates dicts of
 tensors; ``set_epoch``; ``len``) but never holds the whole matrix. It reads *chunks*: runs of cells
 that lie within ``chunk_size`` consecutive rows of the on-disk CSR matrix, each read with one slice of
-``indptr`` and slices of ``data`` / ``indices`` (plain h5py or zarr reads). A background thread reads
-the next *buffer* (``buffer_chunks`` chunks) while minibatches of the current one are trained on.
+``indptr`` and slices of ``data`` / ``indices`` (plain h5py or zarr reads). When the machine has a core
+to spare (more cores than torch threads), a background thread reads the next *buffer*
+(``buffer_chunks`` chunks) while minibatches of the current one are trained on; otherwise the reads
+happen between steps, because a reader thread on a core that torch's threads need stalls every
+operation at its thread barrier (measured: slower than not overlapping at all).
 
 Randomness trade-off
 --------------------
@@ -29,6 +32,7 @@ out the number of steps).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -144,12 +148,12 @@ def _take(d: CellData, rows: np.ndarray, X=None) -> CellData:
     )
 
 
-def _concat(a: CellData, b: CellData) -> CellData:
+def _concat(a: CellData, b: CellData, X) -> CellData:
+    """The cells of ``a`` then ``b``, whose count rows are already stacked in ``X``."""
     opt = lambda x, y: None if x is None else np.concatenate([x, y])  # noqa: E731
     return CellData(
-        sp.vstack([a.X, b.X], format="csr"), np.concatenate([a.batch, b.batch]),
-        np.concatenate([a.labels, b.labels]), opt(a.cat_covs, b.cat_covs), opt(a.cont_covs, b.cont_covs),
-        opt(a.size_factor, b.size_factor),
+        X, np.concatenate([a.batch, b.batch]), np.concatenate([a.labels, b.labels]),
+        opt(a.cat_covs, b.cat_covs), opt(a.cont_covs, b.cont_covs), opt(a.size_factor, b.size_factor),
     )
 
 
@@ -172,6 +176,9 @@ class OnDiskLoader:
         Read only this shard's chunks (see the module notes).
     layer, validate
         Check each chunk read for raw counts (errors name ``adata.layers[layer]``).
+    read_ahead
+        Read the next buffer in a background thread. Default: only when ``os.cpu_count()`` exceeds
+        ``torch.get_num_threads()`` (see the module notes).
     """
 
     def __init__(
@@ -188,6 +195,7 @@ class OnDiskLoader:
         n_shards: int = 1,
         layer: str | None = None,
         validate: bool = True,
+        read_ahead: bool | None = None,
     ) -> None:
         for name, v in [("batch_size", batch_size), ("chunk_size", chunk_size), ("buffer_chunks", buffer_chunks),
                         ("n_shards", n_shards)]:
@@ -202,6 +210,7 @@ class OnDiskLoader:
         self.buffer_chunks, self.shard_index, self.n_shards = int(buffer_chunks), int(shard_index), int(n_shards)
         self.chunks = plan_chunks(self.indices, int(chunk_size))
         self.reader = RowReader(data.X, layer, validate)
+        self.read_ahead = (os.cpu_count() or 1) > torch.get_num_threads() if read_ahead is None else bool(read_ahead)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -219,21 +228,26 @@ class OnDiskLoader:
         n = sum(len(c) for c in self.shard_chunks())
         return len(minibatch_slices(n, self.batch_size)) if n else 0
 
-    def _read_buffer(self, chunks: list[np.ndarray]) -> CellData:
-        rows = np.concatenate(chunks)
-        blocks = [self.reader.read(c) for c in chunks]
+    def _read_buffer(self, chunks: list[np.ndarray]) -> tuple[np.ndarray, list]:
+        """The positions of a buffer's cells and its blocks of rows (CSR), one block per chunk."""
+        return np.concatenate(chunks), [self.reader.read(c) for c in chunks]
+
+    def _buffer(self, rows: np.ndarray, blocks: list, carry: CellData | None) -> CellData:
+        """The cells left over from the last buffer followed by the new ones, stacked in one copy."""
+        if carry is not None:
+            blocks = [carry.X, *blocks]
         X = blocks[0] if len(blocks) == 1 else sp.vstack(blocks, format="csr")
-        return _take(self.data, rows, X)
+        new = _take(self.data, rows, X)
+        return new if carry is None else _concat(carry, new, X)
 
     def __iter__(self) -> Iterator[dict]:
         chunks = self.shard_chunks()
         groups = [chunks[i : i + self.buffer_chunks] for i in range(0, len(chunks), self.buffer_chunks)]
         rng = np.random.default_rng([self.seed, self.epoch, self.shard_index, 1])
         bs, carry = self.batch_size, None
-        buffers = prefetch((self._read_buffer(g) for g in groups), depth=1)
-        for k, buf in enumerate(buffers):
-            if carry is not None:
-                buf = _concat(carry, buf)
+        reads = (self._read_buffer(g) for g in groups)
+        for k, (rows, blocks) in enumerate(prefetch(reads, depth=1) if self.read_ahead else reads):
+            buf = self._buffer(rows, blocks, carry)
             n = buf.n_cells
             order = rng.permutation(n) if self.shuffle else np.arange(n)
             last = k == len(groups) - 1
