@@ -8,12 +8,18 @@ a C++ compiler on CPU, which is why ``train(fused_kernels=None)`` compiles only 
 
 Only training steps are compiled; validation and inference stay eager, so that switching the module
 between train and eval mode never triggers a recompilation.
+
+Compiled steps run with ``torch.use_deterministic_algorithms(True, warn_only=True)``: the generated
+backward kernels otherwise accumulate with atomics, and the same seed gave different bits in every
+process (measured; with the flag, identical bits, at no measurable cost on CPU). The flag is restored
+after each step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -34,9 +40,10 @@ class CompiledLoss:
         """Forward and backward of one minibatch (gradients set, not yet applied). Returns the loss dict."""
         if self.compiled is not None:
             try:
-                out = self.compiled(batch, **kwargs)
-                optimizer.zero_grad(set_to_none=True)
-                out["loss"].backward()
+                with deterministic():
+                    out = self.compiled(batch, **kwargs)
+                    optimizer.zero_grad(set_to_none=True)
+                    out["loss"].backward()
                 return out
             except Exception as exc:  # noqa: BLE001 - any failure of the compiler; the eager step re-raises real errors
                 warnings.warn(
@@ -50,3 +57,14 @@ class CompiledLoss:
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         return out
+
+
+@contextlib.contextmanager
+def deterministic() -> Iterator[None]:
+    """Deterministic algorithms (warnings, not errors, where an operation has none) for the block."""
+    was, was_warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=was_warn_only)
