@@ -164,12 +164,14 @@ def log_zinb_sum(
 
 def log_poisson_sum(x: torch.Tensor, rate: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """Per-cell Poisson log-likelihood summed over genes. Returns (n_cells,)."""
+    return (x * torch.log(rate + eps) - rate).sum(-1) - log_factorial_sum(x)
+
+
+@torch.no_grad()
+def log_factorial_sum(x: torch.Tensor) -> torch.Tensor:
+    """Per-cell sum of ``lgamma(x + 1)`` over the non-zero counts (the rest are 0), (n_cells,); no gradient."""
     rows, cols = torch.nonzero(x, as_tuple=True)
-    with torch.no_grad():
-        log_factorial = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device).index_add_(
-            0, rows, torch.lgamma(x[rows, cols] + 1)
-        )
-    return (x * torch.log(rate + eps) - rate).sum(-1) - log_factorial
+    return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device).index_add_(0, rows, torch.lgamma(x[rows, cols] + 1))
 
 
 def sample_nb(mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:

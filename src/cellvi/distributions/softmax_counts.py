@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .counts import log_factorial_sum
+
 
 def _dense_pass(a, log_library, log_theta, pi_logits, with_grad: bool):
     """Every entry as if its count were zero.
@@ -34,9 +36,9 @@ def _dense_pass(a, log_library, log_theta, pi_logits, with_grad: bool):
     """
     row_max = a.amax(1, keepdim=True)
     mu = torch.exp(a - row_max)
-    total = mu.sum(1, keepdim=True)
-    log_scale = log_library - row_max - torch.log(total)
-    mu = mu * torch.exp(log_library - torch.log(total))  # library * softmax(a)
+    log_total = torch.log(mu.sum(1, keepdim=True))
+    log_scale = log_library - row_max - log_total
+    mu = mu * torch.exp(log_library - log_total)  # library * softmax(a)
     theta = torch.exp(log_theta)
     theta_mu = theta + mu
     sp = torch.log(theta_mu) - log_theta  # log(1 + mu / theta); log NB(0) = -theta * sp
@@ -61,8 +63,7 @@ def _dense_pass(a, log_library, log_theta, pi_logits, with_grad: bool):
 def _nonzero_pass(x, a, log_scale, log_theta, pi_logits, rows, cols, with_grad: bool):
     """The non-zero entries at (rows, cols): ``correction`` = log p(x) - log p(0) there (what to add to the
     dense pass's per-cell value), and with ``with_grad`` the true ``h``, ``g_theta`` and ``g_pi`` there,
-    each a vector over the non-zeros (``g_pi`` None without zero inflation).
-"""
+    each a vector over the non-zeros (``g_pi`` None without zero inflation)."""
     flat = rows * a.shape[1] + cols
     xv = x.reshape(-1)[flat]
     per_gene = log_theta.shape[0] == 1
@@ -176,11 +177,5 @@ def log_poisson_sum_softmax(x: torch.Tensor, logits: torch.Tensor, log_library: 
     """Per-cell Poisson log-likelihood with rate ``exp(log_library) * softmax(logits)``. The rates of a cell
     sum to its library, so ``sum_g rate_g = exp(log_library)`` needs no pass over the genes."""
     log_softmax = logits - torch.logsumexp(logits, 1, keepdim=True)
-    rows, cols = torch.nonzero(x, as_tuple=True)
-    with torch.no_grad():
-        log_factorial = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device).index_add_(
-            0, rows, torch.lgamma(x[rows, cols] + 1)
-        )
-    counts = x.sum(1)
     library = log_library.reshape(-1)
-    return (x * log_softmax).sum(1) + counts * library - torch.exp(library) - log_factorial
+    return (x * log_softmax).sum(1) + x.sum(1) * library - torch.exp(library) - log_factorial_sum(x)

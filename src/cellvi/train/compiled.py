@@ -41,10 +41,7 @@ class CompiledLoss:
         if self.compiled is not None:
             try:
                 with deterministic():
-                    out = self.compiled(batch, **kwargs)
-                    optimizer.zero_grad(set_to_none=True)
-                    out["loss"].backward()
-                return out
+                    return forward_backward(self.compiled, optimizer, batch, **kwargs)
             except Exception as exc:  # noqa: BLE001 - any failure of the compiler; the eager step re-raises real errors
                 warnings.warn(
                     f"torch.compile failed ({type(exc).__name__}: {str(exc)[:300]}); training continues "
@@ -53,16 +50,22 @@ class CompiledLoss:
                     stacklevel=2,
                 )
                 self.compiled = None
-        out = self.loss_fn(batch, **kwargs)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        return out
+        return forward_backward(self.loss_fn, optimizer, batch, **kwargs)
+
+
+def forward_backward(loss_fn: Callable, optimizer: torch.optim.Optimizer, batch: dict, **kwargs) -> dict:
+    """The loss of one minibatch and its gradients (set, not yet applied). Returns the loss dict."""
+    out = loss_fn(batch, **kwargs)
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    return out
 
 
 @contextlib.contextmanager
 def deterministic() -> Iterator[None]:
     """Deterministic algorithms (warnings, not errors, where an operation has none) for the block."""
-    was, was_warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    was = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..data.loaders import MinibatchLoader
 from ..errors import InvalidParameterError, ModelFileError, TrainingDivergedError
 from . import checkpoint as ckpt
-from .compiled import CompiledLoss
+from .compiled import CompiledLoss, forward_backward
 
 
 VALIDATION_SEED = 7_919  # validation draws z from its own stream, seeded with this + epoch
@@ -160,10 +160,7 @@ class Trainer:
     def _forward_backward(self, batch: dict, kl_w: float) -> dict:
         if self.compiled_loss is not None:
             return self.compiled_loss.step(self.optimizer, batch, kl_weight=kl_w, **self.extra_loss_kwargs)
-        out = self.module.loss(batch, kl_weight=kl_w, **self.extra_loss_kwargs)
-        self.optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        return out
+        return forward_backward(self.module.loss, self.optimizer, batch, kl_weight=kl_w, **self.extra_loss_kwargs)
 
     def _validate_now(self, epoch: int) -> bool:
         """Validation every ``check_val_every_n_epoch`` epochs; by default (None) every epoch with early
