@@ -1,5 +1,6 @@
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import gammaln
 
 from cellvi.data import CellData, MinibatchLoader, minibatch_slices, prefetch
 
@@ -43,21 +44,26 @@ def test_densify_skips_explicitly_stored_zeros():
     from cellvi.data.matrix import densify
 
     block = sp.csr_matrix((np.array([3.0, 0.0, 2.0]), np.array([0, 1, 2]), np.array([0, 2, 3])), shape=(2, 4))
-    dense, rows, cols = densify(block)
+    dense, rows, cols, log_factorial = densify(block)
     np.testing.assert_array_equal(dense, block.toarray())
     assert list(zip(rows, cols)) == [(0, 0), (1, 2)]
-    dense2, rows2, cols2 = densify(block.toarray())
+    np.testing.assert_allclose(log_factorial, [np.log(6.0), np.log(2.0)], rtol=1e-6)
+    dense2, rows2, cols2, log_factorial2 = densify(block.toarray())
     assert list(zip(rows2, cols2)) == [(0, 0), (1, 2)]
+    np.testing.assert_array_equal(log_factorial2, log_factorial)
 
 
 def test_gather_rows_matches_scipy_for_any_index_dtype():
     from cellvi.data.matrix import gather_rows
 
     X = sp.random(50, 30, density=0.2, format="csr", random_state=0, dtype=np.float32)
-    X.data[:3] = 0.0  # explicitly stored zeros
+    X.data = np.floor(X.data * 20)  # counts, some of them explicitly stored zeros
+    X.data[:3] = 0.0
+    X.data[3] = 5000.0  # beyond the log-factorial table
     wide = sp.csr_matrix((X.data, X.indices, X.indptr.astype(np.int64)), shape=X.shape)
     rows = np.array([7, 3, 3, 49, 0])
     for M in (X, wide):
-        dense, r, c = gather_rows(M, rows)
+        dense, r, c, log_factorial = gather_rows(M, rows)
         np.testing.assert_array_equal(dense, X[rows].toarray())
         assert np.all(dense[r, c] != 0) and len(r) == np.count_nonzero(dense)
+        np.testing.assert_allclose(log_factorial, gammaln(dense.astype(np.float64) + 1).sum(1), rtol=1e-6)

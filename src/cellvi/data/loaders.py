@@ -82,10 +82,11 @@ class MinibatchLoader:
     def batch(self, rows: np.ndarray) -> dict:
         """The minibatch of the cells at positions ``rows``."""
         d = self.data
-        X, nz_rows, nz_cols = gather_rows(d.X, rows)
+        X, nz_rows, nz_cols, log_factorial = gather_rows(d.X, rows)
         out = {
             "X": torch.from_numpy(X),
             "nonzero": (torch.from_numpy(nz_rows), torch.from_numpy(nz_cols)),
+            "log_factorial": torch.from_numpy(log_factorial),
             "batch": torch.from_numpy(d.batch[rows]),
             "labels": torch.from_numpy(d.labels[rows]),
         }

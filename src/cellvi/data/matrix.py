@@ -9,10 +9,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import gammaln
 
 from ..errors import InvalidDataError, InvalidTypeError, MissingKeyError
 
 CHUNK_ROWS = 10_000
+_LOG_FACTORIAL = gammaln(np.arange(1, 4097, dtype=np.float64))  # lgamma(k + 1) for counts k < 4096
 
 
 def count_matrix(adata, layer: str | None):
@@ -85,8 +87,23 @@ def validate_counts_chunk(chunk, first_row: int, layer: str | None) -> None:
             )
 
 
-def gather_rows(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows ``rows`` of ``X`` densified, with the coordinates of their non-zeros (see :func:`densify`).
+def row_log_factorial(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """Per-row sum of ``lgamma(x + 1)`` over the non-zero counts ``values`` of rows ``rows``, (n_rows,)
+    float32: the likelihoods' constant term, from a table for counts below 4096."""
+    k = values.astype(np.int64)
+    big = k >= len(_LOG_FACTORIAL)
+    if big.any():
+        terms = np.empty(len(k))
+        terms[~big] = _LOG_FACTORIAL[k[~big]]
+        terms[big] = gammaln(values[big].astype(np.float64) + 1)
+    else:
+        terms = _LOG_FACTORIAL[k]
+    return np.bincount(rows, weights=terms, minlength=n_rows).astype(np.float32)
+
+
+def gather_rows(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows ``rows`` of ``X`` densified, with the coordinates of their non-zeros and the per-row sum of
+    ``lgamma(x + 1)`` (see :func:`densify`).
 
     For an in-memory CSR matrix the rows are gathered straight from its three arrays: scipy's fancy
     row indexing casts the whole index array when ``indptr`` and ``indices`` differ in dtype (as in
@@ -105,23 +122,29 @@ def gather_rows(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     dense = np.zeros(len(rows) * n_genes, dtype=np.float32)
     dense[local_rows * n_genes + cols] = values  # flat indices: faster than 2-d fancy assignment
     keep = values != 0  # explicitly stored zeros are zeros
-    if keep.all():
-        return dense.reshape(len(rows), n_genes), local_rows, cols
-    return dense.reshape(len(rows), n_genes), local_rows[keep], cols[keep]
+    if not keep.all():
+        values, local_rows, cols = values[keep], local_rows[keep], cols[keep]
+    log_factorial = row_log_factorial(values, local_rows, len(rows))
+    return dense.reshape(len(rows), n_genes), local_rows, cols, log_factorial
 
 
-def densify(block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def densify(block) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A block of rows as a dense float32 array (n_rows, n_genes), with the row and column indices
-    (int64) of its non-zero entries, which the likelihoods use to skip the zeros."""
+    (int64) of its non-zero entries, which the likelihoods use to skip the zeros, and the per-row sum
+    of ``lgamma(x + 1)`` (n_rows,) float32 (see :func:`row_log_factorial`)."""
     if sp.issparse(block):
         block = sp.csr_matrix(block)
         keep = block.data != 0  # explicit zeros stored in the sparse structure are zeros
         rows = np.repeat(np.arange(block.shape[0], dtype=np.int64), np.diff(block.indptr))[keep]
         cols = block.indices[keep].astype(np.int64)
-        return block.toarray().astype(np.float32, copy=False), rows, cols
-    dense = np.asarray(block, dtype=np.float32)
-    rows, cols = np.nonzero(dense)
-    return dense, rows.astype(np.int64), cols.astype(np.int64)
+        values = block.data[keep]
+        dense = block.toarray().astype(np.float32, copy=False)
+    else:
+        dense = np.asarray(block, dtype=np.float32)
+        rows, cols = np.nonzero(dense)
+        rows, cols = rows.astype(np.int64), cols.astype(np.int64)
+        values = dense[rows, cols]
+    return dense, rows, cols, row_log_factorial(values, rows, dense.shape[0])
 
 
 def is_on_disk(X) -> bool:

@@ -94,7 +94,7 @@ class _CountLikelihoodSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, mu, theta, pi_logits, eps, nonzero):
+    def forward(ctx, x, mu, theta, pi_logits, eps, nonzero, log_factorial):
         rows, cols = torch.nonzero(x, as_tuple=True) if nonzero is None else nonzero
         flat = rows * x.shape[1] + cols  # one flat gather is cheaper than 2-d advanced indexing
         xv = x.reshape(-1)[flat]
@@ -102,7 +102,9 @@ class _CountLikelihoodSum(torch.autograd.Function):
         t_nz = theta.expand_as(x)[rows, cols] if theta.shape[0] != 1 else theta[0][cols]
         tm_nz = t_nz + mu_nz + eps
         r_nz = torch.log(t_nz + eps) - torch.log(tm_nz)
-        lgamma_terms = torch.lgamma(xv + t_nz) - _gather_theta(theta, x, rows, cols, torch.lgamma) - torch.lgamma(xv + 1)
+        lgamma_terms = torch.lgamma(xv + t_nz) - _gather_theta(theta, x, rows, cols, torch.lgamma)
+        if log_factorial is None:
+            lgamma_terms = lgamma_terms - torch.lgamma(xv + 1)
         nb_nz = t_nz * r_nz + xv * (torch.log(mu_nz + eps) - torch.log(tm_nz)) + lgamma_terms
         needs_grad = any(ctx.needs_input_grad[1:4])
         if needs_grad:
@@ -118,6 +120,8 @@ class _CountLikelihoodSum(torch.autograd.Function):
             zero_nz = F.softplus(nb0_nz + neg_pi_nz) - F.softplus(neg_pi_nz)
             correction = nb_nz + neg_pi_nz - F.softplus(neg_pi_nz) - zero_nz
         value = zero_sum.index_add(0, rows, correction)
+        if log_factorial is not None:
+            value = value - log_factorial
 
         if needs_grad:
             dg = torch.digamma(xv + t_nz) - _gather_theta(theta, x, rows, cols, torch.digamma)
@@ -137,16 +141,18 @@ class _CountLikelihoodSum(torch.autograd.Function):
         grad_mu, grad_t, grad_pi = ctx.saved_tensors
         g = grad_out.unsqueeze(-1)
         d_theta = (g * grad_t).sum_to_size(ctx.theta_shape)
-        return None, g * grad_mu, d_theta, (g * grad_pi if grad_pi is not None else None), None, None
+        return None, g * grad_mu, d_theta, (g * grad_pi if grad_pi is not None else None), None, None, None
 
 
 def log_nb_sum(
-    x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = EPS, nonzero: tuple | None = None
+    x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = EPS, nonzero: tuple | None = None,
+    log_factorial: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-cell NB log-likelihood summed over genes. x, mu: (n_cells, n_genes); theta: (1 or n_cells,
     n_genes). ``nonzero``: optional (rows, cols) int64 coordinates of the non-zero entries of x, as the
-    loaders provide them (else found here). Returns (n_cells,)."""
-    return _CountLikelihoodSum.apply(x, mu, theta, None, eps, nonzero)
+    loaders provide them (else found here). ``log_factorial``: optional (n_cells,) per-cell sum of
+    ``lgamma(x + 1)``, also from the loaders (else computed here). Returns (n_cells,)."""
+    return _CountLikelihoodSum.apply(x, mu, theta, None, eps, nonzero, log_factorial)
 
 
 def log_zinb_sum(
@@ -156,15 +162,21 @@ def log_zinb_sum(
     pi_logits: torch.Tensor,
     eps: float = EPS,
     nonzero: tuple | None = None,
+    log_factorial: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-cell ZINB log-likelihood summed over genes. x, mu, pi_logits: (n_cells, n_genes); see
-    :func:`log_nb_sum` for ``nonzero``."""
-    return _CountLikelihoodSum.apply(x, mu, theta, pi_logits, eps, nonzero)
+    :func:`log_nb_sum` for ``nonzero`` and ``log_factorial``."""
+    return _CountLikelihoodSum.apply(x, mu, theta, pi_logits, eps, nonzero, log_factorial)
 
 
-def log_poisson_sum(x: torch.Tensor, rate: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """Per-cell Poisson log-likelihood summed over genes. Returns (n_cells,)."""
-    return (x * torch.log(rate + eps) - rate).sum(-1) - log_factorial_sum(x)
+def log_poisson_sum(
+    x: torch.Tensor, rate: torch.Tensor, eps: float = EPS, log_factorial: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-cell Poisson log-likelihood summed over genes (``log_factorial`` as for :func:`log_nb_sum`).
+    Returns (n_cells,)."""
+    if log_factorial is None:
+        log_factorial = log_factorial_sum(x)
+    return (x * torch.log(rate + eps) - rate).sum(-1) - log_factorial
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .counts import log_factorial_sum
+from .special import lgamma_digamma
 
 
 def _dense_pass(a, log_library, log_theta, pi_logits, with_grad: bool):
@@ -60,14 +61,20 @@ def _dense_pass(a, log_library, log_theta, pi_logits, with_grad: bool):
     return value, log_scale, mu, w * q * -theta, w * (q - sp), (1 - p) - w
 
 
-def _nonzero_pass(x, a, log_scale, log_theta, pi_logits, rows, cols, with_grad: bool):
+def _nonzero_pass(x, a, log_scale, log_theta, pi_logits, rows, cols, log_factorial, with_grad: bool):
     """The non-zero entries at (rows, cols): ``correction`` = log p(x) - log p(0) there (what to add to the
-    dense pass's per-cell value), and with ``with_grad`` the true ``h``, ``g_theta`` and ``g_pi`` there,
-    each a vector over the non-zeros (``g_pi`` None without zero inflation)."""
+    dense pass's per-cell value), without ``-lgamma(x + 1)`` when ``log_factorial`` (its per-cell sum) is
+    given, and with ``with_grad`` the true ``h``, ``g_theta`` and ``g_pi`` there, each a vector over the
+    non-zeros (``g_pi`` None without zero inflation). ``lgamma``/``digamma`` come from
+    :func:`~cellvi.distributions.special.lgamma_digamma`, which the compiler vectorises."""
     flat = rows * a.shape[1] + cols
     xv = x.reshape(-1)[flat]
-    per_gene = log_theta.shape[0] == 1
-    lt = log_theta.reshape(-1)[cols if per_gene else flat]
+    if log_theta.shape[0] == 1:  # per gene: the special functions of theta once per gene, then gathered
+        lgamma_t, digamma_t = (f[cols] for f in lgamma_digamma(torch.exp(log_theta[0])))
+        lt = log_theta[0][cols]
+    else:
+        lt = log_theta.reshape(-1)[flat]
+        lgamma_t, digamma_t = lgamma_digamma(torch.exp(lt))
     t = torch.exp(lt)
     log_mu = a.reshape(-1)[flat] + log_scale.reshape(-1)[rows]
     mu = torch.exp(log_mu)
@@ -75,8 +82,10 @@ def _nonzero_pass(x, a, log_scale, log_theta, pi_logits, rows, cols, with_grad: 
     log_theta_mu = torch.log(theta_mu)
     nb0 = t * (lt - log_theta_mu)  # log NB(0)
     xt = xv + t
-    gamma_terms = torch.lgamma(xt) - torch.lgamma(t) - torch.lgamma(xv + 1)
-    digamma_terms = (torch.digamma(xt) - torch.digamma(t)) if with_grad else None
+    lgamma_xt, digamma_xt = lgamma_digamma(xt)
+    gamma_terms = lgamma_xt - lgamma_t
+    if log_factorial is None:
+        gamma_terms = gamma_terms - lgamma_digamma(xv + 1)[0]
     log_nb = nb0 + xv * (log_mu - log_theta_mu) + gamma_terms
     if pi_logits is None:
         correction, g_pi = log_nb - nb0, None
@@ -88,20 +97,22 @@ def _nonzero_pass(x, a, log_scale, log_theta, pi_logits, rows, cols, with_grad: 
     if not with_grad:
         return correction, None, None, None
     h = xv - xt * (mu / theta_mu)
-    g_theta = 1 + (lt - log_theta_mu) - xt / theta_mu + digamma_terms
+    g_theta = 1 + (lt - log_theta_mu) - xt / theta_mu + (digamma_xt - digamma_t)
     return correction, h, g_theta, g_pi
 
 
-def _forward_terms(x, a, log_library, log_theta, pi_logits, rows, cols, with_grad: bool):
+def _forward_terms(x, a, log_library, log_theta, pi_logits, rows, cols, log_factorial, with_grad: bool):
     """The forward pass: a dense pass as if every count were zero, then the non-zero entries corrected
     and written in place. Returns the per-cell value (n_cells,) and, with
     ``with_grad``, what the backward pass multiplies by the incoming gradient: ``g_a`` = dlogp/dlogits,
     ``h_sum`` (n_cells, 1) = dlogp/dlog_library, ``g_theta`` = dlogp/dtheta and ``g_pi``."""
     value, log_scale, mu, h, g_theta, g_pi = _dense_pass(a, log_library, log_theta, pi_logits, with_grad)
     correction, h_nz, g_theta_nz, g_pi_nz = _nonzero_pass(
-        x, a, log_scale, log_theta, pi_logits, rows, cols, with_grad
+        x, a, log_scale, log_theta, pi_logits, rows, cols, log_factorial, with_grad
     )
     value = value.index_add(0, rows, correction)  # swap log p(0) for log p(x) at the non-zeros
+    if log_factorial is not None:
+        value = value - log_factorial
     if not with_grad:
         return value, None, None, None, None
     flat = rows * a.shape[1] + cols
@@ -116,11 +127,11 @@ def _forward_terms(x, a, log_library, log_theta, pi_logits, rows, cols, with_gra
 
 class _SoftmaxCountLikelihood(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, a, log_library, log_theta, pi_logits, rows, cols):
+    def forward(ctx, x, a, log_library, log_theta, pi_logits, rows, cols, log_factorial):
         with_grad = any(ctx.needs_input_grad[1:5])
         log_theta = log_theta.expand(1, a.shape[1]) if log_theta.dim() == 1 else log_theta
         value, g_a, h_sum, g_theta, g_pi = _forward_terms(
-            x, a, log_library, log_theta, pi_logits, rows, cols, with_grad
+            x, a, log_library, log_theta, pi_logits, rows, cols, log_factorial, with_grad
         )
         if with_grad:
             ctx.save_for_backward(g_a, h_sum, g_theta, g_pi, log_theta)
@@ -145,6 +156,7 @@ class _SoftmaxCountLikelihood(torch.autograd.Function):
             g * g_pi if g_pi is not None and ctx.needs_input_grad[4] else None,
             None,
             None,
+            None,
         )
 
 
@@ -154,28 +166,34 @@ def _coordinates(x: torch.Tensor, nonzero: tuple | None) -> tuple[torch.Tensor, 
 
 def log_nb_sum_softmax(
     x: torch.Tensor, logits: torch.Tensor, log_library: torch.Tensor, log_theta: torch.Tensor,
-    nonzero: tuple | None = None,
+    nonzero: tuple | None = None, log_factorial: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-cell NB log-likelihood with mean ``exp(log_library) * softmax(logits)`` and inverse dispersion
     ``exp(log_theta)``. ``nonzero``: optional (rows, cols) int64 coordinates of x's non-zeros, row-major
-    as the loaders give them. Returns (n_cells,)."""
+    as the loaders give them. ``log_factorial``: optional (n_cells,) per-cell sum of ``lgamma(x + 1)``,
+    which does not depend on the parameters (the loaders give it; else computed here). Returns (n_cells,)."""
     rows, cols = _coordinates(x, nonzero)
-    return _SoftmaxCountLikelihood.apply(x, logits, log_library, log_theta, None, rows, cols)
+    return _SoftmaxCountLikelihood.apply(x, logits, log_library, log_theta, None, rows, cols, log_factorial)
 
 
 def log_zinb_sum_softmax(
     x: torch.Tensor, logits: torch.Tensor, log_library: torch.Tensor, log_theta: torch.Tensor,
-    pi_logits: torch.Tensor, nonzero: tuple | None = None,
+    pi_logits: torch.Tensor, nonzero: tuple | None = None, log_factorial: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-cell ZINB log-likelihood; as :func:`log_nb_sum_softmax` with zero-inflation logits
     ``pi_logits`` (n_cells, n_genes)."""
     rows, cols = _coordinates(x, nonzero)
-    return _SoftmaxCountLikelihood.apply(x, logits, log_library, log_theta, pi_logits, rows, cols)
+    return _SoftmaxCountLikelihood.apply(x, logits, log_library, log_theta, pi_logits, rows, cols, log_factorial)
 
 
-def log_poisson_sum_softmax(x: torch.Tensor, logits: torch.Tensor, log_library: torch.Tensor) -> torch.Tensor:
+def log_poisson_sum_softmax(
+    x: torch.Tensor, logits: torch.Tensor, log_library: torch.Tensor, log_factorial: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-cell Poisson log-likelihood with rate ``exp(log_library) * softmax(logits)``. The rates of a cell
-    sum to its library, so ``sum_g rate_g = exp(log_library)`` needs no pass over the genes."""
+    sum to its library, so ``sum_g rate_g = exp(log_library)`` needs no pass over the genes.
+    ``log_factorial`` as for :func:`log_nb_sum_softmax`."""
     log_softmax = logits - torch.logsumexp(logits, 1, keepdim=True)
     library = log_library.reshape(-1)
-    return (x * log_softmax).sum(1) + x.sum(1) * library - torch.exp(library) - log_factorial_sum(x)
+    if log_factorial is None:
+        log_factorial = log_factorial_sum(x)
+    return (x * log_softmax).sum(1) + x.sum(1) * library - torch.exp(library) - log_factorial

@@ -7,6 +7,8 @@ A minibatch is a dict of tensors (see :mod:`cellvi.data.loaders`):
 * ``cat_covs`` (n_cells, n_extra_categorical) int64 or absent; ``cont_covs`` (n_cells, n_continuous) or absent
 * ``size_factor`` (n_cells,) float32 or absent: a given library size that replaces the observed one
 * ``nonzero`` optional pair (rows, cols) of int64 coordinates of the non-zero entries of ``X``
+* ``log_factorial`` (n_cells,) float32 or absent: per-cell sum of ``lgamma(X + 1)``, a constant of the
+  likelihood that the loaders compute once per minibatch, outside the gradient path
 
 The module never sees AnnData. Generative model, per cell ``n`` and gene ``g``:
 ``z ~ N(0, I)``, ``l`` = log library (observed, or ``~ N(mu_batch, var_batch)``),
@@ -154,8 +156,11 @@ class VAE(nn.Module):
         """Mean counts (n_cells, n_genes): library x proportions."""
         return torch.exp(gen["library"]) * torch.softmax(gen["scale_logits"], dim=-1)
 
-    def log_likelihood(self, x: torch.Tensor, gen: dict, nonzero: tuple | None = None) -> torch.Tensor:
-        """log p(x | z, l) summed over genes, (n_cells,). ``nonzero``: (rows, cols) of x's non-zeros.
+    def log_likelihood(
+        self, x: torch.Tensor, gen: dict, nonzero: tuple | None = None, log_factorial: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """log p(x | z, l) summed over genes, (n_cells,). ``nonzero``: (rows, cols) of x's non-zeros;
+        ``log_factorial``: (n_cells,) per-cell sum of ``lgamma(x + 1)``; both optional, as the loaders give them.
 
         Two implementations of the same value and gradients (tested equal): eagerly, softmax then the
         likelihood of the mean (fewer element-wise kernels: faster without a compiler); under
@@ -165,15 +170,17 @@ class VAE(nn.Module):
         if not torch.compiler.is_compiling():
             rate, theta = self.rate(gen), torch.exp(gen["log_theta"])
             if self.gene_likelihood == "zinb":
-                return D.log_zinb_sum(x, rate, theta, gen["dropout_logits"], nonzero=nonzero)
+                return D.log_zinb_sum(x, rate, theta, gen["dropout_logits"], nonzero=nonzero,
+                                      log_factorial=log_factorial)
             if self.gene_likelihood == "nb":
-                return D.log_nb_sum(x, rate, theta, nonzero=nonzero)
-            return D.log_poisson_sum(x, rate)
+                return D.log_nb_sum(x, rate, theta, nonzero=nonzero, log_factorial=log_factorial)
+            return D.log_poisson_sum(x, rate, log_factorial=log_factorial)
+        log_theta, pi_logits = gen["log_theta"], gen["dropout_logits"]
         if self.gene_likelihood == "zinb":
-            return D.log_zinb_sum_softmax(x, logits, library, gen["log_theta"], gen["dropout_logits"], nonzero)
+            return D.log_zinb_sum_softmax(x, logits, library, log_theta, pi_logits, nonzero, log_factorial)
         if self.gene_likelihood == "nb":
-            return D.log_nb_sum_softmax(x, logits, library, gen["log_theta"], nonzero)
-        return D.log_poisson_sum_softmax(x, logits, library)
+            return D.log_nb_sum_softmax(x, logits, library, log_theta, nonzero, log_factorial)
+        return D.log_poisson_sum_softmax(x, logits, library, log_factorial)
 
     def _kl_library(self, batch: dict, inf: dict) -> torch.Tensor:
         if self.use_observed_lib_size:
@@ -186,7 +193,7 @@ class VAE(nn.Module):
         and per cell (n_cells,): ``reconstruction_loss`` = -log p(x|z,l), ``kl_z``, ``kl_l``."""
         inf = self.inference(batch)
         gen = self.generative(inf["z"], inf["library"], batch)
-        rec = -self.log_likelihood(batch["X"], gen, batch.get("nonzero"))
+        rec = -self.log_likelihood(batch["X"], gen, batch.get("nonzero"), batch.get("log_factorial"))
         zeros = torch.zeros_like(inf["qz_m"])
         kl_z = kl_normal(inf["qz_m"], inf["qz_v"], zeros, torch.ones_like(zeros))
         kl_l = self._kl_library(batch, inf)
@@ -262,5 +269,5 @@ class VAE(nn.Module):
                 lw = lw + log_normal_density(library, self.library_log_means[b, None], self.library_log_vars[b, None])
                 lw = lw - log_normal_density(library, inf["ql_m"], inf["ql_v"])
             gen = self.generative(z, library, batch)
-            log_w.append(lw + self.log_likelihood(batch["X"], gen, batch.get("nonzero")))
+            log_w.append(lw + self.log_likelihood(batch["X"], gen, batch.get("nonzero"), batch.get("log_factorial")))
         return torch.logsumexp(torch.stack(log_w), dim=0) - np.log(n_mc_samples)
