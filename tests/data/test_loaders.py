@@ -44,26 +44,30 @@ def test_densify_skips_explicitly_stored_zeros():
     from cellvi.data.matrix import densify
 
     block = sp.csr_matrix((np.array([3.0, 0.0, 2.0]), np.array([0, 1, 2]), np.array([0, 2, 3])), shape=(2, 4))
-    dense, rows, cols, log_factorial = densify(block)
+    dense, rows, cols, values = densify(block)
     np.testing.assert_array_equal(dense, block.toarray())
-    assert list(zip(rows, cols)) == [(0, 0), (1, 2)]
-    np.testing.assert_allclose(log_factorial, [np.log(6.0), np.log(2.0)], rtol=1e-6)
-    dense2, rows2, cols2, log_factorial2 = densify(block.toarray())
-    assert list(zip(rows2, cols2)) == [(0, 0), (1, 2)]
-    np.testing.assert_array_equal(log_factorial2, log_factorial)
+    assert list(zip(rows, cols)) == [(0, 0), (1, 2)] and list(values) == [3.0, 2.0]
+    dense2, rows2, cols2, values2 = densify(block.toarray())
+    assert list(zip(rows2, cols2)) == [(0, 0), (1, 2)] and list(values2) == [3.0, 2.0]
 
 
 def test_gather_rows_matches_scipy_for_any_index_dtype():
-    from cellvi.data.matrix import gather_rows
+    from cellvi.data.matrix import gather_rows, row_log_factorial
 
-    X = sp.random(50, 30, density=0.2, format="csr", random_state=0, dtype=np.float32)
-    X.data = np.floor(X.data * 20)  # counts, some of them explicitly stored zeros
+    X = sp.random(50, 30, density=0.2, format="lil", random_state=0, dtype=np.float32)
+    X[5] = 0  # a row with no counts
+    X = X.tocsr()
+    X.data = np.floor(X.data * 20)  # counts; some become explicitly stored zeros
     X.data[:3] = 0.0
-    X.data[3] = 5000.0  # beyond the log-factorial table
-    wide = sp.csr_matrix((X.data, X.indices, X.indptr.astype(np.int64)), shape=X.shape)
-    rows = np.array([7, 3, 3, 49, 0])
-    for M in (X, wide):
-        dense, r, c, log_factorial = gather_rows(M, rows)
-        np.testing.assert_array_equal(dense, X[rows].toarray())
-        assert np.all(dense[r, c] != 0) and len(r) == np.count_nonzero(dense)
-        np.testing.assert_allclose(log_factorial, gammaln(dense.astype(np.float64) + 1).sum(1), rtol=1e-6)
+    picks = [np.array([7, 3, 5, 3, 49, 0]), np.arange(3, 9)]  # any rows; consecutive rows (sliced)
+    for big in (None, 5000.0):  # counts within the log-factorial table, then one beyond it
+        if big is not None:
+            X.data[3] = big
+        wide = sp.csr_matrix((X.data, X.indices, X.indptr.astype(np.int64)), shape=X.shape)
+        for M, rows in [(M, rows) for M in (X, wide) for rows in picks]:
+            dense, r, c, values = gather_rows(M, rows)
+            np.testing.assert_array_equal(dense, X[rows].toarray())
+            assert np.all(dense[r, c] != 0) and len(r) == np.count_nonzero(dense)
+            np.testing.assert_array_equal(values, dense[r, c])
+            expected = gammaln(dense.astype(np.float64) + 1).sum(1)
+            np.testing.assert_allclose(row_log_factorial(values, r, len(rows)), expected, rtol=1e-6)

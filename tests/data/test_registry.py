@@ -99,3 +99,24 @@ def test_duplicated_gene_names():
     a.var_names = ["g", "g", "h"]
     with pytest.raises(InvalidDataError, match="var_names_make_unique"):
         SCVI.setup_anndata(a)
+
+
+def test_category_columns_encode_alike_whatever_their_dtype():
+    """Categorical, string, integer and mixed object columns with the same values as strings give the
+    same categories and codes (codes come from the distinct values, never from per-cell strings)."""
+    from cellvi.data.registry import _categories_of, _encode
+
+    values = [2, 10, 2, 1, 10, 10]
+    columns = {
+        "ints": values,
+        "strings": [str(v) for v in values],
+        "mixed": [v if i % 2 else str(v) for i, v in enumerate(values)],  # 2 and "2" are one category
+        "categorical": pd.Categorical([str(v) for v in values], categories=["1", "10", "2", "unused"]),
+    }
+    obs = pd.DataFrame(columns)
+    expected_codes = np.array([2, 1, 2, 0, 1, 1])
+    for key in columns:
+        assert _categories_of(obs, key) == ["1", "10", "2"], key
+        np.testing.assert_array_equal(_encode(obs, key, ["1", "10", "2"], key), expected_codes)
+    with pytest.raises(RegistryMismatchError, match="'2'"):
+        _encode(obs, "mixed", ["1", "10"], "mixed")

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from .matrix import gather_rows
+from .matrix import gather_rows, row_log_factorial
 from .registry import CellData
 
 
@@ -43,6 +43,9 @@ class MinibatchLoader:
         Seed of the shuffles.
     device
         Where the tensors are put.
+    likelihood_terms
+        Also give ``nonzero`` and ``log_factorial``, which only the likelihoods use (training, ELBO):
+        latent and expression outputs skip their cost.
     """
 
     def __init__(
@@ -53,8 +56,10 @@ class MinibatchLoader:
         shuffle: bool = False,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        likelihood_terms: bool = True,
     ) -> None:
         self.data = data
+        self.likelihood_terms = likelihood_terms
         self.indices = np.arange(data.n_cells) if indices is None else np.asarray(indices, dtype=np.int64)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -82,16 +87,17 @@ class MinibatchLoader:
     def batch(self, rows: np.ndarray) -> dict:
         """The minibatch of the cells at positions ``rows``."""
         d = self.data
-        X, nz_rows, nz_cols, log_factorial = gather_rows(d.X, rows)
+        X, nz_rows, nz_cols, values = gather_rows(d.X, rows)
         out = {
             "X": torch.from_numpy(X),
-            "nonzero": (torch.from_numpy(nz_rows), torch.from_numpy(nz_cols)),
-            "log_factorial": torch.from_numpy(log_factorial),
-            "batch": torch.from_numpy(d.batch[rows]),
-            "labels": torch.from_numpy(d.labels[rows]),
+            "batch": torch.from_numpy(d.batch[rows].astype(np.int64)),
+            "labels": torch.from_numpy(d.labels[rows].astype(np.int64)),
         }
+        if self.likelihood_terms:
+            out["nonzero"] = (torch.from_numpy(nz_rows), torch.from_numpy(nz_cols))
+            out["log_factorial"] = torch.from_numpy(row_log_factorial(values, nz_rows, len(rows)))
         if d.cat_covs is not None:
-            out["cat_covs"] = torch.from_numpy(d.cat_covs[rows])
+            out["cat_covs"] = torch.from_numpy(d.cat_covs[rows].astype(np.int64))
         if d.cont_covs is not None:
             out["cont_covs"] = torch.from_numpy(d.cont_covs[rows])
         if d.size_factor is not None:

@@ -14,7 +14,7 @@ from scipy.special import gammaln
 from ..errors import InvalidDataError, InvalidTypeError, MissingKeyError
 
 CHUNK_ROWS = 10_000
-_LOG_FACTORIAL = gammaln(np.arange(1, 4097, dtype=np.float64))  # lgamma(k + 1) for counts k < 4096
+_LOG_FACTORIAL = gammaln(np.arange(1, 4097, dtype=np.float64)).astype(np.float32)  # lgamma(k + 1), k < 4096
 
 
 def count_matrix(adata, layer: str | None):
@@ -88,22 +88,22 @@ def validate_counts_chunk(chunk, first_row: int, layer: str | None) -> None:
 
 
 def row_log_factorial(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
-    """Per-row sum of ``lgamma(x + 1)`` over the non-zero counts ``values`` of rows ``rows``, (n_rows,)
-    float32: the likelihoods' constant term, from a table for counts below 4096."""
-    k = values.astype(np.int64)
-    big = k >= len(_LOG_FACTORIAL)
-    if big.any():
-        terms = np.empty(len(k))
-        terms[~big] = _LOG_FACTORIAL[k[~big]]
-        terms[big] = gammaln(values[big].astype(np.float64) + 1)
+    """Per-row sum of ``lgamma(x + 1)`` over the non-zero counts ``values`` of rows ``rows`` (sorted),
+    (n_rows,) float32: the likelihoods' constant term, from a table for counts below 4096."""
+    k = values.astype(np.int32)
+    if len(k) and k.max() >= len(_LOG_FACTORIAL):
+        terms = gammaln(values.astype(np.float64) + 1).astype(np.float32)
     else:
-        terms = _LOG_FACTORIAL[k]
-    return np.bincount(rows, weights=terms, minlength=n_rows).astype(np.float32)
+        terms = np.take(_LOG_FACTORIAL, k)
+    starts = np.searchsorted(rows, np.arange(n_rows))
+    sums = np.add.reduceat(np.append(terms, 0), starts, dtype=np.float64)  # the 0 ends the last rows
+    sums[np.diff(np.append(starts, len(terms))) == 0] = 0.0  # reduceat gives an empty row the next element
+    return sums.astype(np.float32)
 
 
 def gather_rows(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Rows ``rows`` of ``X`` densified, with the coordinates of their non-zeros and the per-row sum of
-    ``lgamma(x + 1)`` (see :func:`densify`).
+    """Rows ``rows`` of ``X`` densified, with the coordinates and values of their non-zeros (see
+    :func:`densify`).
 
     For an in-memory CSR matrix the rows are gathered straight from its three arrays: scipy's fancy
     row indexing casts the whole index array when ``indptr`` and ``indices`` differ in dtype (as in
@@ -111,40 +111,39 @@ def gather_rows(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """
     if not (sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array)):
         return densify(X[rows])
-    starts, ends = X.indptr[rows], X.indptr[rows + 1]
-    lengths = (ends - starts).astype(np.int64)
-    first = np.cumsum(lengths) - lengths  # where each row's entries start in the gathered arrays
-    pos = np.repeat(starts.astype(np.int64) - first, lengths) + np.arange(lengths.sum(), dtype=np.int64)
-    values = X.data[pos]
+    if len(rows) and rows[0] >= 0 and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
+        a, b = int(X.indptr[rows[0]]), int(X.indptr[rows[-1] + 1])  # consecutive rows: plain slices
+        lengths = np.diff(X.indptr[rows[0] : rows[-1] + 2]).astype(np.int64)
+        values, cols = X.data[a:b], X.indices[a:b].astype(np.int64)
+    else:
+        starts, ends = X.indptr[rows], X.indptr[rows + 1]
+        lengths = (ends - starts).astype(np.int64)
+        first = np.cumsum(lengths) - lengths  # where each row's entries start in the gathered arrays
+        pos = np.repeat(starts.astype(np.int64) - first, lengths) + np.arange(lengths.sum(), dtype=np.int64)
+        values, cols = X.data[pos], X.indices[pos].astype(np.int64)
     local_rows = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
-    cols = X.indices[pos].astype(np.int64)
     n_genes = X.shape[1]
     dense = np.zeros(len(rows) * n_genes, dtype=np.float32)
     dense[local_rows * n_genes + cols] = values  # flat indices: faster than 2-d fancy assignment
     keep = values != 0  # explicitly stored zeros are zeros
-    if not keep.all():
-        values, local_rows, cols = values[keep], local_rows[keep], cols[keep]
-    log_factorial = row_log_factorial(values, local_rows, len(rows))
-    return dense.reshape(len(rows), n_genes), local_rows, cols, log_factorial
+    if keep.all():
+        return dense.reshape(len(rows), n_genes), local_rows, cols, values
+    return dense.reshape(len(rows), n_genes), local_rows[keep], cols[keep], values[keep]
 
 
 def densify(block) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A block of rows as a dense float32 array (n_rows, n_genes), with the row and column indices
-    (int64) of its non-zero entries, which the likelihoods use to skip the zeros, and the per-row sum
-    of ``lgamma(x + 1)`` (n_rows,) float32 (see :func:`row_log_factorial`)."""
+    (int64, row-major) of its non-zero entries, which the likelihoods use to skip the zeros, and their
+    values."""
     if sp.issparse(block):
         block = sp.csr_matrix(block)
         keep = block.data != 0  # explicit zeros stored in the sparse structure are zeros
         rows = np.repeat(np.arange(block.shape[0], dtype=np.int64), np.diff(block.indptr))[keep]
         cols = block.indices[keep].astype(np.int64)
-        values = block.data[keep]
-        dense = block.toarray().astype(np.float32, copy=False)
-    else:
-        dense = np.asarray(block, dtype=np.float32)
-        rows, cols = np.nonzero(dense)
-        rows, cols = rows.astype(np.int64), cols.astype(np.int64)
-        values = dense[rows, cols]
-    return dense, rows, cols, row_log_factorial(values, rows, dense.shape[0])
+        return block.toarray().astype(np.float32, copy=False), rows, cols, block.data[keep]
+    dense = np.asarray(block, dtype=np.float32)
+    rows, cols = np.nonzero(dense)
+    return dense, rows.astype(np.int64), cols.astype(np.int64), dense[rows, cols]
 
 
 def is_on_disk(X) -> bool:

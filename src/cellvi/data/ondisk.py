@@ -86,7 +86,8 @@ class RowReader:
             self.parts = g["indptr"], g["data"], g["indices"]
 
     def read(self, rows: np.ndarray) -> sp.csr_matrix:
-        """Rows ``rows`` (sorted, all within one chunk) as CSR float32 with int32 indices."""
+        """Rows ``rows`` (sorted; runs of nearby rows are read with one slice each) as CSR float32 with
+        int32 indices."""
         if self.parts is None:  # dense on disk, or any in-memory matrix
             lo, hi = int(rows[0]), int(rows[-1]) + 1
             block = sp.csr_matrix(self.X[lo:hi], dtype=np.float32)[rows - lo]
@@ -111,6 +112,14 @@ class RowReader:
             m = sp.csr_matrix((data, cols, ptr), shape=(b - a, self.n_genes))
             pieces.append(m if len(run) == b - a else m[run - lo - a])
         return pieces[0] if len(pieces) == 1 else sp.vstack(pieces, format="csr")
+
+
+def _sorted_unique(indices) -> np.ndarray:
+    """``np.unique`` of the positions, without its sort when they already increase."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) < 2 or bool(np.all(indices[1:] > indices[:-1])):
+        return indices
+    return np.unique(indices)
 
 
 def plan_chunks(indices: np.ndarray, chunk_size: int = CHUNK_SIZE) -> list[np.ndarray]:
@@ -177,6 +186,8 @@ class OnDiskLoader:
         Read only this shard's chunks (see the module notes).
     layer, validate
         Check each chunk read for raw counts (errors name ``adata.layers[layer]``).
+    likelihood_terms
+        As for :class:`~cellvi.data.MinibatchLoader`.
     read_ahead
         Read the next buffer in a background thread. Default: only when ``os.cpu_count()`` exceeds
         ``torch.get_num_threads()`` (see the module notes).
@@ -197,6 +208,7 @@ class OnDiskLoader:
         layer: str | None = None,
         validate: bool = True,
         read_ahead: bool | None = None,
+        likelihood_terms: bool = True,
     ) -> None:
         for name, v in [("batch_size", batch_size), ("chunk_size", chunk_size), ("buffer_chunks", buffer_chunks),
                         ("n_shards", n_shards)]:
@@ -205,13 +217,14 @@ class OnDiskLoader:
         if not 0 <= shard_index < n_shards:
             raise InvalidParameterError(f"shard_index must be in [0, {n_shards}), got {shard_index!r}.")
         self.data = data
-        self.indices = np.arange(data.n_cells) if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
+        self.indices = np.arange(data.n_cells) if indices is None else _sorted_unique(indices)
         self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, int(seed)
         self.device = torch.device(device)
         self.buffer_chunks, self.shard_index, self.n_shards = int(buffer_chunks), int(shard_index), int(n_shards)
         self.chunks = plan_chunks(self.indices, int(chunk_size))
         self.reader = RowReader(data.X, layer, validate)
         self.read_ahead = (os.cpu_count() or 1) > torch.get_num_threads() if read_ahead is None else bool(read_ahead)
+        self.likelihood_terms = likelihood_terms
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -230,8 +243,13 @@ class OnDiskLoader:
         return len(minibatch_slices(n, self.batch_size)) if n else 0
 
     def _read_buffer(self, chunks: list[np.ndarray]) -> tuple[np.ndarray, list]:
-        """The positions of a buffer's cells and its blocks of rows (CSR), one block per chunk."""
-        return np.concatenate(chunks), [self.reader.read(c) for c in chunks]
+        """The positions of a buffer's cells and its blocks of rows (CSR): one block per chunk when
+        shuffling (the chunks lie anywhere in the file), else one block for the whole buffer, whose
+        chunks follow each other (one read, and nothing to stack)."""
+        rows = np.concatenate(chunks)
+        if not self.shuffle:
+            return rows, [self.reader.read(rows)]
+        return rows, [self.reader.read(c) for c in chunks]
 
     def _buffer(self, rows: np.ndarray, blocks: list, carry: CellData | None) -> CellData:
         """The cells left over from the last buffer followed by the new ones, stacked in one copy."""
@@ -253,7 +271,7 @@ class OnDiskLoader:
             order = rng.permutation(n) if self.shuffle else np.arange(n)
             last = k == len(groups) - 1
             parts = minibatch_slices(n, bs) if last else [slice(a, a + bs) for a in range(0, n - bs + 1, bs)]
-            batches = MinibatchLoader(buf, device=self.device)
+            batches = MinibatchLoader(buf, device=self.device, likelihood_terms=self.likelihood_terms)
             for part in parts:
                 yield batches.batch(np.sort(order[part]))
             rest = np.sort(order[(n // bs) * bs :]) if not last else order[:0]

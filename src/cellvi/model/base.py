@@ -76,23 +76,27 @@ class BaseModel:
             return self._data_cache[1]
         return self.registry.cell_data(adata)
 
-    def _batches(self, adata=None, indices=None, batch_size: int | None = None) -> Iterator[dict]:
-        """Minibatches of the cells ``indices`` of ``adata``, in order, on the model's device."""
+    def _batches(
+        self, adata=None, indices=None, batch_size: int | None = None, likelihood_terms: bool = False
+    ) -> Iterator[dict]:
+        """Minibatches of the cells ``indices`` of ``adata``, in order, on the model's device; with the
+        likelihoods' terms (see :class:`~cellvi.data.MinibatchLoader`) only if asked."""
         data = self._cell_data(adata)
         if indices is not None:
             indices = np.arange(data.n_cells)[np.asarray(indices)]
         size = 1024 if batch_size is None else batch_size
         _check_positive("batch_size", size)
         self.module.eval()
-        return iter(self._loader(data, indices, size, shuffle=False, seed=0))
+        return iter(self._loader(data, indices, size, shuffle=False, seed=0, likelihood_terms=likelihood_terms))
 
-    def _loader(self, data: CellData, indices, batch_size: int, shuffle: bool, seed: int):
+    def _loader(self, data: CellData, indices, batch_size: int, shuffle: bool, seed: int, likelihood_terms=True):
         """A :class:`MinibatchLoader`, or an :class:`OnDiskLoader` (chunked reads) when ``data.X`` is on
         disk (a backed AnnData or zarr) and the cells are asked for in increasing order."""
         if is_on_disk(data.X) and (indices is None or bool(np.all(np.diff(indices) > 0))):
             layer = self.registry.setup_args["layer"]
-            return OnDiskLoader(data, indices, batch_size, shuffle, seed, self.device, layer=layer)
-        return MinibatchLoader(data, indices, batch_size, shuffle, seed, self.device)
+            return OnDiskLoader(data, indices, batch_size, shuffle, seed, self.device, layer=layer,
+                                likelihood_terms=likelihood_terms)
+        return MinibatchLoader(data, indices, batch_size, shuffle, seed, self.device, likelihood_terms)
 
     def _n_cells(self, adata=None, indices=None) -> int:
         n = (self.adata if adata is None else adata).n_obs
@@ -263,7 +267,7 @@ class BaseModel:
 
     def _mean_over_cells(self, per_batch, adata, indices, batch_size) -> float:
         total, n = 0.0, 0
-        for batch in self._batches(adata, indices, batch_size):
+        for batch in self._batches(adata, indices, batch_size, likelihood_terms=True):
             values = per_batch(batch)
             total += float(values.double().sum())
             n += len(values)
