@@ -1,7 +1,9 @@
 """Train a small SCVI in a fresh process and print a JSON summary: the SHA-256 of the latent and the
 history. Used by the checkpoint and determinism tests; run as a script:
 
-    python tests/reliability/_worker.py --epochs 6 [--checkpoint-dir D [--resume]] [--slow 0.05]
+    python tests/reliability/_worker.py --epochs 6 [--checkpoint-dir D [--resume]] [--slow 0.05] [--fused]
+
+``--fused`` compiles the training step; the summary then says whether it stayed compiled.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 
 import torch
 
@@ -18,7 +21,9 @@ import cellvi
 from cellvi.model import SCVI
 
 
-def run(epochs: int, checkpoint_dir: str | None = None, resume: bool = False, slow: float = 0.0) -> dict:
+def run(
+    epochs: int, checkpoint_dir: str | None = None, resume: bool = False, slow: float = 0.0, fused: bool = False
+) -> dict:
     torch.set_num_threads(int(os.environ.get("CELLVI_TEST_THREADS", "2")))
     cellvi.settings.progress_bar = False
     cellvi.settings.seed = 0
@@ -30,11 +35,15 @@ def run(epochs: int, checkpoint_dir: str | None = None, resume: bool = False, sl
     kwargs = {}
     if checkpoint_dir:
         kwargs = dict(checkpoint_dir=checkpoint_dir, checkpoint_every=1, resume=resume)
-    model.train(max_epochs=epochs, batch_size=64, train_size=0.8, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        model.train(max_epochs=epochs, batch_size=64, train_size=0.8, fused_kernels=fused, **kwargs)
+    fell_back = any("torch.compile failed" in str(w.message) for w in caught)
     latent = model.get_latent_representation()
     # through JSON, so that epochs without validation compare equal (null, where NaN != NaN)
     history = json.loads(model.history.drop(columns="epoch_end_s").reset_index().to_json(orient="records"))
-    return {"latent_sha256": hashlib.sha256(latent.tobytes()).hexdigest(), "history": history}
+    return {"latent_sha256": hashlib.sha256(latent.tobytes()).hexdigest(), "history": history,
+            "compiled": fused and not fell_back}
 
 
 if __name__ == "__main__":
@@ -43,5 +52,6 @@ if __name__ == "__main__":
     parser.add_argument("--checkpoint-dir")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--slow", type=float, default=0.0)
+    parser.add_argument("--fused", action="store_true")
     args = parser.parse_args()
-    print(json.dumps(run(args.epochs, args.checkpoint_dir, args.resume, args.slow)), flush=True)
+    print(json.dumps(run(args.epochs, args.checkpoint_dir, args.resume, args.slow, args.fused)), flush=True)

@@ -110,12 +110,16 @@ def _forward_terms(x, a, log_library, log_theta, pi_logits, rows, cols, log_fact
     correction, h_nz, g_theta_nz, g_pi_nz = _nonzero_pass(
         x, a, log_scale, log_theta, pi_logits, rows, cols, log_factorial, with_grad
     )
-    value = value.index_add(0, rows, correction)  # swap log p(0) for log p(x) at the non-zeros
+    # swap log p(0) for log p(x) at the non-zeros. Written into a zero matrix and summed per row rather
+    # than index_add-ed: each position is written once, so compiled code has no atomic adds (whose
+    # order differs between runs) and the result is the same bits in every run.
+    flat = rows * a.shape[1] + cols
+    per_entry = torch.zeros_like(a).view(-1).index_put_((flat,), correction)
+    value = value + per_entry.view_as(a).sum(1)
     if log_factorial is not None:
         value = value - log_factorial
     if not with_grad:
         return value, None, None, None, None
-    flat = rows * a.shape[1] + cols
     h.view(-1).index_copy_(0, flat, h_nz)
     g_theta.view(-1).index_copy_(0, flat, g_theta_nz)
     if g_pi is not None:

@@ -25,6 +25,7 @@ from torch import nn
 
 from .. import distributions as D
 from ..nn import Decoder, Encoder
+from ..nn.layers import select_rows
 
 DISPERSIONS = ("gene", "gene-batch", "gene-label", "gene-cell")
 LIKELIHOODS = ("zinb", "nb", "poisson")
@@ -142,7 +143,7 @@ class VAE(nn.Module):
             log_theta = self.px_r
         else:
             key = "batch" if self.dispersion == "gene-batch" else "labels"
-            log_theta = self.px_r[batch[key]]
+            log_theta = select_rows(self.px_r, batch[key])
         return {"scale_logits": scale_logits, "library": library, "log_theta": log_theta,
                 "dropout_logits": dropout_logits}
 

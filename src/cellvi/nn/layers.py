@@ -12,7 +12,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def select_rows(table: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """``table[codes]``, (len(codes), table.shape[1]). Under ``torch.compile`` as ``one_hot(codes) @ table``:
+    the gradient of a gather is a scatter-add, which compiled code runs with atomic adds (a different
+    order, so different bits, in every run); a matrix product's gradient has none."""
+    if torch.compiler.is_compiling():
+        return F.one_hot(codes, table.shape[0]).to(table.dtype) @ table
+    return table[codes]
 
 
 class CovariateInjection(nn.Module):
@@ -44,7 +54,7 @@ class CovariateInjection(nn.Module):
         """cat_codes: (n_cells, n_categorical) int64; cont: (n_cells, n_continuous). Returns (n_cells, n_out)."""
         out: torch.Tensor | float = 0.0
         for i, table in enumerate(self.tables):
-            out = out + table[cat_codes[:, i]]
+            out = out + select_rows(table, cat_codes[:, i])
         if self.continuous is not None:
             out = out + self.continuous(cont)
         return out

@@ -9,17 +9,20 @@ a C++ compiler on CPU, which is why ``train(fused_kernels=None)`` compiles only 
 Only training steps are compiled; validation and inference stay eager, so that switching the module
 between train and eval mode never triggers a recompilation.
 
-Compiled steps run with ``torch.use_deterministic_algorithms(True, warn_only=True)``: the generated
-backward kernels otherwise accumulate with atomics, and the same seed gave different bits in every
-process (measured; with the flag, identical bits, at no measurable cost on CPU). The flag is restored
-after each step.
+Reproducibility: compiled code adds into shared memory with atomic operations wherever the graph
+scatters-and-adds (the gradient of a gather, ``index_add``), and the order of those additions, so the
+bits of the result, then differ from run to run (measured: the same seed gave a different model in
+every process). The training loss therefore has no such operation when compiled: covariate rows are
+selected by one-hot products (:func:`cellvi.nn.layers.select_rows`) and the likelihood writes each
+non-zero entry once (:mod:`cellvi.distributions.softmax_counts`). ``torch.use_deterministic_algorithms``
+would also do it, but it makes every indexed write a slow single-threaded fallback (~10% of a step).
+``tests/train/test_compiled.py`` checks that separate processes train bit-identical models.
 """
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 
@@ -40,8 +43,7 @@ class CompiledLoss:
         """Forward and backward of one minibatch (gradients set, not yet applied). Returns the loss dict."""
         if self.compiled is not None:
             try:
-                with deterministic():
-                    return forward_backward(self.compiled, optimizer, batch, **kwargs)
+                return forward_backward(self.compiled, optimizer, batch, **kwargs)
             except Exception as exc:  # noqa: BLE001 - any failure of the compiler; the eager step re-raises real errors
                 warnings.warn(
                     f"torch.compile failed ({type(exc).__name__}: {str(exc)[:300]}); training continues "
@@ -59,15 +61,3 @@ def forward_backward(loss_fn: Callable, optimizer: torch.optim.Optimizer, batch:
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()
     return out
-
-
-@contextlib.contextmanager
-def deterministic() -> Iterator[None]:
-    """Deterministic algorithms (warnings, not errors, where an operation has none) for the block."""
-    was = torch.are_deterministic_algorithms_enabled()
-    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(was, warn_only=was_warn_only)
