@@ -221,7 +221,8 @@ class VAE(nn.Module):
         inf = self.inference(batch, sample=sample_z)
         if batch_code is not None:
             batch = {**batch, "batch": torch.full_like(batch["batch"], batch_code)}
-        gen = self.generative(inf["z"], inf["library"], batch)
+        codes, cont = self._covariates(batch)
+        gen = {"scale_logits": self.decoder.scale_logits(inf["z"], codes, cont), "library": inf["library"]}
         return self.rate(gen) if latent_library else self.scale(gen)
 
     @torch.no_grad()

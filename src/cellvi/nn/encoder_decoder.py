@@ -91,3 +91,7 @@ class Decoder(nn.Module):
         r = self.r_head(h) if self.r_head is not None else None
         dropout_logits = self.dropout_head(h) if self.dropout_head is not None else None
         return self.scale_head(h), r, dropout_logits
+
+    def scale_logits(self, z, cat_codes=None, cont=None) -> torch.Tensor:
+        """The first output of :meth:`forward` alone (n_cells, n_genes), without the other heads' work."""
+        return self.scale_head(self.decoder(z, cat_codes, cont))
