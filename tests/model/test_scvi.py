@@ -209,3 +209,36 @@ def test_callbacks_see_each_epoch_and_can_stop(small_adata):
     seen = []
     model.train(max_epochs=10, callbacks=[lambda epoch, row: seen.append(row["elbo_train"]) or epoch == 2])
     assert len(seen) == 3 and len(model.history) == 3
+
+
+@pytest.mark.parametrize("encode_covariates", [False, True])
+@pytest.mark.parametrize("fmt", ["csr", "dense"])
+def test_latent_from_sparse_counts_equals_dense(small_adata, encode_covariates, fmt):
+    """get_latent_representation multiplies the sparse counts in the first layer; the same numbers as
+    densifying them, for any storage of X (explicitly stored zeros included)."""
+    import scipy.sparse as sp
+
+    from cellvi.data.loaders import MinibatchLoader
+
+    a = small_adata.copy()
+    X = sp.csr_matrix(a.X)
+    X.data[::7] = 0.0  # explicitly stored zeros
+    a.X = X if fmt == "csr" else X.toarray()
+    SCVI.setup_anndata(a, batch_key="batch")
+    model = SCVI(a, n_latent=4, n_hidden=16, encode_covariates=encode_covariates)
+    model.train(max_epochs=2)
+    model.module.eval()
+    data = model._cell_data()
+    dense_means = None
+    for give_mean in (True, False):
+        out = []
+        for sparse in (False, True):
+            torch.manual_seed(0)
+            loader = MinibatchLoader(data, batch_size=64, likelihood_terms=False, sparse_counts=sparse)
+            out.append(torch.cat([model.module.latent(b, give_mean=give_mean) for b in loader]))
+            assert ("X_csr" in next(iter(loader))) is sparse
+        torch.testing.assert_close(out[1], out[0], rtol=1e-5, atol=1e-5)
+        dense_means = out[0] if give_mean else dense_means
+    z = model.get_latent_representation()  # the public path, which takes the sparse counts
+    assert z.dtype == np.float32
+    np.testing.assert_allclose(z, dense_means.numpy(), rtol=1e-5, atol=1e-5)

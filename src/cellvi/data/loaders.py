@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from .matrix import gather_rows, row_log_factorial
+from .matrix import gather_csr, gather_rows, row_log_factorial
 from .registry import CellData
 
 
@@ -46,6 +46,9 @@ class MinibatchLoader:
     likelihood_terms
         Also give ``nonzero`` and ``log_factorial``, which only the likelihoods use (training, ELBO):
         latent and expression outputs skip their cost.
+    sparse_counts
+        Give the counts as ``X_csr`` = (row pointers, column indices, values) instead of a dense ``X``
+        (for the latent representation, whose first layer multiplies the sparse counts directly).
     """
 
     def __init__(
@@ -57,9 +60,11 @@ class MinibatchLoader:
         seed: int = 0,
         device: torch.device | str = "cpu",
         likelihood_terms: bool = True,
+        sparse_counts: bool = False,
     ) -> None:
         self.data = data
         self.likelihood_terms = likelihood_terms
+        self.sparse_counts = sparse_counts
         self.indices = np.arange(data.n_cells) if indices is None else np.asarray(indices, dtype=np.int64)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -87,13 +92,16 @@ class MinibatchLoader:
     def batch(self, rows: np.ndarray) -> dict:
         """The minibatch of the cells at positions ``rows``."""
         d = self.data
-        X, nz_rows, nz_cols, values = gather_rows(d.X, rows)
         out = {
-            "X": torch.from_numpy(X),
             "batch": torch.from_numpy(d.batch[rows].astype(np.int64)),
             "labels": torch.from_numpy(d.labels[rows].astype(np.int64)),
         }
-        if self.likelihood_terms:
+        if self.sparse_counts:
+            out["X_csr"] = tuple(torch.from_numpy(a) for a in gather_csr(d.X, rows))
+        else:
+            X, nz_rows, nz_cols, values = gather_rows(d.X, rows)
+            out["X"] = torch.from_numpy(X)
+        if self.likelihood_terms and not self.sparse_counts:
             out["nonzero"] = (torch.from_numpy(nz_rows), torch.from_numpy(nz_cols))
             out["log_factorial"] = torch.from_numpy(row_log_factorial(values, nz_rows, len(rows)))
         if d.cat_covs is not None:

@@ -111,6 +111,19 @@ def gather_rows(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """
     if not (sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array)):
         return densify(X[rows])
+    lengths, local_rows, cols, values = _gathered(X, rows)
+    n_genes = X.shape[1]
+    dense = np.zeros(len(rows) * n_genes, dtype=np.float32)
+    dense[local_rows * n_genes + cols] = values  # flat indices: faster than 2-d fancy assignment
+    keep = values != 0  # explicitly stored zeros are zeros
+    if keep.all():
+        return dense.reshape(len(rows), n_genes), local_rows, cols, values
+    return dense.reshape(len(rows), n_genes), local_rows[keep], cols[keep], values[keep]
+
+
+def _gathered(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Entries per row, and row (0..len(rows)-1), column and value of every stored entry of the rows
+    ``rows`` of the CSR matrix ``X``, read straight from its three arrays (see :func:`gather_rows`)."""
     if len(rows) and rows[0] >= 0 and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
         a, b = int(X.indptr[rows[0]]), int(X.indptr[rows[-1] + 1])  # consecutive rows: plain slices
         lengths = np.diff(X.indptr[rows[0] : rows[-1] + 2]).astype(np.int64)
@@ -121,14 +134,24 @@ def gather_rows(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
         first = np.cumsum(lengths) - lengths  # where each row's entries start in the gathered arrays
         pos = np.repeat(starts.astype(np.int64) - first, lengths) + np.arange(lengths.sum(), dtype=np.int64)
         values, cols = X.data[pos], X.indices[pos].astype(np.int64)
-    local_rows = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
-    n_genes = X.shape[1]
-    dense = np.zeros(len(rows) * n_genes, dtype=np.float32)
-    dense[local_rows * n_genes + cols] = values  # flat indices: faster than 2-d fancy assignment
-    keep = values != 0  # explicitly stored zeros are zeros
-    if keep.all():
-        return dense.reshape(len(rows), n_genes), local_rows, cols, values
-    return dense.reshape(len(rows), n_genes), local_rows[keep], cols[keep], values[keep]
+    return lengths, np.repeat(np.arange(len(rows), dtype=np.int64), lengths), cols, values
+
+
+def gather_csr(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows ``rows`` of ``X`` as CSR arrays, never densified: row pointers (len(rows) + 1,) int64,
+    column indices int64 and float32 values of the non-zeros (explicitly stored zeros dropped)."""
+    if not (sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array)):
+        block = sp.csr_matrix(X[rows])
+        block.eliminate_zeros()
+        indptr, cols, values = block.indptr, block.indices, block.data
+    else:
+        _, local_rows, cols, values = _gathered(X, rows)
+        keep = values != 0
+        if not keep.all():
+            local_rows, cols, values = local_rows[keep], cols[keep], values[keep]
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(local_rows, minlength=len(rows)), out=indptr[1:])
+    return indptr.astype(np.int64), cols.astype(np.int64), values.astype(np.float32, copy=False)
 
 
 def densify(block) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

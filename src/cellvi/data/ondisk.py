@@ -186,7 +186,7 @@ class OnDiskLoader:
         Read only this shard's chunks (see the module notes).
     layer, validate
         Check each chunk read for raw counts (errors name ``adata.layers[layer]``).
-    likelihood_terms
+    likelihood_terms, sparse_counts
         As for :class:`~cellvi.data.MinibatchLoader`.
     read_ahead
         Read the next buffer in a background thread. Default: only when ``os.cpu_count()`` exceeds
@@ -209,6 +209,7 @@ class OnDiskLoader:
         validate: bool = True,
         read_ahead: bool | None = None,
         likelihood_terms: bool = True,
+        sparse_counts: bool = False,
     ) -> None:
         for name, v in [("batch_size", batch_size), ("chunk_size", chunk_size), ("buffer_chunks", buffer_chunks),
                         ("n_shards", n_shards)]:
@@ -224,7 +225,7 @@ class OnDiskLoader:
         self.chunks = plan_chunks(self.indices, int(chunk_size))
         self.reader = RowReader(data.X, layer, validate)
         self.read_ahead = (os.cpu_count() or 1) > torch.get_num_threads() if read_ahead is None else bool(read_ahead)
-        self.likelihood_terms = likelihood_terms
+        self.likelihood_terms, self.sparse_counts = likelihood_terms, sparse_counts
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -271,7 +272,9 @@ class OnDiskLoader:
             order = rng.permutation(n) if self.shuffle else np.arange(n)
             last = k == len(groups) - 1
             parts = minibatch_slices(n, bs) if last else [slice(a, a + bs) for a in range(0, n - bs + 1, bs)]
-            batches = MinibatchLoader(buf, device=self.device, likelihood_terms=self.likelihood_terms)
+            batches = MinibatchLoader(
+                buf, device=self.device, likelihood_terms=self.likelihood_terms, sparse_counts=self.sparse_counts
+            )
             for part in parts:
                 yield batches.batch(np.sort(order[part]))
             rest = np.sort(order[(n // bs) * bs :]) if not last else order[:0]

@@ -77,26 +77,30 @@ class BaseModel:
         return self.registry.cell_data(adata)
 
     def _batches(
-        self, adata=None, indices=None, batch_size: int | None = None, likelihood_terms: bool = False
+        self, adata=None, indices=None, batch_size: int | None = None, likelihood_terms: bool = False,
+        sparse_counts: bool = False,
     ) -> Iterator[dict]:
         """Minibatches of the cells ``indices`` of ``adata``, in order, on the model's device; with the
-        likelihoods' terms (see :class:`~cellvi.data.MinibatchLoader`) only if asked."""
+        likelihoods' terms, or sparse counts, only if asked (see :class:`~cellvi.data.MinibatchLoader`)."""
         data = self._cell_data(adata)
         if indices is not None:
             indices = np.arange(data.n_cells)[np.asarray(indices)]
         size = 1024 if batch_size is None else batch_size
         _check_positive("batch_size", size)
         self.module.eval()
-        return iter(self._loader(data, indices, size, shuffle=False, seed=0, likelihood_terms=likelihood_terms))
+        return iter(self._loader(data, indices, size, False, 0, likelihood_terms, sparse_counts))
 
-    def _loader(self, data: CellData, indices, batch_size: int, shuffle: bool, seed: int, likelihood_terms=True):
+    def _loader(
+        self, data: CellData, indices, batch_size: int, shuffle: bool, seed: int, likelihood_terms: bool = True,
+        sparse_counts: bool = False,
+    ):
         """A :class:`MinibatchLoader`, or an :class:`OnDiskLoader` (chunked reads) when ``data.X`` is on
         disk (a backed AnnData or zarr) and the cells are asked for in increasing order."""
         if is_on_disk(data.X) and (indices is None or bool(np.all(np.diff(indices) > 0))):
             layer = self.registry.setup_args["layer"]
             return OnDiskLoader(data, indices, batch_size, shuffle, seed, self.device, layer=layer,
-                                likelihood_terms=likelihood_terms)
-        return MinibatchLoader(data, indices, batch_size, shuffle, seed, self.device, likelihood_terms)
+                                likelihood_terms=likelihood_terms, sparse_counts=sparse_counts)
+        return MinibatchLoader(data, indices, batch_size, shuffle, seed, self.device, likelihood_terms, sparse_counts)
 
     def _n_cells(self, adata=None, indices=None) -> int:
         n = (self.adata if adata is None else adata).n_obs
@@ -227,7 +231,7 @@ class BaseModel:
         n = self._n_cells(adata, indices)
         out = np.empty((n, self.module.n_latent), dtype=np.float32)
         pos = 0
-        for batch in self._batches(adata, indices, batch_size):
+        for batch in self._batches(adata, indices, batch_size, sparse_counts=True):
             z = self.module.latent(batch, give_mean=give_mean).cpu().numpy()
             out[pos : pos + len(z)] = z
             pos += len(z)
@@ -254,7 +258,7 @@ class BaseModel:
         file. Read it back with ``anndata.read_h5ad(path, backed="r").obsm[key]``. Returns ``path``.
         """
         key = self._latent_key if obsm_key == "default" else obsm_key
-        batches = self._batches(adata, indices, batch_size)
+        batches = self._batches(adata, indices, batch_size, sparse_counts=True)
         blocks = (self.module.latent(b, give_mean=give_mean).cpu().numpy() for b in batches)
         return self._write_rows(path, "obsm", key, blocks, self.module.n_latent, adata, indices, overwrite)
 

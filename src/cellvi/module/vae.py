@@ -17,6 +17,7 @@ The module never sees AnnData. Generative model, per cell ``n`` and gene ``g``:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -205,8 +206,21 @@ class VAE(nn.Module):
     @torch.no_grad()
     def latent(self, batch: dict, give_mean: bool = True) -> torch.Tensor:
         """Posterior mean (or one sample) of z, (n_cells, n_latent). For "ln" the mean is estimated by
-        Monte Carlo (softmax of samples, 200 draws) because softmax(mean) is not the mean."""
-        inf = self.inference(batch, sample=not give_mean)
+        Monte Carlo (softmax of samples, 200 draws) because softmax(mean) is not the mean. The counts
+        may come dense (``X``) or sparse (``X_csr``: row pointers, column indices, values)."""
+        if "X_csr" in batch:  # sparse counts: the first layer multiplies them without densifying
+            indptr, cols, values = batch["X_csr"]
+            with warnings.catch_warnings():  # PyTorch's notice that sparse CSR is "beta", once per process
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                x_in = torch.sparse_csr_tensor(
+                    indptr, cols, torch.log1p(values), (len(indptr) - 1, self.n_input), check_invariants=False
+                )  # the loaders build valid CSR
+            codes, cont = self._covariates(batch)
+            enc_codes, enc_cont = (codes, cont) if self.encode_covariates else (None, None)
+            qz_m, qz_v, z = self.z_encoder(x_in, enc_codes, enc_cont, sample=not give_mean)
+            inf = {"qz_m": qz_m, "qz_v": qz_v, "z": z}
+        else:
+            inf = self.inference(batch, sample=not give_mean)
         if give_mean and self.latent_distribution == "ln":
             eps = torch.randn((200, *inf["qz_m"].shape), device=inf["qz_m"].device)
             return torch.softmax(inf["qz_m"] + inf["qz_v"].sqrt() * eps, dim=-1).mean(0)
