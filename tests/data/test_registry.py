@@ -103,7 +103,8 @@ def test_duplicated_gene_names():
 
 def test_category_columns_encode_alike_whatever_their_dtype():
     """Categorical, string, integer and mixed object columns with the same values as strings give the
-    same categories and codes (codes come from the distinct values, never from per-cell strings)."""
+    same categories and codes (a categorical column's codes come from its categories, with no string
+    built per cell)."""
     from cellvi.data.registry import _categories_of, _encode
 
     values = [2, 10, 2, 1, 10, 10]

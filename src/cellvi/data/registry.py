@@ -246,17 +246,10 @@ class Registry:
         return CellData(X, batch, labels, cat, cont, sf, adata.obs_names)
 
 
-def _factorize(col: pd.Series) -> tuple[np.ndarray, list[str]]:
-    """Per-cell integer codes into the column's distinct values, and those values as strings.
-
-    No string is built per cell (``col.astype(str)`` on 10 million cells held ~1 GB at its peak): a
-    categorical column already has codes, anything else goes through ``pd.factorize``. Values whose
-    strings coincide (``1`` and ``"1"``) are merged by the callers, as ``astype(str)`` would merge them.
-    """
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        return col.cat.codes.to_numpy(), [str(c) for c in col.cat.categories]
-    codes, uniques = pd.factorize(col, sort=False)
-    return codes, [str(u) for u in uniques]
+def _category_codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """A categorical column's per-cell codes and its categories as strings: no string per cell (on 10
+    million cells ``astype(str)`` held ~1 GB at its peak). anndata stores string columns as categoricals."""
+    return col.cat.codes.to_numpy(), [str(c) for c in col.cat.categories]
 
 
 def _categories_of(obs: pd.DataFrame, key: str | None) -> list[str]:
@@ -271,11 +264,10 @@ def _categories_of(obs: pd.DataFrame, key: str | None) -> list[str]:
             f"adata.obs[{key!r}] has {n_missing} missing values (NaN). Fill them (for example with "
             f"'unknown') or remove those cells before setup."
         )
-    codes, names = _factorize(col)
-    present = [names[i] for i in np.flatnonzero(np.bincount(codes, minlength=len(names)))]
-    if isinstance(col.dtype, pd.CategoricalDtype):  # the column's own order of categories
-        return list(dict.fromkeys(present))
-    return sorted(set(present))
+    if isinstance(col.dtype, pd.CategoricalDtype):  # the column's own order of the categories present
+        codes, names = _category_codes(col)
+        return list(dict.fromkeys(names[i] for i in np.flatnonzero(np.bincount(codes, minlength=len(names)))))
+    return sorted(set(col.astype(str).tolist()))
 
 
 def _encode(obs: pd.DataFrame, key: str | None, categories: list[str], name: str) -> np.ndarray:
@@ -287,12 +279,16 @@ def _encode(obs: pd.DataFrame, key: str | None, categories: list[str], name: str
     col = obs[key]
     if col.isna().any():
         raise InvalidDataError(f"adata.obs[{key!r}] has missing values (NaN); fill or remove them.")
-    raw_codes, names = _factorize(col)
-    position = {c: i for i, c in enumerate(categories)}
-    lookup = np.array([position.get(n, -1) for n in names], dtype=np.int32)
-    codes = lookup[raw_codes]
-    if (codes < 0).any():
-        unknown = sorted({names[i] for i in np.unique(raw_codes[codes < 0])})[:5]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        raw, names = _category_codes(col)
+        position = {c: i for i, c in enumerate(categories)}
+        codes = np.array([position.get(n, -1) for n in names], dtype=np.int32)[raw]
+        unknown = sorted({names[i] for i in np.unique(raw[codes < 0])})[:5]
+    else:
+        values = col.astype(str).to_numpy()
+        codes = pd.Categorical(values, categories=categories).codes.astype(np.int32)
+        unknown = sorted(set(values[codes < 0]))[:5]
+    if unknown:
         raise RegistryMismatchError(
             f"adata.obs[{key!r}] has categories the model has not seen: {unknown}. Known: {categories[:10]}. "
             "To map new batches onto a trained model use Model.load_query_data."
