@@ -101,9 +101,9 @@ class MinibatchLoader:
         else:
             X, nz_rows, nz_cols, values = gather_rows(d.X, rows)
             out["X"] = torch.from_numpy(X)
-        if self.likelihood_terms and not self.sparse_counts:
-            out["nonzero"] = (torch.from_numpy(nz_rows), torch.from_numpy(nz_cols))
-            out["log_factorial"] = torch.from_numpy(row_log_factorial(values, nz_rows, len(rows)))
+            if self.likelihood_terms:
+                out["nonzero"] = (torch.from_numpy(nz_rows), torch.from_numpy(nz_cols))
+                out["log_factorial"] = torch.from_numpy(row_log_factorial(values, nz_rows, len(rows)))
         if d.cat_covs is not None:
             out["cat_covs"] = torch.from_numpy(d.cat_covs[rows].astype(np.int64))
         if d.cont_covs is not None:

@@ -145,13 +145,16 @@ def gather_csr(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         block.eliminate_zeros()
         indptr, cols, values = block.indptr, block.indices, block.data
     else:
-        _, local_rows, cols, values = _gathered(X, rows)
+        lengths, local_rows, cols, values = _gathered(X, rows)
         keep = values != 0
         if not keep.all():
-            local_rows, cols, values = local_rows[keep], cols[keep], values[keep]
+            lengths = np.bincount(local_rows[keep], minlength=len(rows))
+            cols, values = cols[keep], values[keep]
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(local_rows, minlength=len(rows)), out=indptr[1:])
-    return indptr.astype(np.int64), cols.astype(np.int64), values.astype(np.float32, copy=False)
+        np.cumsum(lengths, out=indptr[1:])
+    return (
+        indptr.astype(np.int64, copy=False), cols.astype(np.int64, copy=False), values.astype(np.float32, copy=False)
+    )
 
 
 def densify(block) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

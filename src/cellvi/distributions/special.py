@@ -39,7 +39,3 @@ def lgamma_digamma(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         torch.where(small, digamma_w - reciprocals, digamma_w),
     )
 
-
-def lgamma_(z: torch.Tensor) -> torch.Tensor:
-    """``lgamma(z)`` alone for ``z > 0`` (see :func:`lgamma_digamma`)."""
-    return lgamma_digamma(z)[0]

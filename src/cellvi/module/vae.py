@@ -113,12 +113,15 @@ class VAE(nn.Module):
             codes = torch.cat([codes, batch["cat_covs"]], dim=1)
         return codes, batch.get("cont_covs")
 
+    def _encoder_covariates(self, batch: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The covariates the encoders see: all of them with ``encode_covariates``, else none."""
+        return self._covariates(batch) if self.encode_covariates else (None, None)
+
     def inference(self, batch: dict, sample: bool = True) -> dict:
         """Posterior q(z, l | x). Returns qz_m, qz_v (n_cells, n_latent), z, and library (n_cells, 1) in
         log space (plus ql_m, ql_v when the library is latent)."""
         x = batch["X"]
-        codes, cont = self._covariates(batch)
-        enc_codes, enc_cont = (codes, cont) if self.encode_covariates else (None, None)
+        enc_codes, enc_cont = self._encoder_covariates(batch)
         x_in = torch.log1p(x)  # not log(x + 1): measured non-deterministic across processes at 2 threads
         qz_m, qz_v, z = self.z_encoder(x_in, enc_codes, enc_cont, sample=sample)
         out = {"qz_m": qz_m, "qz_v": qz_v, "z": z}
@@ -215,9 +218,7 @@ class VAE(nn.Module):
                 x_in = torch.sparse_csr_tensor(
                     indptr, cols, torch.log1p(values), (len(indptr) - 1, self.n_input), check_invariants=False
                 )  # the loaders build valid CSR
-            codes, cont = self._covariates(batch)
-            enc_codes, enc_cont = (codes, cont) if self.encode_covariates else (None, None)
-            qz_m, qz_v, z = self.z_encoder(x_in, enc_codes, enc_cont, sample=not give_mean)
+            qz_m, qz_v, z = self.z_encoder(x_in, *self._encoder_covariates(batch), sample=not give_mean)
             inf = {"qz_m": qz_m, "qz_v": qz_v, "z": z}
         else:
             inf = self.inference(batch, sample=not give_mean)
