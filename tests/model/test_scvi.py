@@ -214,8 +214,8 @@ def test_callbacks_see_each_epoch_and_can_stop(small_adata):
 @pytest.mark.parametrize("encode_covariates", [False, True])
 @pytest.mark.parametrize("fmt", ["csr", "dense"])
 def test_latent_from_sparse_counts_equals_dense(small_adata, encode_covariates, fmt):
-    """get_latent_representation multiplies the sparse counts in the first layer; the same numbers as
-    densifying them, for any storage of X (explicitly stored zeros included)."""
+    """get_latent_representation and expression multiply the sparse counts in the first layer; the same
+    numbers as densifying them, for any storage of X (explicitly stored zeros included)."""
     import scipy.sparse as sp
 
     from cellvi.data.loaders import MinibatchLoader
@@ -239,6 +239,11 @@ def test_latent_from_sparse_counts_equals_dense(small_adata, encode_covariates, 
             assert ("X_csr" in next(iter(loader))) is sparse
         torch.testing.assert_close(out[1], out[0], rtol=1e-5, atol=1e-5)
         dense_means = out[0] if give_mean else dense_means
+    for latent_library in (False, True):  # proportions; mean counts at the observed library
+        out = [torch.cat([model.module.expression(b, None, latent_library)
+                          for b in MinibatchLoader(data, batch_size=64, likelihood_terms=False, sparse_counts=sparse)])
+               for sparse in (False, True)]
+        torch.testing.assert_close(out[1], out[0], rtol=1e-5, atol=1e-5)
     z = model.get_latent_representation()  # the public path, which takes the sparse counts
     assert z.dtype == np.float32
     np.testing.assert_allclose(z, dense_means.numpy(), rtol=1e-5, atol=1e-5)

@@ -48,7 +48,7 @@ class MinibatchLoader:
         latent and expression outputs skip their cost.
     sparse_counts
         Give the counts as ``X_csr`` = (row pointers, column indices, values) instead of a dense ``X``
-        (for the latent representation, whose first layer multiplies the sparse counts directly).
+        (for the latent representation and expression, whose first layer multiplies them directly).
     """
 
     def __init__(

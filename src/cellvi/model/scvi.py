@@ -233,14 +233,14 @@ class SCVI(BaseModel):
         all_genes = len(genes) == self.module.n_input and bool(np.all(genes == np.arange(len(genes))))
 
         def blocks():  # a generator inside, so that the checks above run at the call
-            for batch in self._batches(adata, indices, batch_size):
+            for batch in self._batches(adata, indices, batch_size, sparse_counts=True):
                 if n_samples == 1 and len(codes) == 1 and all_genes:  # the common case, without copies
                     expr = self.module.expression(batch, codes[0], latent_library)
                     if not latent_library and library_size != 1:
                         expr *= float(library_size)
                     yield (expr if return_mean else expr[None]).cpu().numpy()
                     continue
-                acc = torch.zeros((n_samples, len(batch["X"]), len(genes)), device=self.device)
+                acc = torch.zeros((n_samples, len(batch["batch"]), len(genes)), device=self.device)
                 for s in range(n_samples):
                     for code in codes:
                         expr = self.module.expression(batch, code, latent_library, sample_z=n_samples > 1)

@@ -117,17 +117,38 @@ class VAE(nn.Module):
         """The covariates the encoders see: all of them with ``encode_covariates``, else none."""
         return self._covariates(batch) if self.encode_covariates else (None, None)
 
+    def _log_counts(self, batch: dict) -> torch.Tensor:
+        """The encoders' input ``log1p(counts)``, (n_cells, n_genes): dense from ``X``, or sparse CSR from
+        ``X_csr`` (row pointers, column indices, values), which the first layer multiplies as it is."""
+        if "X_csr" not in batch:
+            return torch.log1p(batch["X"])  # not log(x + 1): measured non-deterministic across processes
+        indptr, cols, values = batch["X_csr"]
+        with warnings.catch_warnings():  # PyTorch's notice that sparse CSR is "beta", once per process
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(
+                indptr, cols, torch.log1p(values), (len(indptr) - 1, self.n_input), check_invariants=False
+            )  # the loaders build valid CSR
+
+    @staticmethod
+    def _total_counts(batch: dict) -> torch.Tensor:
+        """Counts per cell, (n_cells,), from ``X`` or ``X_csr`` (integer counts: exact either way)."""
+        if "X_csr" not in batch:
+            return batch["X"].sum(1)
+        indptr, _, values = batch["X_csr"]
+        rows = torch.repeat_interleave(torch.arange(len(indptr) - 1, device=indptr.device), indptr.diff())
+        return torch.zeros(len(indptr) - 1, dtype=values.dtype, device=values.device).index_add_(0, rows, values)
+
     def inference(self, batch: dict, sample: bool = True) -> dict:
         """Posterior q(z, l | x). Returns qz_m, qz_v (n_cells, n_latent), z, and library (n_cells, 1) in
-        log space (plus ql_m, ql_v when the library is latent)."""
-        x = batch["X"]
+        log space (plus ql_m, ql_v when the library is latent). The counts may come dense (``X``) or
+        sparse (``X_csr``, see :meth:`_log_counts`)."""
         enc_codes, enc_cont = self._encoder_covariates(batch)
-        x_in = torch.log1p(x)  # not log(x + 1): measured non-deterministic across processes at 2 threads
+        x_in = self._log_counts(batch)
         qz_m, qz_v, z = self.z_encoder(x_in, enc_codes, enc_cont, sample=sample)
         out = {"qz_m": qz_m, "qz_v": qz_v, "z": z}
         if self.use_observed_lib_size:
             size = batch.get("size_factor")
-            lib = x.sum(1).clamp_min(1.0) if size is None else size  # a cell with no counts gets library 1
+            lib = self._total_counts(batch).clamp_min(1.0) if size is None else size  # no counts: library 1
             out["library"] = torch.log(lib).unsqueeze(1)
         else:
             ql_m, ql_v, library = self.l_encoder(x_in, enc_codes, enc_cont, sample=sample)
@@ -209,19 +230,8 @@ class VAE(nn.Module):
     @torch.no_grad()
     def latent(self, batch: dict, give_mean: bool = True) -> torch.Tensor:
         """Posterior mean (or one sample) of z, (n_cells, n_latent). For "ln" the mean is estimated by
-        Monte Carlo (softmax of samples, 200 draws) because softmax(mean) is not the mean. The counts
-        may come dense (``X``) or sparse (``X_csr``: row pointers, column indices, values)."""
-        if "X_csr" in batch:  # sparse counts: the first layer multiplies them without densifying
-            indptr, cols, values = batch["X_csr"]
-            with warnings.catch_warnings():  # PyTorch's notice that sparse CSR is "beta", once per process
-                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                x_in = torch.sparse_csr_tensor(
-                    indptr, cols, torch.log1p(values), (len(indptr) - 1, self.n_input), check_invariants=False
-                )  # the loaders build valid CSR
-            qz_m, qz_v, z = self.z_encoder(x_in, *self._encoder_covariates(batch), sample=not give_mean)
-            inf = {"qz_m": qz_m, "qz_v": qz_v, "z": z}
-        else:
-            inf = self.inference(batch, sample=not give_mean)
+        Monte Carlo (softmax of samples, 200 draws) because softmax(mean) is not the mean."""
+        inf = self.inference(batch, sample=not give_mean)
         if give_mean and self.latent_distribution == "ln":
             eps = torch.randn((200, *inf["qz_m"].shape), device=inf["qz_m"].device)
             return torch.softmax(inf["qz_m"] + inf["qz_v"].sqrt() * eps, dim=-1).mean(0)
