@@ -201,17 +201,15 @@ class SCVI(BaseModel):
         Returns a DataFrame (cells x genes) unless ``return_numpy``.
         """
         genes = self._gene_mask(gene_list)
-        blocks = self._normalized_blocks(
-            adata, indices, transform_batch, genes, library_size, n_samples, batch_size, return_mean
-        )
         n = self._n_cells(adata, indices)
-        shape = (n, len(genes)) if return_mean else (n_samples, n, len(genes))
-        out = np.zeros(shape, dtype=np.float32)
-        pos = 0
-        for block in blocks:
-            b = block.shape[-2]
-            out[..., pos : pos + b, :] = block
-            pos += b
+        # torch's allocator, not numpy's: numpy asks the kernel for huge pages, whose first allocation
+        # in a process stalled for 40-90 ms on a 40 MB result here (page compaction)
+        out = torch.empty((n, len(genes)) if return_mean else (n_samples, n, len(genes))).numpy()
+        blocks = self._normalized_blocks(
+            adata, indices, transform_batch, genes, library_size, n_samples, batch_size, return_mean, out
+        )
+        for _ in blocks:  # each block is written into its rows of out
+            pass
         if return_numpy or not return_mean:
             return out
         obs_names = (self.adata if adata is None else adata).obs_names
@@ -220,34 +218,50 @@ class SCVI(BaseModel):
         return pd.DataFrame(out, index=obs_names, columns=np.asarray(self.registry.var_names)[genes], copy=False)
 
     def _normalized_blocks(
-        self, adata, indices, transform_batch, genes, library_size, n_samples, batch_size, return_mean
+        self, adata, indices, transform_batch, genes, library_size, n_samples, batch_size, return_mean, out=None
     ) -> Iterator[np.ndarray]:
         """Normalized expression minibatch by minibatch, in cell order: float32 (b, len(genes)), or
-        (n_samples, b, len(genes)) unless ``return_mean`` (see :meth:`get_normalized_expression`)."""
+        (n_samples, b, len(genes)) unless ``return_mean`` (see :meth:`get_normalized_expression`).
+        ``out``: the whole result (float32 numpy); when given, every block is written into its rows of
+        ``out`` (computed there directly in the common case) and those rows are what is yielded."""
         _check_positive("n_samples", n_samples)
         latent_library = library_size == "latent"
         if not latent_library and not (isinstance(library_size, (int, float)) and library_size > 0):
             raise InvalidParameterError(f"library_size must be a positive number or 'latent', got {library_size!r}.")
         codes = self._batch_codes(transform_batch)
-
         all_genes = len(genes) == self.module.n_input and bool(np.all(genes == np.arange(len(genes))))
+        direct = n_samples == 1 and len(codes) == 1 and all_genes  # the common case: one decoding, all genes
+
+        def decode(batch, rows) -> np.ndarray:
+            n_cells = len(batch["batch"])
+            if direct:
+                on_cpu = rows is not None and self.device.type == "cpu"
+                target = torch.from_numpy(rows).view(n_cells, -1) if on_cpu else None
+                expr = self.module.expression(batch, codes[0], latent_library, out=target)
+                if not latent_library and library_size != 1:
+                    expr *= float(library_size)
+                if on_cpu:
+                    return rows
+                return expr.cpu().numpy() if return_mean else expr[None].cpu().numpy()
+            acc = torch.zeros((n_samples, n_cells, len(genes)), device=self.device)
+            for s in range(n_samples):
+                for code in codes:
+                    expr = self.module.expression(batch, code, latent_library, sample_z=n_samples > 1)
+                    acc[s] += expr[:, genes] / len(codes)
+            if not latent_library:
+                acc *= float(library_size)
+            return (acc.mean(0) if return_mean else acc).cpu().numpy()
 
         def blocks():  # a generator inside, so that the checks above run at the call
+            pos = 0
             for batch in self._batches(adata, indices, batch_size, sparse_counts=True):
-                if n_samples == 1 and len(codes) == 1 and all_genes:  # the common case, without copies
-                    expr = self.module.expression(batch, codes[0], latent_library)
-                    if not latent_library and library_size != 1:
-                        expr *= float(library_size)
-                    yield (expr if return_mean else expr[None]).cpu().numpy()
-                    continue
-                acc = torch.zeros((n_samples, len(batch["batch"]), len(genes)), device=self.device)
-                for s in range(n_samples):
-                    for code in codes:
-                        expr = self.module.expression(batch, code, latent_library, sample_z=n_samples > 1)
-                        acc[s] += expr[:, genes] / len(codes)
-                if not latent_library:
-                    acc *= float(library_size)
-                yield (acc.mean(0) if return_mean else acc).cpu().numpy()
+                b = len(batch["batch"])
+                rows = None if out is None else out[..., pos : pos + b, :]
+                pos += b
+                block = decode(batch, rows)
+                if rows is not None and block is not rows:
+                    rows[...] = block
+                yield block
 
         return blocks()
 

@@ -239,16 +239,27 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def expression(
-        self, batch: dict, batch_code: int | None = None, latent_library: bool = False, sample_z: bool = False
+        self,
+        batch: dict,
+        batch_code: int | None = None,
+        latent_library: bool = False,
+        sample_z: bool = False,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Expected expression (n_cells, n_genes): proportions (scale) or, with ``latent_library``, mean
-        counts. ``batch_code`` decodes every cell as if it came from that batch (batch correction)."""
+        counts. ``batch_code`` decodes every cell as if it came from that batch (batch correction).
+        ``out``: a float32 (n_cells, n_genes) tensor on this device to write the result into (and
+        return), so that a caller filling a large result makes no intermediate copy."""
         inf = self.inference(batch, sample=sample_z)
         if batch_code is not None:
             batch = {**batch, "batch": torch.full_like(batch["batch"], batch_code)}
         codes, cont = self._covariates(batch)
-        gen = {"scale_logits": self.decoder.scale_logits(inf["z"], codes, cont), "library": inf["library"]}
-        return self.rate(gen) if latent_library else self.scale(gen)
+        logits = self.decoder.scale_logits(inf["z"], codes, cont)
+        if out is None:
+            gen = {"scale_logits": logits, "library": inf["library"]}
+            return self.rate(gen) if latent_library else self.scale(gen)
+        torch.softmax(logits, dim=-1, out=out)
+        return out.mul_(torch.exp(inf["library"])) if latent_library else out
 
     @torch.no_grad()
     def likelihood_parameters(self, batch: dict, sample_z: bool = False) -> dict:
