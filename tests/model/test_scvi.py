@@ -241,6 +241,7 @@ def test_latent_from_sparse_counts_equals_dense(small_adata, encode_covariates, 
     a = small_adata.copy()
     X = sp.csr_matrix(a.X)
     X.data[::7] = 0.0  # explicitly stored zeros
+    X.data[X.indptr[3] : X.indptr[4]] = 0.0  # and a cell without counts (its library sums to 0)
     a.X = X if fmt == "csr" else X.toarray()
     SCVI.setup_anndata(a, batch_key="batch")
     model = SCVI(a, n_latent=4, n_hidden=16, encode_covariates=encode_covariates)
@@ -265,3 +266,10 @@ def test_latent_from_sparse_counts_equals_dense(small_adata, encode_covariates, 
     z = model.get_latent_representation()  # the public path, which takes the sparse counts
     assert z.dtype == np.float32
     np.testing.assert_allclose(z, dense_means.numpy(), rtol=1e-5, atol=1e-5)
+    # the sparse first layer keeps its transposed weight between calls: a changed weight must be seen
+    with torch.no_grad():
+        model.module.z_encoder.encoder.linears[0].weight.mul_(1.5)
+    torch.manual_seed(0)
+    dense = torch.cat([model.module.latent(b) for b in MinibatchLoader(data, batch_size=64, likelihood_terms=False)])
+    assert not np.allclose(dense.numpy(), z, atol=1e-3)
+    np.testing.assert_allclose(model.get_latent_representation(), dense.numpy(), rtol=1e-5, atol=1e-5)

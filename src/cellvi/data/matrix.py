@@ -5,6 +5,7 @@ Everything reads rows in chunks, so that checking a matrix never needs it whole 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -101,6 +102,32 @@ def row_log_factorial(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.n
     return sums.astype(np.float32)
 
 
+class RowBlocks:
+    """CSR blocks of rows used as one matrix (n_rows, n_genes) without stacking them: what a shuffling
+    on-disk buffer gathers its minibatches from. ``X[rows]`` and the gathers below take sorted rows."""
+
+    def __init__(self, blocks: list) -> None:
+        self.blocks = [b for b in blocks if b.shape[0]] or list(blocks[:1])
+        self.starts = np.cumsum([0] + [b.shape[0] for b in self.blocks])
+        self.shape = (int(self.starts[-1]), int(blocks[0].shape[1]))
+
+    def split(self, rows: np.ndarray) -> list[tuple]:
+        """``(block, rows within it)`` for the sorted positions ``rows``, blocks in order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) > 1 and np.any(rows[1:] < rows[:-1]):
+            raise ValueError("RowBlocks takes sorted rows")
+        parts = np.split(rows, np.searchsorted(rows, self.starts[1:-1]))
+        return [(self.blocks[i], part - self.starts[i]) for i, part in enumerate(parts) if len(part)]
+
+    def __getitem__(self, rows) -> sp.csr_matrix:
+        pieces = [sp.csr_matrix(b[local]) for b, local in self.split(rows)]
+        return pieces[0] if len(pieces) == 1 else sp.vstack(pieces, format="csr")
+
+
+def _is_csr(X) -> bool:
+    return sp.isspmatrix_csr(X) or isinstance(X, (sp.csr_array, RowBlocks))
+
+
 def gather_rows(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Rows ``rows`` of ``X`` densified, with the coordinates and values of their non-zeros (see
     :func:`densify`).
@@ -109,7 +136,7 @@ def gather_rows(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     row indexing casts the whole index array when ``indptr`` and ``indices`` differ in dtype (as in
     h5ad files with 64-bit ``indptr``), which costs a pass over every non-zero of the matrix per call.
     """
-    if not (sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array)):
+    if not _is_csr(X):
         return densify(X[rows])
     lengths, local_rows, cols, values = _gathered(X, rows)
     n_genes = X.shape[1]
@@ -124,6 +151,13 @@ def gather_rows(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def _gathered(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Entries per row, and row (0..len(rows)-1), column and value of every stored entry of the rows
     ``rows`` of the CSR matrix ``X``, read straight from its three arrays (see :func:`gather_rows`)."""
+    if isinstance(X, RowBlocks):
+        parts, offset = [], 0
+        for block, local in X.split(rows):
+            lengths, local_rows, cols, values = _gathered(block, local)
+            parts.append((lengths, local_rows + offset, cols, values))
+            offset += len(local)
+        return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
     if len(rows) and rows[0] >= 0 and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
         a, b = int(X.indptr[rows[0]]), int(X.indptr[rows[-1] + 1])  # consecutive rows: plain slices
         lengths = np.diff(X.indptr[rows[0] : rows[-1] + 2]).astype(np.int64)
@@ -140,7 +174,7 @@ def _gathered(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 def gather_csr(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows ``rows`` of ``X`` as CSR arrays, never densified: row pointers (len(rows) + 1,) int64,
     column indices int64 and float32 values of the non-zeros (explicitly stored zeros dropped)."""
-    if not (sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array)):
+    if not _is_csr(X):
         block = sp.csr_matrix(X[rows])
         block.eliminate_zeros()
         indptr, cols, values = block.indptr, block.indices, block.data
@@ -170,6 +204,40 @@ def densify(block) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     dense = np.asarray(block, dtype=np.float32)
     rows, cols = np.nonzero(dense)
     return dense, rows.astype(np.int64), cols.astype(np.int64), dense[rows, cols]
+
+
+_CHECKED_FILES: set[tuple] = set()  # fingerprints of on-disk count matrices checked in this process
+
+
+def file_fingerprint(X) -> tuple | None:
+    """Identity of an on-disk h5ad count matrix as it is now: (device, inode, size, modification time
+    in ns, dataset path), from the open file's descriptor; None for anything else (in memory, zarr,
+    a file-like object). Any change to the file gives another fingerprint."""
+    from anndata.abc import CSRDataset
+
+    node = X.group if isinstance(X, CSRDataset) else X
+    try:
+        import h5py
+
+        if not isinstance(node, (h5py.Dataset, h5py.Group)) or node.file.driver != "sec2":
+            return None
+        st = os.fstat(node.file.id.get_vfd_handle())
+    except Exception:  # not h5py, or a closed file
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, node.name
+
+
+def mark_counts_checked(X) -> None:
+    """Record that every chunk of the on-disk matrix ``X`` passed :func:`validate_counts_chunk`."""
+    key = file_fingerprint(X)
+    if key is not None:
+        _CHECKED_FILES.add(key)
+
+
+def counts_checked(X) -> bool:
+    """True when the on-disk matrix ``X`` was checked in this process and its file has not changed since."""
+    key = file_fingerprint(X)
+    return key is not None and key in _CHECKED_FILES
 
 
 def is_on_disk(X) -> bool:

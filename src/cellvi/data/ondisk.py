@@ -3,7 +3,13 @@
 :class:`OnDiskLoader` has the interface of :class:`~cellvi.data.MinibatchLoader` (iterates dicts of
 tensors; ``set_epoch``; ``len``) but never holds the whole matrix. It reads *chunks*: runs of cells
 that lie within ``chunk_size`` consecutive rows of the on-disk CSR matrix, each read with one slice of
-``indptr`` and slices of ``data`` / ``indices`` (plain h5py or zarr reads). When the machine has a core
+``indptr`` and slices of ``data`` / ``indices``: zarr or h5py reads, or, for an uncompressed h5ad opened
+read-only (what ``anndata`` writes by default), views of a memory map of the file, with no copy
+(:mod:`cellvi.data.mapped`). In file order (inference, validation) those views are used as they lie;
+only a minibatch that spans two runs of stored bytes is stacked from its pieces. A file that
+``setup_anndata`` checked in this process, unchanged since (same inode, size and modification time),
+is not checked again while it is read; any other on-disk matrix is checked chunk by chunk as it is
+read (non-negative integer counts). When the machine has a core
 to spare (more cores than torch threads), a background thread reads the next *buffer*
 (``buffer_chunks`` chunks) while minibatches of the current one are trained on; otherwise the reads
 happen between steps: a reader thread on a core that torch's threads need makes every operation wait
@@ -43,7 +49,8 @@ import torch
 
 from ..errors import InvalidDataError, InvalidParameterError
 from .loaders import MinibatchLoader, minibatch_slices, prefetch
-from .matrix import is_on_disk, validate_counts_chunk  # noqa: F401 (is_on_disk re-exported)
+from .mapped import MappedArray, mapped_or_none
+from .matrix import RowBlocks, is_on_disk, validate_counts_chunk  # noqa: F401 (is_on_disk re-exported)
 from .registry import CellData
 
 CHUNK_SIZE = 16_384
@@ -83,35 +90,66 @@ class RowReader:
         self.parts = None
         if isinstance(X, CSRDataset):
             g = X.group
-            self.parts = g["indptr"], g["data"], g["indices"]
+            # memory maps of the file where the arrays are stored plainly (see cellvi.data.mapped)
+            self.parts = tuple(_mapped_or_dataset(g[k]) for k in ("indptr", "data", "indices"))
+        ends = [m.starts[1:-1] for m in (self.parts or ())[1:] if isinstance(m, MappedArray)]
+        self._extent_ends = np.unique(np.concatenate(ends)) if ends else np.empty(0, dtype=np.int64)
 
     def read(self, rows: np.ndarray) -> sp.csr_matrix:
         """Rows ``rows`` (sorted; runs of nearby rows are read with one slice each) as CSR float32 with
         int32 indices."""
+        blocks = self.read_blocks(rows, split=False)
+        return blocks[0][1] if len(blocks) == 1 else sp.vstack([b for _, b in blocks], format="csr")
+
+    def read_blocks(self, rows: np.ndarray, split: bool = True) -> list[tuple[np.ndarray, sp.csr_matrix]]:
+        """Rows ``rows`` (sorted) as consecutive blocks ``(positions, CSR)``. With ``split``, a run of
+        consecutive rows of a memory-mapped file is cut where the file's runs of stored bytes end, so
+        that every block's arrays are views of the file, not copies (a row stored across such an end
+        is a block of its own, copied)."""
         if self.parts is None:  # dense on disk, or any in-memory matrix
             lo, hi = int(rows[0]), int(rows[-1]) + 1
-            block = sp.csr_matrix(self.X[lo:hi], dtype=np.float32)[rows - lo]
+            blocks = [(rows, sp.csr_matrix(self.X[lo:hi], dtype=np.float32)[rows - lo])]
         else:
-            block = self._read_csr(rows)
+            blocks = self._read_csr(rows, split)
         if self.validate:
-            validate_counts_chunk(block, int(rows[0]), self.layer)
-        return block
+            for positions, block in blocks:
+                validate_counts_chunk(block, int(positions[0]), self.layer)
+        return blocks
 
-    def _read_csr(self, rows: np.ndarray) -> sp.csr_matrix:
+    def _read_csr(self, rows: np.ndarray, split: bool) -> list[tuple[np.ndarray, sp.csr_matrix]]:
         indptr_ds, data_ds, indices_ds = self.parts
         lo = int(rows[0])
         indptr = np.asarray(indptr_ds[lo : int(rows[-1]) + 2], dtype=np.int64)
         cut = np.flatnonzero(np.diff(rows) > MAX_GAP) + 1  # one read per run of nearby rows
-        pieces = []
+        blocks = []
         for run in np.split(rows, cut):
             a, b = int(run[0]) - lo, int(run[-1]) - lo + 1
-            p0, p1 = int(indptr[a]), int(indptr[b])
-            data = np.asarray(data_ds[p0:p1], dtype=np.float32)
-            cols = np.asarray(indices_ds[p0:p1], dtype=np.int32)
-            ptr = (indptr[a : b + 1] - p0).astype(np.int32 if p1 - p0 < 2**31 else np.int64)
-            m = sp.csr_matrix((data, cols, ptr), shape=(b - a, self.n_genes))
-            pieces.append(m if len(run) == b - a else m[run - lo - a])
-        return pieces[0] if len(pieces) == 1 else sp.vstack(pieces, format="csr")
+            whole = len(run) == b - a
+            for s, e in self._spans(indptr, a, b) if split and whole else [(a, b)]:
+                p0, p1 = int(indptr[s]), int(indptr[e])
+                data = np.asarray(data_ds[p0:p1], dtype=np.float32)
+                cols = np.asarray(indices_ds[p0:p1], dtype=np.int32)
+                ptr = (indptr[s : e + 1] - p0).astype(np.int32 if p1 - p0 < 2**31 else np.int64)
+                m = sp.csr_matrix((data, cols, ptr), shape=(e - s, self.n_genes))
+                blocks.append((run[s - a : e - a], m) if whole else (run, m[run - lo - a]))
+        return blocks
+
+    def _spans(self, indptr: np.ndarray, a: int, b: int) -> list[tuple[int, int]]:
+        """Cut the rows ``a..b-1`` (offsets into ``indptr``) where a mapped array's extent ends."""
+        ends = self._extent_ends[(self._extent_ends > indptr[a]) & (self._extent_ends < indptr[b])]
+        bounds = {a, b}
+        for c in ends:
+            r = a + int(np.searchsorted(indptr[a : b + 1], c, side="right")) - 1  # the row holding element c
+            bounds.add(r)
+            if indptr[r] != c:  # the row is split by the end: it goes alone
+                bounds.add(r + 1)
+        edges = sorted(bounds)
+        return list(zip(edges[:-1], edges[1:]))
+
+
+def _mapped_or_dataset(ds):
+    mapped = mapped_or_none(ds)
+    return ds if mapped is None else mapped
 
 
 def _sorted_unique(indices) -> np.ndarray:
@@ -244,23 +282,20 @@ class OnDiskLoader:
         return len(minibatch_slices(n, self.batch_size)) if n else 0
 
     def _read_buffer(self, chunks: list[np.ndarray]) -> tuple[np.ndarray, list]:
-        """The positions of a buffer's cells and its blocks of rows (CSR): one block per chunk when
-        shuffling (the chunks lie anywhere in the file), else one block for the whole buffer, whose
-        chunks follow each other (one read, and nothing to stack)."""
-        rows = np.concatenate(chunks)
-        if not self.shuffle:
-            return rows, [self.reader.read(rows)]
-        return rows, [self.reader.read(c) for c in chunks]
+        """The positions of a buffer's cells and its blocks of rows (CSR; views of a mapped file)."""
+        return np.concatenate(chunks), [block for c in chunks for _, block in self.reader.read_blocks(c)]
 
     def _buffer(self, rows: np.ndarray, blocks: list, carry: CellData | None) -> CellData:
-        """The cells left over from the last buffer followed by the new ones, stacked in one copy."""
-        if carry is not None:
-            blocks = [carry.X, *blocks]
-        X = blocks[0] if len(blocks) == 1 else sp.vstack(blocks, format="csr")
+        """The cells left over from the last buffer followed by the new ones. The blocks are not
+        stacked (:class:`RowBlocks`): each minibatch gathers its rows from them."""
+        X = RowBlocks(blocks if carry is None else [carry.X, *blocks])
         new = _take(self.data, rows, X)
         return new if carry is None else _concat(carry, new, X)
 
     def __iter__(self) -> Iterator[dict]:
+        if not self.shuffle:
+            yield from self._in_order()
+            return
         chunks = self.shard_chunks()
         groups = [chunks[i : i + self.buffer_chunks] for i in range(0, len(chunks), self.buffer_chunks)]
         rng = np.random.default_rng([self.seed, self.epoch, self.shard_index, 1])
@@ -269,7 +304,7 @@ class OnDiskLoader:
         for k, (rows, blocks) in enumerate(prefetch(reads, depth=1) if self.read_ahead else reads):
             buf = self._buffer(rows, blocks, carry)
             n = buf.n_cells
-            order = rng.permutation(n) if self.shuffle else np.arange(n)
+            order = rng.permutation(n)
             last = k == len(groups) - 1
             parts = minibatch_slices(n, bs) if last else [slice(a, a + bs) for a in range(0, n - bs + 1, bs)]
             batches = MinibatchLoader(
@@ -279,3 +314,40 @@ class OnDiskLoader:
                 yield batches.batch(np.sort(order[part]))
             rest = np.sort(order[(n // bs) * bs :]) if not last else order[:0]
             carry = _take(buf, rest) if len(rest) else None
+
+    def _in_order(self) -> Iterator[dict]:
+        """The cells in file order (inference, validation), in the minibatches of
+        :func:`minibatch_slices`. The blocks read are used where they lie (views of a memory-mapped
+        file); only a minibatch that spans two blocks is stacked from its pieces."""
+        chunks = self.shard_chunks()
+        n_total = sum(len(c) for c in chunks)
+        groups = [chunks[i : i + self.buffer_chunks] for i in range(0, len(chunks), self.buffer_chunks)]
+        reads = (self.reader.read_blocks(np.concatenate(g)) for g in groups)
+        blocks = (b for read in (prefetch(reads, depth=1) if self.read_ahead else reads) for b in read)
+        loader = lambda d: MinibatchLoader(  # noqa: E731
+            d, device=self.device, likelihood_terms=self.likelihood_terms, sparse_counts=self.sparse_counts
+        )
+        current, offset = None, 0  # the block being read from, and its next unused cell
+        for part in minibatch_slices(n_total, self.batch_size):
+            pieces, need = [], part.stop - part.start
+            while need:
+                if current is None or offset == current.n_cells:
+                    rows, X = next(blocks)
+                    current, offset = _take(self.data, rows, X), 0
+                take = min(need, current.n_cells - offset)
+                pieces.append((current, offset, offset + take))
+                offset, need = offset + take, need - take
+            if len(pieces) == 1:
+                d, a, b = pieces[0]
+                yield loader(d).batch(np.arange(a, b))
+            else:
+                joined = _stack([_take(d, np.arange(a, b)) for d, a, b in pieces])
+                yield loader(joined).batch(np.arange(joined.n_cells))
+
+
+def _stack(parts: list[CellData]) -> CellData:
+    """The cells of ``parts`` one after another (for a minibatch that spans blocks)."""
+    out = parts[0]
+    for part in parts[1:]:
+        out = _concat(out, part, sp.vstack([out.X, part.X], format="csr"))
+    return out

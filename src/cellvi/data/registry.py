@@ -17,7 +17,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InvalidDataError, MissingKeyError, NotSetUpError, RegistryMismatchError
-from .matrix import count_matrix, is_on_disk, iter_row_chunks, validate_counts_chunk
+from .matrix import (
+    count_matrix, counts_checked, is_on_disk, iter_row_chunks, mark_counts_checked, validate_counts_chunk,
+)
 
 REGISTRY_KEY = "_cellvi_registry"
 REGISTRY_VERSION = 1
@@ -40,6 +42,7 @@ class CellData:
     cont_covs: np.ndarray | None = None
     size_factor: np.ndarray | None = None
     obs_names: pd.Index | None = None
+    counts_checked: bool = False  # X (on disk) was checked whole in this process; loaders skip the check
 
     @property
     def n_cells(self) -> int:
@@ -122,6 +125,8 @@ class Registry:
             np.add.at(log_lib_sq, codes, log_lib**2)
             np.add.at(counts, codes, 1)
             start += len(lib)
+        if is_on_disk(X):
+            mark_counts_checked(X)  # the loaders need not check this file again while it is unchanged
         if total == 0:
             raise InvalidDataError(
                 "Every count is zero: there is nothing to learn. Check that the matrix (or layer) holds raw counts."
@@ -243,7 +248,7 @@ class Registry:
         sf = None
         if args["size_factor_key"] is not None:
             sf = _continuous(obs, args["size_factor_key"]).astype(np.float32)
-        return CellData(X, batch, labels, cat, cont, sf, adata.obs_names)
+        return CellData(X, batch, labels, cat, cont, sf, adata.obs_names, is_on_disk(X) and counts_checked(X))
 
 
 def _category_codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:

@@ -99,7 +99,8 @@ class BaseModel:
         if is_on_disk(data.X) and (indices is None or bool(np.all(np.diff(indices) > 0))):
             layer = self.registry.setup_args["layer"]
             return OnDiskLoader(data, indices, batch_size, shuffle, seed, self.device, layer=layer,
-                                likelihood_terms=likelihood_terms, sparse_counts=sparse_counts)
+                                validate=not data.counts_checked, likelihood_terms=likelihood_terms,
+                                sparse_counts=sparse_counts)
         return MinibatchLoader(data, indices, batch_size, shuffle, seed, self.device, likelihood_terms, sparse_counts)
 
     def _n_cells(self, adata=None, indices=None) -> int:

@@ -135,8 +135,7 @@ class VAE(nn.Module):
         if "X_csr" not in batch:
             return batch["X"].sum(1)
         indptr, _, values = batch["X_csr"]
-        rows = torch.repeat_interleave(torch.arange(len(indptr) - 1, device=indptr.device), indptr.diff())
-        return torch.zeros(len(indptr) - 1, dtype=values.dtype, device=values.device).index_add_(0, rows, values)
+        return torch.segment_reduce(values, "sum", offsets=indptr)  # empty rows sum to 0
 
     def inference(self, batch: dict, sample: bool = True) -> dict:
         """Posterior q(z, l | x). Returns qz_m, qz_v (n_cells, n_latent), z, and library (n_cells, 1) in
