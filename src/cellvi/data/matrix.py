@@ -116,8 +116,13 @@ class RowBlocks:
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) > 1 and np.any(rows[1:] < rows[:-1]):
             raise ValueError("RowBlocks takes sorted rows")
-        parts = np.split(rows, np.searchsorted(rows, self.starts[1:-1]))
-        return [(self.blocks[i], part - self.starts[i]) for i, part in enumerate(parts) if len(part)]
+        if not len(rows):
+            return []
+        first, last = np.searchsorted(self.starts, [rows[0], rows[-1]], side="right") - 1
+        if first == last:  # the common case in file order
+            return [(self.blocks[first], rows - self.starts[first])]
+        parts = np.split(rows, np.searchsorted(rows, self.starts[first + 1 : last + 1]))
+        return [(self.blocks[first + i], p - self.starts[first + i]) for i, p in enumerate(parts) if len(p)]
 
     def __getitem__(self, rows) -> sp.csr_matrix:
         pieces = [sp.csr_matrix(b[local]) for b, local in self.split(rows)]
@@ -138,7 +143,8 @@ def gather_rows(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """
     if not _is_csr(X):
         return densify(X[rows])
-    lengths, local_rows, cols, values = _gathered(X, rows)
+    lengths, cols, values = _gathered(X, rows)
+    local_rows = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
     n_genes = X.shape[1]
     dense = np.zeros(len(rows) * n_genes, dtype=np.float32)
     dense[local_rows * n_genes + cols] = values  # flat indices: faster than 2-d fancy assignment
@@ -148,15 +154,13 @@ def gather_rows(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return dense.reshape(len(rows), n_genes), local_rows[keep], cols[keep], values[keep]
 
 
-def _gathered(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Entries per row, and row (0..len(rows)-1), column and value of every stored entry of the rows
-    ``rows`` of the CSR matrix ``X``, read straight from its three arrays (see :func:`gather_rows`)."""
+def _gathered(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Entries per row, and column and value of every stored entry of the rows ``rows`` of the CSR
+    matrix ``X`` (row by row), read straight from its three arrays (see :func:`gather_rows`)."""
     if isinstance(X, RowBlocks):
-        parts, offset = [], 0
-        for block, local in X.split(rows):
-            lengths, local_rows, cols, values = _gathered(block, local)
-            parts.append((lengths, local_rows + offset, cols, values))
-            offset += len(local)
+        parts = [_gathered(block, local) for block, local in X.split(rows)]
+        if len(parts) == 1:  # no copy: the values may be a view of a mapped file
+            return parts[0]
         return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
     if len(rows) and rows[0] >= 0 and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
         a, b = int(X.indptr[rows[0]]), int(X.indptr[rows[-1] + 1])  # consecutive rows: plain slices
@@ -168,7 +172,7 @@ def _gathered(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
         first = np.cumsum(lengths) - lengths  # where each row's entries start in the gathered arrays
         pos = np.repeat(starts.astype(np.int64) - first, lengths) + np.arange(lengths.sum(), dtype=np.int64)
         values, cols = X.data[pos], X.indices[pos].astype(np.int64)
-    return lengths, np.repeat(np.arange(len(rows), dtype=np.int64), lengths), cols, values
+    return lengths, cols, values
 
 
 def gather_csr(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -179,9 +183,10 @@ def gather_csr(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         block.eliminate_zeros()
         indptr, cols, values = block.indptr, block.indices, block.data
     else:
-        lengths, local_rows, cols, values = _gathered(X, rows)
+        lengths, cols, values = _gathered(X, rows)
         keep = values != 0
-        if not keep.all():
+        if not keep.all():  # explicitly stored zeros: dropped, and the row lengths counted again
+            local_rows = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
             lengths = np.bincount(local_rows[keep], minlength=len(rows))
             cols, values = cols[keep], values[keep]
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)

@@ -5,8 +5,8 @@ tensors; ``set_epoch``; ``len``) but never holds the whole matrix. It reads *chu
 that lie within ``chunk_size`` consecutive rows of the on-disk CSR matrix, each read with one slice of
 ``indptr`` and slices of ``data`` / ``indices``: zarr or h5py reads, or, for an uncompressed h5ad opened
 read-only (what ``anndata`` writes by default), views of a memory map of the file, with no copy
-(:mod:`cellvi.data.mapped`). In file order (inference, validation) those views are used as they lie;
-only a minibatch that spans two runs of stored bytes is stacked from its pieces. A file that
+(:mod:`cellvi.data.mapped`); the blocks read are never stacked: each minibatch gathers its rows from
+them (in file order, a minibatch within one block uses the file's bytes where they lie). A file that
 ``setup_anndata`` checked in this process, unchanged since (same inode, size and modification time),
 is not checked again while it is read; any other on-disk matrix is checked chunk by chunk as it is
 read (non-negative integer counts). When the machine has a core
@@ -287,15 +287,13 @@ class OnDiskLoader:
 
     def _buffer(self, rows: np.ndarray, blocks: list, carry: CellData | None) -> CellData:
         """The cells left over from the last buffer followed by the new ones. The blocks are not
-        stacked (:class:`RowBlocks`): each minibatch gathers its rows from them."""
+        stacked (:class:`RowBlocks`): each minibatch gathers its rows from them, so in file order a
+        minibatch within one block uses the file's bytes where they lie."""
         X = RowBlocks(blocks if carry is None else [carry.X, *blocks])
         new = _take(self.data, rows, X)
         return new if carry is None else _concat(carry, new, X)
 
     def __iter__(self) -> Iterator[dict]:
-        if not self.shuffle:
-            yield from self._in_order()
-            return
         chunks = self.shard_chunks()
         groups = [chunks[i : i + self.buffer_chunks] for i in range(0, len(chunks), self.buffer_chunks)]
         rng = np.random.default_rng([self.seed, self.epoch, self.shard_index, 1])
@@ -304,7 +302,7 @@ class OnDiskLoader:
         for k, (rows, blocks) in enumerate(prefetch(reads, depth=1) if self.read_ahead else reads):
             buf = self._buffer(rows, blocks, carry)
             n = buf.n_cells
-            order = rng.permutation(n)
+            order = rng.permutation(n) if self.shuffle else np.arange(n)
             last = k == len(groups) - 1
             parts = minibatch_slices(n, bs) if last else [slice(a, a + bs) for a in range(0, n - bs + 1, bs)]
             batches = MinibatchLoader(
@@ -314,40 +312,3 @@ class OnDiskLoader:
                 yield batches.batch(np.sort(order[part]))
             rest = np.sort(order[(n // bs) * bs :]) if not last else order[:0]
             carry = _take(buf, rest) if len(rest) else None
-
-    def _in_order(self) -> Iterator[dict]:
-        """The cells in file order (inference, validation), in the minibatches of
-        :func:`minibatch_slices`. The blocks read are used where they lie (views of a memory-mapped
-        file); only a minibatch that spans two blocks is stacked from its pieces."""
-        chunks = self.shard_chunks()
-        n_total = sum(len(c) for c in chunks)
-        groups = [chunks[i : i + self.buffer_chunks] for i in range(0, len(chunks), self.buffer_chunks)]
-        reads = (self.reader.read_blocks(np.concatenate(g)) for g in groups)
-        blocks = (b for read in (prefetch(reads, depth=1) if self.read_ahead else reads) for b in read)
-        loader = lambda d: MinibatchLoader(  # noqa: E731
-            d, device=self.device, likelihood_terms=self.likelihood_terms, sparse_counts=self.sparse_counts
-        )
-        current, offset = None, 0  # the block being read from, and its next unused cell
-        for part in minibatch_slices(n_total, self.batch_size):
-            pieces, need = [], part.stop - part.start
-            while need:
-                if current is None or offset == current.n_cells:
-                    rows, X = next(blocks)
-                    current, offset = _take(self.data, rows, X), 0
-                take = min(need, current.n_cells - offset)
-                pieces.append((current, offset, offset + take))
-                offset, need = offset + take, need - take
-            if len(pieces) == 1:
-                d, a, b = pieces[0]
-                yield loader(d).batch(np.arange(a, b))
-            else:
-                joined = _stack([_take(d, np.arange(a, b)) for d, a, b in pieces])
-                yield loader(joined).batch(np.arange(joined.n_cells))
-
-
-def _stack(parts: list[CellData]) -> CellData:
-    """The cells of ``parts`` one after another (for a minibatch that spans blocks)."""
-    out = parts[0]
-    for part in parts[1:]:
-        out = _concat(out, part, sp.vstack([out.X, part.X], format="csr"))
-    return out
