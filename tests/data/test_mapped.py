@@ -168,7 +168,7 @@ def test_loader_in_order_gives_the_in_memory_minibatches(sim_path, sparse_counts
 
 
 def test_shuffled_minibatches_gather_from_unstacked_blocks(sim_path):
-    """Training buffers keep the blocks read (views of the file) and gather each minibatch from them."""
+    """Training buffers keep one block per chunk (never stacked) and gather each minibatch from them."""
     from cellvi.data import CellData
     from cellvi.data.ondisk import OnDiskLoader
 

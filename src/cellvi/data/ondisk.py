@@ -5,8 +5,9 @@ tensors; ``set_epoch``; ``len``) but never holds the whole matrix. It reads *chu
 that lie within ``chunk_size`` consecutive rows of the on-disk CSR matrix, each read with one slice of
 ``indptr`` and slices of ``data`` / ``indices``: zarr or h5py reads, or, for an uncompressed h5ad opened
 read-only (what ``anndata`` writes by default), views of a memory map of the file, with no copy
-(:mod:`cellvi.data.mapped`); the blocks read are never stacked: each minibatch gathers its rows from
-them (in file order, a minibatch within one block uses the file's bytes where they lie). A file that
+(:mod:`cellvi.data.mapped`). The blocks read are never stacked: each minibatch gathers its rows from
+them (in file order, a minibatch within one block uses the file's bytes where they lie; shuffled
+minibatches gather from a copy of each chunk). A file that
 ``setup_anndata`` checked in this process, unchanged since (same inode, size and modification time),
 is not checked again while it is read; any other on-disk matrix is checked chunk by chunk as it is
 read (non-negative integer counts). When the machine has a core
@@ -282,8 +283,12 @@ class OnDiskLoader:
         return len(minibatch_slices(n, self.batch_size)) if n else 0
 
     def _read_buffer(self, chunks: list[np.ndarray]) -> tuple[np.ndarray, list]:
-        """The positions of a buffer's cells and its blocks of rows (CSR; views of a mapped file)."""
-        return np.concatenate(chunks), [block for c in chunks for _, block in self.reader.read_blocks(c)]
+        """The positions of a buffer's cells and its blocks of rows (CSR). In file order the blocks are
+        views of a mapped file; when shuffling, each chunk is one block copied into memory: minibatches
+        of random rows gathered straight from the map trained 15-20% slower (1M cells, 2 cores)."""
+        if not self.shuffle:
+            return np.concatenate(chunks), [block for c in chunks for _, block in self.reader.read_blocks(c)]
+        return np.concatenate(chunks), [self.reader.read(c) for c in chunks]
 
     def _buffer(self, rows: np.ndarray, blocks: list, carry: CellData | None) -> CellData:
         """The cells left over from the last buffer followed by the new ones. The blocks are not
