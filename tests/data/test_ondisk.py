@@ -7,6 +7,7 @@ import hashlib
 import anndata as ad
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -196,3 +197,17 @@ def test_writers_never_touch_the_input(h5ad_path, tmp_path):
         assert f["obsm/X_scvi"].shape == (300, 4)
     backed.file.close()
     assert _sha256(tmp_path / "in.h5ad") == before
+
+
+def test_an_existing_output_must_hold_the_same_cells_in_order(tmp_path):
+    from cellvi.data.writers import write_rows
+
+    obs = pd.DataFrame(index=pd.Index([f"c{i}" for i in range(50)], dtype=str))
+    path = write_rows(tmp_path / "o.h5ad", "obsm", "z", [np.zeros((50, 2), np.float32)], 2, obs, ["g"])
+    write_rows(path, "obsm", "w", [np.ones((50, 3), np.float32)], 3, obs, ["g"])  # the same cells: fine
+    swapped = obs.index.to_list()
+    swapped[43], swapped[44] = swapped[44], swapped[43]  # the same names, two in another order
+    with pytest.raises(ModelFileError, match="other cells"):
+        write_rows(path, "obsm", "v", [np.ones((50, 1), np.float32)], 1, pd.DataFrame(index=swapped), ["g"])
+    with h5py.File(path) as f:
+        assert set(f["obsm"]) == {"z", "w"}
