@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from ..errors import InvalidDataError, MissingKeyError, NotSetUpError, RegistryMismatchError
 from .matrix import (
-    count_matrix, counts_checked, is_on_disk, iter_row_chunks, mark_counts_checked, validate_counts_chunk,
+    count_matrix, is_on_disk, iter_row_chunks, mark_counts_checked, validate_counts_chunk,
 )
 
 REGISTRY_KEY = "_cellvi_registry"
@@ -42,7 +42,6 @@ class CellData:
     cont_covs: np.ndarray | None = None
     size_factor: np.ndarray | None = None
     obs_names: pd.Index | None = None
-    counts_checked: bool = False  # X (on disk) was checked whole in this process; loaders skip the check
 
     @property
     def n_cells(self) -> int:
@@ -248,7 +247,7 @@ class Registry:
         sf = None
         if args["size_factor_key"] is not None:
             sf = _continuous(obs, args["size_factor_key"]).astype(np.float32)
-        return CellData(X, batch, labels, cat, cont, sf, adata.obs_names, is_on_disk(X) and counts_checked(X))
+        return CellData(X, batch, labels, cat, cont, sf, adata.obs_names)
 
 
 def _category_codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:

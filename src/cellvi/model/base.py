@@ -20,6 +20,7 @@ import torch
 from .. import __version__
 from .._settings import settings
 from ..data import CellData, MinibatchLoader, Registry
+from ..data.matrix import counts_checked
 from ..data.ondisk import OnDiskLoader, chunk_split, is_on_disk
 from ..data.writers import write_rows
 from ..errors import InvalidParameterError, ModelFileError, NotSetUpError, TrainingDivergedError
@@ -99,7 +100,7 @@ class BaseModel:
         if is_on_disk(data.X) and (indices is None or bool(np.all(np.diff(indices) > 0))):
             layer = self.registry.setup_args["layer"]
             return OnDiskLoader(data, indices, batch_size, shuffle, seed, self.device, layer=layer,
-                                validate=not data.counts_checked, likelihood_terms=likelihood_terms,
+                                validate=not counts_checked(data.X), likelihood_terms=likelihood_terms,
                                 sparse_counts=sparse_counts)
         return MinibatchLoader(data, indices, batch_size, shuffle, seed, self.device, likelihood_terms, sparse_counts)
 
