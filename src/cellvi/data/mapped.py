@@ -88,6 +88,16 @@ def _extents(ds) -> tuple[np.ndarray, np.ndarray] | None:
     return np.append(first[new_run], n), address[new_run]
 
 
+def local_file_descriptor(node) -> int | None:
+    """The OS descriptor of the file of the h5py object ``node`` when it is a plain local file (HDF5's
+    default driver), else None (another driver, a file-like object, or a closed file)."""
+    try:
+        f = node.file
+        return int(f.id.get_vfd_handle()) if f.driver == "sec2" else None
+    except Exception:  # a closed file, or an h5py without the call
+        return None
+
+
 def mapped_or_none(ds) -> MappedArray | None:
     """A :class:`MappedArray` over the h5py dataset ``ds``, or None where reads must go through h5py."""
     try:
@@ -97,20 +107,20 @@ def mapped_or_none(ds) -> MappedArray | None:
     if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or len(ds) == 0:
         return None
     f = ds.file
-    if f.mode != "r" or f.driver != "sec2" or f.userblock_size != 0:
-        return None  # writable (HDF5 may hold unwritten data) or not a plain local file
+    fd = local_file_descriptor(ds)
+    if fd is None or f.mode != "r" or f.userblock_size != 0:
+        return None  # not a plain local file, or writable (HDF5 may hold unwritten data)
     if ds.id.get_create_plist().get_nfilters() != 0 or ds.dtype.kind not in "iuf":
         return None
     if not ds.dtype.isnative or ds.dtype.itemsize not in (4, 8):
         return None
     try:
         extents = _extents(ds)
-        fd = f.id.get_vfd_handle()
-    except Exception:  # an h5py or HDF5 without these calls
+    except Exception:  # an h5py or HDF5 without chunk_iter
         return None
     if extents is None or np.any(extents[1] % ds.dtype.itemsize):
         return None  # unaligned elements: numpy and torch kernels expect aligned arrays
-    mapped = MappedArray(int(fd), ds.dtype, *extents)
+    mapped = MappedArray(fd, ds.dtype, *extents)
     # guard against any misreading of the layout: the ends of extents spread over the file must
     # equal h5py's reads of the same elements
     starts = extents[0]

@@ -218,17 +218,16 @@ def file_fingerprint(X) -> tuple | None:
     """Identity of an on-disk h5ad count matrix as it is now: (device, inode, size, modification time
     in ns, dataset path), from the open file's descriptor; None for anything else (in memory, zarr,
     a file-like object). Any change to the file gives another fingerprint."""
+    import h5py
     from anndata.abc import CSRDataset
 
-    node = X.group if isinstance(X, CSRDataset) else X
-    try:
-        import h5py
+    from .mapped import local_file_descriptor
 
-        if not isinstance(node, (h5py.Dataset, h5py.Group)) or node.file.driver != "sec2":
-            return None
-        st = os.fstat(node.file.id.get_vfd_handle())
-    except Exception:  # not h5py, or a closed file
+    node = X.group if isinstance(X, CSRDataset) else X
+    fd = local_file_descriptor(node) if isinstance(node, (h5py.Dataset, h5py.Group)) else None
+    if fd is None:
         return None
+    st = os.fstat(fd)
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, node.name
 
 
