@@ -71,3 +71,62 @@ def test_gather_rows_matches_scipy_for_any_index_dtype():
             np.testing.assert_array_equal(values, dense[r, c])
             expected = gammaln(dense.astype(np.float64) + 1).sum(1)
             np.testing.assert_allclose(row_log_factorial(values, r, len(rows)), expected, rtol=1e-6)
+
+
+def _expected_batch(X_dense, rows, extra):
+    """What one minibatch of ``rows`` must hold, from the dense counts."""
+    sub = X_dense[rows]
+    nz_rows, nz_cols = np.nonzero(sub)
+    log_fact = np.array([gammaln(r[r > 0] + 1).sum() for r in sub], dtype=np.float32)
+    return sub, nz_rows, nz_cols, log_fact, {k: v[rows] for k, v in extra.items()}
+
+
+def test_minibatches_gathered_together_equal_one_at_a_time():
+    import torch
+
+    from cellvi.data import loaders
+
+    rng = np.random.default_rng(0)
+    X = sp.random(300, 40, density=0.15, format="lil", random_state=1, dtype=np.float32)
+    X[7] = 0  # a cell without counts
+    X = X.tocsr()
+    X.data = np.floor(X.data * 6)  # counts, with some explicitly stored zeros
+    dense = X.toarray()
+    extra = dict(batch=rng.integers(0, 3, 300).astype(np.int32), cat_covs=rng.integers(0, 4, (300, 2)).astype(np.int32),
+                 cont_covs=rng.normal(size=(300, 2)).astype(np.float32), size_factor=rng.random(300).astype(np.float32))
+    for matrix in (X, dense):
+        data = CellData(matrix, extra["batch"], np.zeros(300, np.int32), extra["cat_covs"], extra["cont_covs"],
+                        extra["size_factor"])
+        for sparse_counts in (False, True):
+            loader = MinibatchLoader(data, np.arange(5, 300), batch_size=16, shuffle=True, seed=2,
+                                     sparse_counts=sparse_counts)
+            old = loaders.GROUP_ENTRIES
+            try:
+                loaders.GROUP_ENTRIES = 16 * 40 * 5  # groups of 5 minibatches
+                grouped = list(loader)
+                loaders.GROUP_ENTRIES = 0  # one at a time
+                single = list(loader)
+            finally:
+                loaders.GROUP_ENTRIES = old
+            assert len(grouped) == len(single) == len(loader)
+            for g, s in zip(grouped, single):
+                assert g.keys() == s.keys()
+                for key in g:
+                    for a, b in zip(*((v if isinstance(v, tuple) else (v,)) for v in (g[key], s[key]))):
+                        assert a.dtype == b.dtype and torch.equal(a, b), key
+            # and each minibatch is right, not only the same both ways
+            order = np.arange(5, 300)[np.random.default_rng([2, 0]).permutation(295)]
+            for b, part in zip(grouped, minibatch_slices(295, 16)):
+                rows = np.sort(order[part])
+                sub, nz_rows, nz_cols, log_fact, covs = _expected_batch(dense, rows, extra)
+                if sparse_counts:
+                    indptr, cols, values = (t.numpy() for t in b["X_csr"])
+                    got = sp.csr_matrix((values, cols, indptr), shape=sub.shape).toarray()
+                    np.testing.assert_array_equal(got, sub)
+                else:
+                    np.testing.assert_array_equal(b["X"].numpy(), sub)
+                    np.testing.assert_array_equal(b["nonzero"][0].numpy(), nz_rows)
+                    np.testing.assert_array_equal(b["nonzero"][1].numpy(), nz_cols)
+                    np.testing.assert_allclose(b["log_factorial"].numpy(), log_fact, rtol=1e-5)
+                for key, value in covs.items():
+                    np.testing.assert_array_equal(b[key].numpy(), value)

@@ -143,15 +143,26 @@ def gather_rows(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """
     if not _is_csr(X):
         return densify(X[rows])
+    local_rows, cols, values = gather_nonzeros(X, rows)
+    return scatter_dense(local_rows, cols, values, len(rows), X.shape[1]), local_rows, cols, values
+
+
+def gather_nonzeros(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions within ``rows`` (int64, ascending), columns (int64) and values of the non-zero entries
+    of the rows ``rows`` of the CSR matrix ``X``, row by row; explicitly stored zeros are dropped."""
     lengths, cols, values = _gathered(X, rows)
     local_rows = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
-    n_genes = X.shape[1]
-    dense = np.zeros(len(rows) * n_genes, dtype=np.float32)
-    dense[local_rows * n_genes + cols] = values  # flat indices: faster than 2-d fancy assignment
     keep = values != 0  # explicitly stored zeros are zeros
     if keep.all():
-        return dense.reshape(len(rows), n_genes), local_rows, cols, values
-    return dense.reshape(len(rows), n_genes), local_rows[keep], cols[keep], values[keep]
+        return local_rows, cols, values
+    return local_rows[keep], cols[keep], values[keep]
+
+
+def scatter_dense(local_rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: int, n_genes: int) -> np.ndarray:
+    """The dense float32 (n_rows, n_genes) array with ``values`` at (``local_rows``, ``cols``)."""
+    dense = np.zeros(n_rows * n_genes, dtype=np.float32)
+    dense[local_rows * n_genes + cols] = values  # flat indices: faster than 2-d fancy assignment
+    return dense.reshape(n_rows, n_genes)
 
 
 def _gathered(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

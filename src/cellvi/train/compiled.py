@@ -26,6 +26,8 @@ from collections.abc import Callable
 
 import torch
 
+from .optim import clear_grads
+
 
 class CompiledLoss:
     """``loss_fn`` compiled (dynamic shapes: the last minibatch may be smaller, with no recompilation).
@@ -58,6 +60,6 @@ class CompiledLoss:
 def forward_backward(loss_fn: Callable, optimizer: torch.optim.Optimizer, batch: dict, **kwargs) -> dict:
     """The loss of one minibatch and its gradients (set, not yet applied). Returns the loss dict."""
     out = loss_fn(batch, **kwargs)
-    optimizer.zero_grad(set_to_none=True)
+    clear_grads(optimizer)
     out["loss"].backward()
     return out
