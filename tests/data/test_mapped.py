@@ -115,6 +115,24 @@ def test_blocks_are_views_that_cover_the_rows(sim_path):
     np.testing.assert_array_equal(sp.vstack([b for _, b in reader.read_blocks(gaps)]).toarray(), dense[gaps])
 
 
+def test_sparse_minibatches_copy_the_values_off_the_map(sim_path):
+    """Inference reads the blocks in file order (views of the map), but the values it hands the model
+    are a copy: the model reads them several times, faster from a fresh copy than from the map."""
+    from cellvi.data.matrix import RowBlocks, gather_csr
+
+    backed = ad.read_h5ad(sim_path, backed="r")
+    memory = ad.read_h5ad(sim_path).X
+    blocks = RowBlocks([b for _, b in RowReader(backed.X).read_blocks(np.arange(0, 3000))])
+    assert all(_on_the_map(b.data) for b in blocks.blocks if b.shape[0] > 1)
+    for rows in (np.arange(5, 60), np.arange(0, 3000)):  # within one block, and across blocks
+        indptr, cols, values = gather_csr(blocks, rows)
+        assert not _on_the_map(values)
+        expected = memory[rows]
+        np.testing.assert_array_equal(values, expected.data)
+        np.testing.assert_array_equal(cols, expected.indices)
+        np.testing.assert_array_equal(indptr, expected.indptr)
+
+
 def test_a_file_checked_at_setup_is_not_checked_again_until_it_changes(sim_path, tmp_path):
     path = tmp_path / "copy.h5ad"
     path.write_bytes(sim_path.read_bytes())
