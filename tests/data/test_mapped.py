@@ -205,3 +205,28 @@ def test_shuffled_minibatches_gather_from_unstacked_blocks(sim_path):
         np.testing.assert_array_equal(dense[ids][rows, cols] != 0, True)
         seen.append(ids)
     np.testing.assert_array_equal(np.sort(np.concatenate(seen)), codes)
+
+
+def test_extents_are_kept_while_the_file_is_unchanged(tmp_path, monkeypatch):
+    from cellvi.data import mapped
+
+    calls = []
+    find = mapped._extents
+    monkeypatch.setattr(mapped, "_extents", lambda ds: calls.append(ds.name) or find(ds))
+    path = tmp_path / "x.h5"
+
+    def write(values, shift):
+        with h5py.File(path, "w") as f:
+            if shift:  # another dataset first: x's bytes move
+                f.create_dataset("pad", data=np.ones(shift, dtype=np.float32))
+            f.create_dataset("x", data=values, chunks=(500,))
+
+    write(np.arange(5000, dtype=np.float32), 0)
+    for _ in range(2):
+        with h5py.File(path, "r") as f:
+            np.testing.assert_array_equal(mapped.mapped_or_none(f["x"])[0:5000], np.arange(5000))
+    assert calls == ["/x"]  # found once
+    write(-np.arange(5000, dtype=np.float32), 3000)  # the file changes
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(mapped.mapped_or_none(f["x"])[0:5000], -np.arange(5000))
+    assert calls == ["/x", "/x"]

@@ -5,7 +5,6 @@ Everything reads rows in chunks, so that checking a matrix never needs it whole 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -234,14 +233,10 @@ def file_fingerprint(X) -> tuple | None:
     import h5py
     from anndata.abc import CSRDataset
 
-    from .mapped import local_file_descriptor
+    from .mapped import file_identity
 
     node = X.group if isinstance(X, CSRDataset) else X
-    fd = local_file_descriptor(node) if isinstance(node, (h5py.Dataset, h5py.Group)) else None
-    if fd is None:
-        return None
-    st = os.fstat(fd)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, node.name
+    return file_identity(node) if isinstance(node, (h5py.Dataset, h5py.Group)) else None
 
 
 def mark_counts_checked(X) -> None:
