@@ -94,6 +94,13 @@ def _extents(ds) -> tuple[np.ndarray, np.ndarray] | None:
     return np.append(first[new_run], n), address[new_run]
 
 
+def is_mapped(a: np.ndarray) -> bool:
+    """Whether the memory of ``a`` (or of the array it is a view of) is a memory map of a file."""
+    while isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    return isinstance(a.obj if isinstance(a, memoryview) else a, mmap.mmap)
+
+
 def local_file_descriptor(node) -> int | None:
     """The OS descriptor of the file of the h5py object ``node`` when it is a plain local file (HDF5's
     default driver), else None (another driver, a file-like object, or a closed file)."""

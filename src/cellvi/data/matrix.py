@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from scipy.special import gammaln
 
 from ..errors import InvalidDataError, InvalidTypeError, MissingKeyError
+from .mapped import file_identity, is_mapped
 
 CHUNK_ROWS = 10_000
 _LOG_FACTORIAL = gammaln(np.arange(1, 4097, dtype=np.float64)).astype(np.float32)  # lgamma(k + 1), k < 4096
@@ -204,7 +205,7 @@ def gather_csr(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     # values that are views of a file's memory map (on-disk blocks read in file order) are copied: the
     # model reads them several times, and each pass over the mapped file's pages was slower than over
     # the fresh copy, still in cache (latents from 1M cells on disk: ~15% faster with the copy)
-    copy = isinstance(X, RowBlocks) and not values.flags.owndata
+    copy = is_mapped(values)
     return indptr.astype(np.int64, copy=False), cols.astype(np.int64, copy=False), values.astype(np.float32, copy=copy)
 
 
@@ -232,8 +233,6 @@ def file_fingerprint(X) -> tuple | None:
     a file-like object). Any change to the file gives another fingerprint."""
     import h5py
     from anndata.abc import CSRDataset
-
-    from .mapped import file_identity
 
     node = X.group if isinstance(X, CSRDataset) else X
     return file_identity(node) if isinstance(node, (h5py.Dataset, h5py.Group)) else None

@@ -44,13 +44,14 @@ class AdamStep:
         self._state: tuple | None = None  # (params, exp_avgs, exp_avg_sqs, step views, their base)
 
     def __call__(self) -> None:
-        state = self._state if self.direct else None
-        if state is not None and not self._still_current(state):
-            state = None
+        if self._state is not None and not self._still_current(self._state):
+            self._state = None
+        state = self._state
         grads = [p.grad for p in state[0]] if state is not None else None
         if state is None or any(g is None for g in grads):
             self.optimizer.step()
-            self._state = self._direct_state() if self.direct else None
+            if self.direct and state is None:  # a current state is kept: its tensors were updated in place
+                self._state = self._direct_state()
             return
         params, exp_avgs, exp_avg_sqs, steps, base = state
         group = self.optimizer.param_groups[0]
