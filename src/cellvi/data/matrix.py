@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from scipy.special import gammaln
 
 from ..errors import InvalidDataError, InvalidTypeError, MissingKeyError
-from .mapped import file_identity, is_mapped
+from .direct import file_identity
 
 CHUNK_ROWS = 10_000
 _LOG_FACTORIAL = gammaln(np.arange(1, 4097, dtype=np.float64)).astype(np.float32)  # lgamma(k + 1), k < 4096
@@ -129,8 +129,56 @@ class RowBlocks:
         return pieces[0] if len(pieces) == 1 else sp.vstack(pieces, format="csr")
 
 
+class FileRows:
+    """Rows of an on-disk CSR matrix whose entries are read only when gathered, (n_rows, n_genes).
+
+    ``starts``, ``ends``: (n_rows,) int64 positions of each row's entries in the file's ``data`` and
+    ``indices`` arrays (1-D, read by slices, such as :class:`~cellvi.data.direct.FileArray`); ``rows``:
+    (n_rows,) the rows' positions in the file (sorted); ``check(values, first_row)``: raises on values
+    that are not counts (None: the file was checked already); ``max_gap``: rows of the file between two
+    wanted rows that are read through rather than starting a new read. Each gather reads only the
+    entries of its rows, into new arrays that the caller owns: in file order, one read per minibatch,
+    small enough to still be in cache when the model reads it.
+    """
+
+    def __init__(self, starts: np.ndarray, ends: np.ndarray, data, indices, n_genes: int, rows: np.ndarray,
+                 check=None, max_gap: int = 64) -> None:
+        self.starts, self.ends, self.data, self.indices = starts, ends, data, indices
+        self.rows, self.check, self.max_gap = rows, check, max_gap
+        self.shape = (len(starts), int(n_genes))
+
+    def gather(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Entries per row (int64), columns and float32 values of the sorted rows ``local``, row by row:
+        one read per run of nearby rows, from the run's first entry to its last (rows in between that
+        were not asked for are read through and dropped)."""
+        cut = np.flatnonzero(np.diff(self.rows[local]) > self.max_gap) + 1
+        if len(cut):
+            parts = [self.gather(run) for run in np.split(local, cut)]
+            return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
+        starts, ends = self.starts[local], self.ends[local]
+        lengths = ends - starts
+        if not len(local):
+            return lengths, np.empty(0, np.int32), np.empty(0, np.float32)
+        lo, hi = int(starts[0]), int(ends[-1])
+        values = np.asarray(self.data[lo:hi]).astype(np.float32, copy=False)
+        cols = np.asarray(self.indices[lo:hi])
+        if int(lengths.sum()) != hi - lo:  # other rows' entries in between
+            first = np.cumsum(lengths) - lengths
+            pos = np.repeat(starts - lo - first, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+            values, cols = values[pos], cols[pos]
+        if self.check is not None:
+            self.check(values, int(self.rows[local[0]]))
+        return lengths, cols, values
+
+    def __getitem__(self, local) -> sp.csr_matrix:
+        local = np.asarray(local, dtype=np.int64)
+        lengths, cols, values = self.gather(local)
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        return sp.csr_matrix((values, cols, indptr), shape=(len(local), self.shape[1]))
+
+
 def _is_csr(X) -> bool:
-    return sp.isspmatrix_csr(X) or isinstance(X, (sp.csr_array, RowBlocks))
+    return sp.isspmatrix_csr(X) or isinstance(X, (sp.csr_array, RowBlocks, FileRows))
 
 
 def gather_rows(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -152,6 +200,7 @@ def gather_nonzeros(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     of the rows ``rows`` of the CSR matrix ``X``, row by row; explicitly stored zeros are dropped."""
     lengths, cols, values = _gathered(X, rows)
     local_rows = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    cols = cols.astype(np.int64, copy=False)
     keep = values != 0  # explicitly stored zeros are zeros
     if keep.all():
         return local_rows, cols, values
@@ -166,29 +215,34 @@ def scatter_dense(local_rows: np.ndarray, cols: np.ndarray, values: np.ndarray, 
 
 
 def _gathered(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Entries per row, and column and value of every stored entry of the rows ``rows`` of the CSR
-    matrix ``X`` (row by row), read straight from its three arrays (see :func:`gather_rows`)."""
+    """Entries per row, and column (the matrix's own integer type) and value of every stored entry of
+    the rows ``rows`` of the CSR matrix ``X`` (row by row), read straight from its three arrays (see
+    :func:`gather_rows`)."""
     if isinstance(X, RowBlocks):
         parts = [_gathered(block, local) for block, local in X.split(rows)]
-        if len(parts) == 1:  # no copy: the values may be a view of a mapped file
+        if len(parts) == 1:
             return parts[0]
         return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
+    if isinstance(X, FileRows):
+        return X.gather(rows)
     if len(rows) and rows[0] >= 0 and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
         a, b = int(X.indptr[rows[0]]), int(X.indptr[rows[-1] + 1])  # consecutive rows: plain slices
         lengths = np.diff(X.indptr[rows[0] : rows[-1] + 2]).astype(np.int64)
-        values, cols = X.data[a:b], X.indices[a:b].astype(np.int64)
+        values, cols = X.data[a:b], X.indices[a:b]
     else:
         starts, ends = X.indptr[rows], X.indptr[rows + 1]
         lengths = (ends - starts).astype(np.int64)
         first = np.cumsum(lengths) - lengths  # where each row's entries start in the gathered arrays
         pos = np.repeat(starts.astype(np.int64) - first, lengths) + np.arange(lengths.sum(), dtype=np.int64)
-        values, cols = X.data[pos], X.indices[pos].astype(np.int64)
+        values, cols = X.data[pos], X.indices[pos]
     return lengths, cols, values
 
 
 def gather_csr(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows ``rows`` of ``X`` as CSR arrays, never densified: row pointers (len(rows) + 1,) int64,
-    column indices int64 and float32 values of the non-zeros (explicitly stored zeros dropped)."""
+    """Rows ``rows`` of ``X`` as CSR arrays, never densified: row pointers (len(rows) + 1,), column
+    indices and float32 values of the non-zeros (explicitly stored zeros dropped). The row pointers and
+    column indices share one integer type, int32 (int64 from 2**31 non-zeros on), as the model's sparse
+    first layer takes them: a matrix's own int32 indices are then used without a copy."""
     if not _is_csr(X):
         block = sp.csr_matrix(X[rows])
         block.eliminate_zeros()
@@ -202,11 +256,8 @@ def gather_csr(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
             cols, values = cols[keep], values[keep]
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
-    # values that are views of a file's memory map (on-disk blocks read in file order) are copied: the
-    # model reads them several times, and each pass over the mapped file's pages was slower than over
-    # the fresh copy, still in cache (latents from 1M cells on disk: ~15% faster with the copy)
-    copy = is_mapped(values)
-    return indptr.astype(np.int64, copy=False), cols.astype(np.int64, copy=False), values.astype(np.float32, copy=copy)
+    index = np.int32 if len(values) < 2**31 else np.int64
+    return indptr.astype(index, copy=False), cols.astype(index, copy=False), values.astype(np.float32, copy=False)
 
 
 def densify(block) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -4,10 +4,10 @@
 tensors; ``set_epoch``; ``len``) but never holds the whole matrix. It reads *chunks*: runs of cells
 that lie within ``chunk_size`` consecutive rows of the on-disk CSR matrix, each read with one slice of
 ``indptr`` and slices of ``data`` / ``indices``: zarr or h5py reads, or, for an uncompressed h5ad opened
-read-only (what ``anndata`` writes by default), views of a memory map of the file, with no copy
-(:mod:`cellvi.data.mapped`). The blocks read are never stacked: each minibatch gathers its rows from
-them (in file order, a minibatch within one block uses the file's bytes where they lie; shuffled
-minibatches gather from a copy of each chunk). A file that
+read-only (what ``anndata`` writes by default), reads of the stored bytes straight from the file
+(:mod:`cellvi.data.direct`). The blocks read are never stacked: each minibatch gathers its rows from
+them. When shuffling, each chunk is read whole into memory; in file order (inference, validation), a
+file read directly is read one minibatch at a time, as the minibatches gather their rows. A file that
 ``setup_anndata`` checked in this process, unchanged since (same inode, size and modification time),
 is not checked again while it is read; any other on-disk matrix is checked chunk by chunk as it is
 read (non-negative integer counts). When the machine has a core
@@ -50,8 +50,8 @@ import torch
 
 from ..errors import InvalidDataError, InvalidParameterError
 from .loaders import MinibatchLoader, minibatch_slices, prefetch
-from .mapped import MappedArray, mapped_or_none
-from .matrix import RowBlocks, is_on_disk, validate_counts_chunk  # noqa: F401 (is_on_disk re-exported)
+from .direct import FileArray, direct_or_none
+from .matrix import FileRows, RowBlocks, is_on_disk, validate_counts_chunk  # noqa: F401 (is_on_disk re-exported)
 from .registry import CellData
 
 CHUNK_SIZE = 16_384
@@ -91,33 +91,41 @@ class RowReader:
         self.parts = None
         if isinstance(X, CSRDataset):
             g = X.group
-            # memory maps of the file where the arrays are stored plainly (see cellvi.data.mapped)
-            self.parts = tuple(_mapped_or_dataset(g[k]) for k in ("indptr", "data", "indices"))
-        ends = [m.starts[1:-1] for m in (self.parts or ())[1:] if isinstance(m, MappedArray)]
-        self._extent_ends = np.unique(np.concatenate(ends)) if ends else np.empty(0, dtype=np.int64)
+            # read straight from the file where the arrays are stored plainly (see cellvi.data.direct)
+            self.parts = tuple(_direct_or_dataset(g[k]) for k in ("indptr", "data", "indices"))
+        self.direct = self.parts is not None and all(isinstance(a, FileArray) for a in self.parts)
 
     def read(self, rows: np.ndarray) -> sp.csr_matrix:
         """Rows ``rows`` (sorted; runs of nearby rows are read with one slice each) as CSR float32 with
         int32 indices."""
-        blocks = self.read_blocks(rows, split=False)
+        blocks = self.read_blocks(rows)
         return blocks[0][1] if len(blocks) == 1 else sp.vstack([b for _, b in blocks], format="csr")
 
-    def read_blocks(self, rows: np.ndarray, split: bool = True) -> list[tuple[np.ndarray, sp.csr_matrix]]:
-        """Rows ``rows`` (sorted) as consecutive blocks ``(positions, CSR)``. With ``split``, a run of
-        consecutive rows of a memory-mapped file is cut where the file's runs of stored bytes end, so
-        that every block's arrays are views of the file, not copies (a row stored across such an end
-        is a block of its own, copied)."""
+    def read_blocks(self, rows: np.ndarray) -> list[tuple[np.ndarray, sp.csr_matrix]]:
+        """Rows ``rows`` (sorted) as consecutive blocks ``(positions, CSR)``, one per run of nearby rows."""
         if self.parts is None:  # dense on disk, or any in-memory matrix
             lo, hi = int(rows[0]), int(rows[-1]) + 1
             blocks = [(rows, sp.csr_matrix(self.X[lo:hi], dtype=np.float32)[rows - lo])]
         else:
-            blocks = self._read_csr(rows, split)
+            blocks = self._read_csr(rows)
         if self.validate:
             for positions, block in blocks:
                 validate_counts_chunk(block, int(positions[0]), self.layer)
         return blocks
 
-    def _read_csr(self, rows: np.ndarray, split: bool) -> list[tuple[np.ndarray, sp.csr_matrix]]:
+    def lazy_blocks(self, rows: np.ndarray) -> list[tuple[np.ndarray, object]]:
+        """Rows ``rows`` (sorted) as one block whose entries are read when a minibatch gathers them
+        (:class:`FileRows`: in file order, one read per minibatch), where the arrays are read straight
+        from the file; otherwise as :meth:`read_blocks`."""
+        if not self.direct:
+            return self.read_blocks(rows)
+        indptr = self.parts[0][int(rows[0]) : int(rows[-1]) + 2].astype(np.int64, copy=False)
+        local = rows - rows[0]
+        check = (lambda values, first: validate_counts_chunk(values, first, self.layer)) if self.validate else None
+        block = FileRows(indptr[local], indptr[local + 1], *self.parts[1:], self.n_genes, rows, check, MAX_GAP)
+        return [(rows, block)]
+
+    def _read_csr(self, rows: np.ndarray) -> list[tuple[np.ndarray, sp.csr_matrix]]:
         indptr_ds, data_ds, indices_ds = self.parts
         lo = int(rows[0])
         indptr = np.asarray(indptr_ds[lo : int(rows[-1]) + 2], dtype=np.int64)
@@ -125,32 +133,18 @@ class RowReader:
         blocks = []
         for run in np.split(rows, cut):
             a, b = int(run[0]) - lo, int(run[-1]) - lo + 1
-            whole = len(run) == b - a
-            for s, e in self._spans(indptr, a, b) if split and whole else [(a, b)]:
-                p0, p1 = int(indptr[s]), int(indptr[e])
-                data = np.asarray(data_ds[p0:p1], dtype=np.float32)
-                cols = np.asarray(indices_ds[p0:p1], dtype=np.int32)
-                ptr = (indptr[s : e + 1] - p0).astype(np.int32 if p1 - p0 < 2**31 else np.int64)
-                m = sp.csr_matrix((data, cols, ptr), shape=(e - s, self.n_genes))
-                blocks.append((run[s - a : e - a], m) if whole else (run, m[run - lo - a]))
+            p0, p1 = int(indptr[a]), int(indptr[b])
+            data = np.asarray(data_ds[p0:p1], dtype=np.float32)
+            cols = np.asarray(indices_ds[p0:p1], dtype=np.int32)
+            ptr = (indptr[a : b + 1] - p0).astype(np.int32 if p1 - p0 < 2**31 else np.int64)
+            m = sp.csr_matrix((data, cols, ptr), shape=(b - a, self.n_genes))
+            blocks.append((run, m) if len(run) == b - a else (run, m[run - lo - a]))
         return blocks
 
-    def _spans(self, indptr: np.ndarray, a: int, b: int) -> list[tuple[int, int]]:
-        """Cut the rows ``a..b-1`` (offsets into ``indptr``) where a mapped array's extent ends."""
-        ends = self._extent_ends[(self._extent_ends > indptr[a]) & (self._extent_ends < indptr[b])]
-        bounds = {a, b}
-        for c in ends:
-            r = a + int(np.searchsorted(indptr[a : b + 1], c, side="right")) - 1  # the row holding element c
-            bounds.add(r)
-            if indptr[r] != c:  # the row is split by the end: it goes alone
-                bounds.add(r + 1)
-        edges = sorted(bounds)
-        return list(zip(edges[:-1], edges[1:]))
 
-
-def _mapped_or_dataset(ds):
-    mapped = mapped_or_none(ds)
-    return ds if mapped is None else mapped
+def _direct_or_dataset(ds):
+    direct = direct_or_none(ds)
+    return ds if direct is None else direct
 
 
 def _sorted_unique(indices) -> np.ndarray:
@@ -283,11 +277,13 @@ class OnDiskLoader:
         return len(minibatch_slices(n, self.batch_size)) if n else 0
 
     def _read_buffer(self, chunks: list[np.ndarray]) -> tuple[np.ndarray, list]:
-        """The positions of a buffer's cells and its blocks of rows (CSR). In file order the blocks are
-        views of a mapped file; when shuffling, each chunk is one block copied into memory: minibatches
-        of random rows gathered straight from the map trained 15-20% slower (1M cells, 2 cores)."""
+        """The positions of a buffer's cells and its blocks of rows. When shuffling, each chunk is read
+        whole into memory (CSR), and minibatches gather their random rows from it. In file order, from a
+        file read directly, a chunk's entries are read only as each minibatch gathers its rows
+        (:meth:`RowReader.lazy_blocks`): per minibatch, arrays that are still in cache when the model
+        reads them (a whole chunk's were not)."""
         if not self.shuffle:
-            return np.concatenate(chunks), [block for c in chunks for _, block in self.reader.read_blocks(c)]
+            return np.concatenate(chunks), [block for c in chunks for _, block in self.reader.lazy_blocks(c)]
         return np.concatenate(chunks), [self.reader.read(c) for c in chunks]
 
     def _buffer(self, rows: np.ndarray, blocks: list, carry: CellData | None) -> CellData:

@@ -26,7 +26,7 @@ def select_rows(table: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
 
 
 def _transposed_weight(linear: nn.Linear) -> torch.Tensor:
-    """``linear.weight.t()`` made contiguous, (n_in, n_out), as a sparse-times-dense product needs it.
+    """``linear.weight.t()`` made contiguous, (n_in, n_out): the sparse first layer sums its rows.
     Without gradients (inference) the copy is kept until the weight changes (in-place updates bump its
     version counter; moving it changes its storage): ~25% of the sparse first layer's time."""
     w = linear.weight
@@ -38,6 +38,18 @@ def _transposed_weight(linear: nn.Linear) -> torch.Tensor:
         cached = (w, key, w.detach().t().contiguous())
         linear.__dict__["_cellvi_weight_t"] = cached
     return cached[2]
+
+
+def _sparse_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``linear(x)`` for a sparse CSR ``x`` (n_cells, n_in), as (n_cells, n_out): each cell's output is
+    the bias plus the rows of the transposed weight at its non-zero columns, weighted by their values,
+    which is what ``embedding_bag`` computes. On CPU this was ~1.6x faster than ``torch.addmm``'s
+    sparse-times-dense product (MKL), itself ~3x faster than densifying at 10% non-zeros (latent of
+    200,000 cells x 2,000 genes, 2 threads). Inference only (no gradient to ``x``)."""
+    return torch.nn.functional.embedding_bag(
+        x.col_indices(), _transposed_weight(linear), x.crow_indices(), mode="sum",
+        per_sample_weights=x.values(), include_last_offset=True,
+    ) + linear.bias
 
 
 class CovariateInjection(nn.Module):
@@ -166,8 +178,8 @@ class FCLayers(nn.Module):
     ) -> torch.Tensor:
         """x: (n_cells, n_in), dense or sparse CSR (no gradient to x then). Returns (n_cells, n_out)."""
         for linear, inject, post in zip(self.linears, self.injections, self.post):
-            if x.layout == torch.sparse_csr:  # sparse times dense, ~3x faster than densifying at 10% non-zeros
-                h = torch.addmm(linear.bias, x, _transposed_weight(linear))
+            if x.layout == torch.sparse_csr:
+                h = _sparse_linear(x, linear)
             else:
                 h = linear(x)
             x = post(h + inject(cat_codes, cont))

@@ -1,37 +1,40 @@
-"""Zero-copy reads of uncompressed HDF5 arrays: slices of the file mapped into memory.
+"""Direct reads of uncompressed HDF5 arrays: their stored bytes read from the file with ``os.preadv``.
 
-Reading a slice through h5py copies it from the page cache into a new array (about 1 us per cell of
-2,000 genes here, as much as the model's own inference work); a memory map of the same bytes costs
-only the mapping. This applies to a 1-D dataset stored without filters (no compression), in native
-byte order, in a file opened read-only with HDF5's default driver, as ``anndata`` writes the ``data``,
-``indices`` and ``indptr`` arrays of a sparse ``X``. For anything else :func:`mapped_or_none`
-returns ``None`` and the caller reads through h5py as before.
+Reading a slice through h5py costs a fixed overhead per call and copies through HDF5's own buffers; a
+memory map of the same bytes costs a page-table entry per 4 KiB page, and every pass over mapped pages
+walks those tables again (slow under virtualisation, where a TLB miss walks two levels of tables). Here
+the bytes of a slice are copied by the kernel straight from the page cache into an ordinary array, one
+``preadv`` call per run of stored bytes: the array is the caller's own (writable, no tie to the file),
+and a reader that asks for one minibatch at a time gets arrays small enough to stay in cache while the
+model reads them. This applies to a 1-D dataset stored without filters (no compression), in native byte
+order, in a file opened read-only with HDF5's default driver, as ``anndata`` writes the ``data``,
+``indices`` and ``indptr`` arrays of a sparse ``X``. For anything else :func:`direct_or_none` returns
+``None`` and the caller reads through h5py as before.
 
 The file addresses come from HDF5 itself (``get_offset`` for contiguous storage; one ``chunk_iter``
 pass for chunked storage, where runs of chunks that follow each other in the file form one extent).
-Each read maps only the extent pieces it needs and the mapping is released with the last array that
-uses it, so the memory held is what the caller keeps, as with ordinary reads.
+Nothing is ever written to the file: it is only read, through a duplicate of HDF5's read-only descriptor.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import weakref
 
 import numpy as np
 
-_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14; read-only, so no page is copied
+from ..errors import InvalidDataError
+
 _CHECKED_EXTENTS = 16  # extents whose first and last 64 elements are compared with h5py's reads
 _EXTENTS: dict[tuple, tuple | None] = {}  # file identity -> extents of a dataset (see _cached_extents)
 
 
-class MappedArray:
-    """A 1-D HDF5 dataset read by slices (``a[start:stop]``) of a read-only memory map of its file.
+class FileArray:
+    """A 1-D HDF5 dataset read by slices (``a[start:stop]``, a new array) straight from its file.
 
-    ``fd``: a descriptor of the file, duplicated here (so the maps stay on this file even after the
-    caller closes it); ``starts``: (n_extents + 1,) first element of each extent (the last entry is
-    the length); ``offsets``: (n_extents,) byte address of each extent in the file.
+    ``fd``: a descriptor of the file, duplicated here (so reads stay on this file even after the caller
+    closes it); ``starts``: (n_extents + 1,) first element of each extent (the last entry is the
+    length); ``offsets``: (n_extents,) byte address of each extent in the file.
     """
 
     def __init__(self, fd: int, dtype: np.dtype, starts: np.ndarray, offsets: np.ndarray) -> None:
@@ -46,27 +49,30 @@ class MappedArray:
     def __getitem__(self, key: slice) -> np.ndarray:
         start, stop, step = key.indices(len(self))
         if step != 1:
-            raise IndexError("MappedArray reads contiguous slices only")
+            raise IndexError("FileArray reads contiguous slices only")
+        out = np.empty(max(stop - start, 0), self.dtype)
         if stop <= start:
-            return np.empty(0, self.dtype)
+            return out
         first = int(np.searchsorted(self.starts, start, side="right")) - 1
         last = int(np.searchsorted(self.starts, stop - 1, side="right")) - 1
-        pieces = []
         for e in range(first, last + 1):
             a, b = max(start, int(self.starts[e])), min(stop, int(self.starts[e + 1]))
-            pieces.append(self._map(int(self.offsets[e]) + (a - int(self.starts[e])) * self.dtype.itemsize, b - a))
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+            address = int(self.offsets[e]) + (a - int(self.starts[e])) * self.dtype.itemsize
+            self._read(out[a - start : b - start], address)
+        return out
 
-    def _map(self, address: int, count: int) -> np.ndarray:
-        page = address - address % mmap.ALLOCATIONGRANULARITY
-        delta = address - page
-        # a private (copy-on-write) map: arrays are writable, as torch expects, and the file never changes
-        view = mmap.mmap(self.fd, delta + count * self.dtype.itemsize, offset=page, access=mmap.ACCESS_COPY)
-        try:  # map every page now, in one call, instead of one page fault at a time as they are read
-            view.madvise(_POPULATE_READ)
-        except (OSError, ValueError):  # Linux < 5.14, or another OS: the pages fault in as before
-            pass
-        return np.frombuffer(view, self.dtype, count, offset=delta)  # the array keeps the map alive
+    def _read(self, out: np.ndarray, address: int) -> None:
+        """Fill ``out`` with the bytes of the file at ``address`` (a read may return fewer bytes)."""
+        view = memoryview(out).cast("B")
+        done = 0
+        while done < len(view):
+            n = os.preadv(self.fd, [view[done:]], address + done)
+            if n == 0:
+                raise InvalidDataError(
+                    f"The file ended {len(view) - done} bytes short of an array's stored data: it was truncated "
+                    "or rewritten while being read."
+                )
+            done += n
 
 
 def _extents(ds) -> tuple[np.ndarray, np.ndarray] | None:
@@ -94,13 +100,6 @@ def _extents(ds) -> tuple[np.ndarray, np.ndarray] | None:
     return np.append(first[new_run], n), address[new_run]
 
 
-def is_mapped(a: np.ndarray) -> bool:
-    """Whether the memory of ``a`` (or of the array it is a view of) is a memory map of a file."""
-    while isinstance(a, np.ndarray) and a.base is not None:
-        a = a.base
-    return isinstance(a.obj if isinstance(a, memoryview) else a, mmap.mmap)
-
-
 def local_file_descriptor(node) -> int | None:
     """The OS descriptor of the file of the h5py object ``node`` when it is a plain local file (HDF5's
     default driver), else None (another driver, a file-like object, or a closed file)."""
@@ -124,7 +123,7 @@ def file_identity(node) -> tuple | None:
 def _cached_extents(ds) -> tuple[np.ndarray, np.ndarray] | None:
     """:func:`_extents` of ``ds``, kept for the process while its file is unchanged: finding the
     extents walks every chunk (~15 ms per array at 1M cells, ~0.15 s at 10M), and each loader, so
-    each inference call, maps the file anew."""
+    each inference call, opens the file's arrays anew."""
     key = file_identity(ds)
     if key is None or key not in _EXTENTS:
         extents = _extents(ds)
@@ -136,8 +135,8 @@ def _cached_extents(ds) -> tuple[np.ndarray, np.ndarray] | None:
     return _EXTENTS[key]
 
 
-def mapped_or_none(ds) -> MappedArray | None:
-    """A :class:`MappedArray` over the h5py dataset ``ds``, or None where reads must go through h5py."""
+def direct_or_none(ds) -> FileArray | None:
+    """A :class:`FileArray` over the h5py dataset ``ds``, or None where reads must go through h5py."""
     try:
         import h5py
     except ImportError:  # pragma: no cover - anndata depends on h5py
@@ -146,7 +145,7 @@ def mapped_or_none(ds) -> MappedArray | None:
         return None
     f = ds.file
     fd = local_file_descriptor(ds)
-    if fd is None or f.mode != "r" or f.userblock_size != 0:
+    if fd is None or f.mode != "r" or f.userblock_size != 0 or not hasattr(os, "preadv"):
         return None  # not a plain local file, or writable (HDF5 may hold unwritten data)
     if ds.id.get_create_plist().get_nfilters() != 0 or ds.dtype.kind not in "iuf":
         return None
@@ -156,15 +155,15 @@ def mapped_or_none(ds) -> MappedArray | None:
         extents = _cached_extents(ds)
     except Exception:  # an h5py or HDF5 without chunk_iter
         return None
-    if extents is None or np.any(extents[1] % ds.dtype.itemsize):
-        return None  # unaligned elements: numpy and torch kernels expect aligned arrays
-    mapped = MappedArray(fd, ds.dtype, *extents)
+    if extents is None:
+        return None
+    direct = FileArray(fd, ds.dtype, *extents)
     # guard against any misreading of the layout: the ends of extents spread over the file must
     # equal h5py's reads of the same elements
     starts = extents[0]
     for e in np.unique(np.linspace(0, len(starts) - 2, _CHECKED_EXTENTS).astype(int)):
         a, b = int(starts[e]), int(starts[e + 1])
         for lo, hi in ((a, min(a + 64, b)), (max(b - 64, a), b)):
-            if not np.array_equal(mapped[lo:hi], ds[lo:hi]):
+            if not np.array_equal(direct[lo:hi], ds[lo:hi]):
                 return None
-    return mapped
+    return direct

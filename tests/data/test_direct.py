@@ -1,9 +1,8 @@
-"""Memory-mapped reads of h5ad arrays (cellvi.data.mapped) and the blocks the on-disk reader builds."""
+"""Direct reads of h5ad arrays (cellvi.data.direct) and the blocks the on-disk reader builds."""
 
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 
 import anndata as ad
@@ -13,8 +12,8 @@ import pytest
 import scipy.sparse as sp
 
 import cellvi
-from cellvi.data.mapped import MappedArray, mapped_or_none
-from cellvi.data.matrix import counts_checked
+from cellvi.data.direct import FileArray, direct_or_none
+from cellvi.data.matrix import FileRows, RowBlocks, counts_checked, gather_csr
 from cellvi.data.ondisk import RowReader
 from cellvi.errors import InvalidDataError
 
@@ -23,7 +22,7 @@ from cellvi.errors import InvalidDataError
 def sim_path(tmp_path_factory):
     """An h5ad whose X/data and X/indices were appended to in turns, in small chunks, so that each is
     stored in many separate runs of bytes in the file (as large files written in slabs are)."""
-    path = tmp_path_factory.mktemp("mapped") / "sim.h5ad"
+    path = tmp_path_factory.mktemp("direct") / "sim.h5ad"
     adata = cellvi.data.simulate(n_cells=5000, n_genes=120, n_batches=2, n_cell_types=3, seed=1)
     adata.write_h5ad(path)
     X = adata.X.tocsr()
@@ -40,28 +39,21 @@ def sim_path(tmp_path_factory):
     return path
 
 
-def _on_the_map(a: np.ndarray) -> bool:
-    """Whether ``a``'s memory is a memory map (not a copy)."""
-    while isinstance(a, np.ndarray) and a.base is not None:
-        a = a.base
-    return isinstance(a.obj if isinstance(a, memoryview) else a, mmap.mmap)
-
-
 def _sha256(path) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-def test_mapped_slices_equal_h5py_reads(sim_path, tmp_path):
+def test_direct_slices_equal_h5py_reads(sim_path, tmp_path):
     plain = tmp_path / "plain.h5"  # contiguous (unchunked) storage too
     with h5py.File(plain, "w") as f:
         f.create_dataset("x", data=np.arange(10_000, dtype=np.int64) * 3)
     rng = np.random.default_rng(0)
     with h5py.File(sim_path, "r") as f, h5py.File(plain, "r") as g:
         datasets = [f["X/data"], f["X/indices"], f["X/indptr"], g["x"]]
-        assert len(mapped_or_none(f["X/data"]).starts) > 3  # several extents: reads across them are tested
+        assert len(direct_or_none(f["X/data"]).starts) > 3  # several extents: reads across them are tested
         for ds in datasets:
-            m = mapped_or_none(ds)
-            assert isinstance(m, MappedArray) and m.shape == ds.shape
+            m = direct_or_none(ds)
+            assert isinstance(m, FileArray) and m.shape == ds.shape
             n = len(ds)
             cuts = [int(c) for c in m.starts] + [int(c) for c in rng.integers(0, n, 40)]
             for a in cuts:
@@ -71,7 +63,7 @@ def test_mapped_slices_equal_h5py_reads(sim_path, tmp_path):
             np.testing.assert_array_equal(m[:], ds[:])
 
 
-def test_not_mapped_where_the_bytes_are_not_plain(tmp_path):
+def test_not_read_directly_where_the_bytes_are_not_plain(tmp_path):
     path = tmp_path / "odd.h5"
     with h5py.File(path, "w") as f:
         f.create_dataset("gzip", data=np.arange(1000, dtype=np.float32), compression="gzip", chunks=(100,))
@@ -81,56 +73,83 @@ def test_not_mapped_where_the_bytes_are_not_plain(tmp_path):
         f.create_dataset("ok", data=np.arange(1000, dtype=np.float32))
     with h5py.File(path, "r") as f:
         for name in ("gzip", "big_endian", "two_d", "empty"):
-            assert mapped_or_none(f[name]) is None, name
-        assert mapped_or_none(f["ok"]) is not None
+            assert direct_or_none(f[name]) is None, name
+        assert direct_or_none(f["ok"]) is not None
     with h5py.File(path, "r+") as f:  # writable: HDF5 may hold data not yet in the file
-        assert mapped_or_none(f["ok"]) is None
+        assert direct_or_none(f["ok"]) is None
 
 
-def test_mapped_arrays_are_private_and_outlive_the_file(sim_path):
+def test_direct_reads_are_own_arrays_and_outlive_the_file(sim_path):
     before = _sha256(sim_path)
     with h5py.File(sim_path, "r") as f:
-        m = mapped_or_none(f["X/data"])
+        m = direct_or_none(f["X/data"])
         expected = f["X/data"][100:200]
     part = m[100:200]
-    assert part.flags.writeable
-    part[:] = -1.0  # copy-on-write: the file is not touched
-    np.testing.assert_array_equal(m[100:200], expected)  # a new map reads the file again, after it was closed
+    assert part.flags.writeable and part.base is None  # the caller's own array
+    part[:] = -1.0  # the file is not touched
+    np.testing.assert_array_equal(m[100:200], expected)  # read again, after HDF5 closed the file
     assert _sha256(sim_path) == before
 
 
-def test_blocks_are_views_that_cover_the_rows(sim_path):
+def test_a_file_cut_short_while_read_is_a_clear_error(sim_path, tmp_path):
+    path = tmp_path / "cut.h5ad"
+    path.write_bytes(sim_path.read_bytes())
+    with h5py.File(path, "r") as f:
+        m = direct_or_none(f["X/data"])
+    last = int(np.argmax(m.offsets))  # the extent stored last in the file
+    end = int(m.offsets[last]) + (int(m.starts[last + 1]) - int(m.starts[last])) * m.dtype.itemsize
+    os.truncate(path, end - 8)
+    np.testing.assert_array_equal(m[0:10], ad.read_h5ad(sim_path).X.data[:10])  # what is left still reads
+    with pytest.raises(InvalidDataError, match="truncated or rewritten"):
+        m[int(m.starts[last + 1]) - 5 : int(m.starts[last + 1])]
+
+
+def test_blocks_cover_the_rows(sim_path):
     backed = ad.read_h5ad(sim_path, backed="r")
     dense = ad.read_h5ad(sim_path).X.toarray()
     reader = RowReader(backed.X)
+    assert reader.direct
     rows = np.arange(300, 4700)
     blocks = reader.read_blocks(rows)
-    assert len(blocks) > 2
     np.testing.assert_array_equal(np.concatenate([r for r, _ in blocks]), rows)
     np.testing.assert_array_equal(sp.vstack([b for _, b in blocks]).toarray(), dense[rows])
-    # every block of more than one row reads the file's map itself (a row split by a run's end is alone)
-    assert all(_on_the_map(b.data) and _on_the_map(b.indices) for r, b in blocks if len(r) > 1)
     np.testing.assert_array_equal(reader.read(rows).toarray(), dense[rows])  # one block, for shuffling
     gaps = np.sort(np.random.default_rng(0).choice(5000, 900, replace=False))  # rows with gaps
     np.testing.assert_array_equal(sp.vstack([b for _, b in reader.read_blocks(gaps)]).toarray(), dense[gaps])
+    ((positions, lazy),) = reader.lazy_blocks(gaps)  # read later, by the minibatches
+    assert isinstance(lazy, FileRows) and lazy.shape == (900, dense.shape[1])
+    np.testing.assert_array_equal(positions, gaps)
+    np.testing.assert_array_equal(lazy[np.arange(900)].toarray(), dense[gaps])
+    np.testing.assert_array_equal(lazy[np.arange(5, 700, 3)].toarray(), dense[gaps[5:700:3]])
 
 
-def test_sparse_minibatches_copy_the_values_off_the_map(sim_path):
-    """Inference reads the blocks in file order (views of the map), but the values it hands the model
-    are a copy: the model reads them several times, faster from a fresh copy than from the map."""
-    from cellvi.data.matrix import RowBlocks, gather_csr
-
+def test_in_order_minibatches_read_only_their_own_entries(sim_path, monkeypatch):
+    """In file order each minibatch reads the entries of its own rows (one read per run of nearby rows),
+    into arrays of its own: a gap of more than 64 rows is not read, and no minibatch shares memory with
+    another."""
     backed = ad.read_h5ad(sim_path, backed="r")
     memory = ad.read_h5ad(sim_path).X
-    blocks = RowBlocks([b for _, b in RowReader(backed.X).read_blocks(np.arange(0, 3000))])
-    assert all(_on_the_map(b.data) for b in blocks.blocks if b.shape[0] > 1)
-    for rows in (np.arange(5, 60), np.arange(0, 3000)):  # within one block, and across blocks
-        indptr, cols, values = gather_csr(blocks, rows)
-        assert not _on_the_map(values)
-        expected = memory[rows]
+    reads = []
+    getitem = FileArray.__getitem__
+    monkeypatch.setattr(FileArray, "__getitem__", lambda self, key: reads.append(key.stop - key.start) or getitem(self, key))
+    reader = RowReader(backed.X)
+    rows = np.concatenate([np.arange(0, 2500), np.arange(2600, 5000, 2)])  # a gap of 100 rows, then every other row
+    blocks = RowBlocks([b for _, b in reader.lazy_blocks(rows)])
+    reads.clear()
+    out = []
+    for part in np.array_split(np.arange(len(rows)), 9):
+        indptr, cols, values = gather_csr(blocks, part)
+        expected = memory[rows[part]]
         np.testing.assert_array_equal(values, expected.data)
         np.testing.assert_array_equal(cols, expected.indices)
         np.testing.assert_array_equal(indptr, expected.indptr)
+        assert cols.dtype == indptr.dtype == np.int32
+        out.append((cols, values))
+    wanted = memory[:2500].nnz + memory[2600:5000:2].nnz
+    # data and indices: every wanted entry read once; in the second part the rows between wanted rows
+    # are read through (gaps of one row); the gap of 100 rows is not read
+    assert 2 * wanted < sum(reads) <= 2 * (memory[:2500].nnz + memory[2600:5000].nnz)
+    assert not any(np.shares_memory(a, b) for i, x in enumerate(out) for y in out[i + 1 :] for a, b in zip(x, y))
 
 
 def test_a_file_checked_at_setup_is_not_checked_again_until_it_changes(sim_path, tmp_path):
@@ -208,11 +227,11 @@ def test_shuffled_minibatches_gather_from_unstacked_blocks(sim_path):
 
 
 def test_extents_are_kept_while_the_file_is_unchanged(tmp_path, monkeypatch):
-    from cellvi.data import mapped
+    from cellvi.data import direct
 
     calls = []
-    find = mapped._extents
-    monkeypatch.setattr(mapped, "_extents", lambda ds: calls.append(ds.name) or find(ds))
+    find = direct._extents
+    monkeypatch.setattr(direct, "_extents", lambda ds: calls.append(ds.name) or find(ds))
     path = tmp_path / "x.h5"
 
     def write(values, shift):
@@ -224,9 +243,9 @@ def test_extents_are_kept_while_the_file_is_unchanged(tmp_path, monkeypatch):
     write(np.arange(5000, dtype=np.float32), 0)
     for _ in range(2):
         with h5py.File(path, "r") as f:
-            np.testing.assert_array_equal(mapped.mapped_or_none(f["x"])[0:5000], np.arange(5000))
+            np.testing.assert_array_equal(direct.direct_or_none(f["x"])[0:5000], np.arange(5000))
     assert calls == ["/x"]  # found once
     write(-np.arange(5000, dtype=np.float32), 3000)  # the file changes
     with h5py.File(path, "r") as f:
-        np.testing.assert_array_equal(mapped.mapped_or_none(f["x"])[0:5000], -np.arange(5000))
+        np.testing.assert_array_equal(direct.direct_or_none(f["x"])[0:5000], -np.arange(5000))
     assert calls == ["/x", "/x"]
