@@ -113,7 +113,7 @@ class RowReader:
                 validate_counts_chunk(block, int(positions[0]), self.layer)
         return blocks
 
-    def lazy_blocks(self, rows: np.ndarray) -> list[tuple[np.ndarray, object]]:
+    def lazy_blocks(self, rows: np.ndarray) -> list[tuple[np.ndarray, FileRows | sp.csr_matrix]]:
         """Rows ``rows`` (sorted) as one block whose entries are read when a minibatch gathers them
         (:class:`FileRows`: in file order, one read per minibatch), where the arrays are read straight
         from the file; otherwise as :meth:`read_blocks`."""
