@@ -147,8 +147,8 @@ def driver(a) -> None:
     lines = [f"# Out-of-core: {a.n_cells} cells x {a.n_genes} genes, batch {a.batch_size}, "
              f"{'one epoch' if a.max_steps is None else f'{a.max_steps} steps'}", "",
              f"File {meta['file_gib']:.2f} GiB, "
-             + ("read once into the page cache before every run (the comparison is of the loaders, not "
-                "of the disk)." if cached else "larger than half the memory: not warmed (partly cached)."),
+             + ("dropped from the page cache and read once into it before every run (the comparison is of "
+                "the loaders, not of the disk)." if cached else "larger than half the memory: not warmed (partly cached)."),
              "Medians over the runs of each mode (runs alternate between modes); every run below.", "",
              "| mode | runs | train cells/s | latent cells/s | peak RSS while training MiB | peak RSS MiB |",
              "|---|---|---|---|---|---|"]
