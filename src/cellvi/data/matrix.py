@@ -163,8 +163,7 @@ class FileRows:
         values = np.asarray(self.data[lo:hi]).astype(np.float32, copy=False)
         cols = np.asarray(self.indices[lo:hi])
         if int(lengths.sum()) != hi - lo:  # other rows' entries in between
-            first = np.cumsum(lengths) - lengths
-            pos = np.repeat(starts - lo - first, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+            pos = _entry_positions(starts - lo, lengths)
             values, cols = values[pos], cols[pos]
         if self.check is not None:
             self.check(values, int(self.rows[local[0]]))
@@ -232,10 +231,16 @@ def _gathered(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     else:
         starts, ends = X.indptr[rows], X.indptr[rows + 1]
         lengths = (ends - starts).astype(np.int64)
-        first = np.cumsum(lengths) - lengths  # where each row's entries start in the gathered arrays
-        pos = np.repeat(starts.astype(np.int64) - first, lengths) + np.arange(lengths.sum(), dtype=np.int64)
+        pos = _entry_positions(starts, lengths)
         values, cols = X.data[pos], X.indices[pos]
     return lengths, cols, values
+
+
+def _entry_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Positions (int64) of the entries of rows whose entries start at ``starts`` and number
+    ``lengths``, row by row, in the arrays that hold them."""
+    first = np.cumsum(lengths) - lengths  # where each row's entries start in the gathered arrays
+    return np.repeat(starts.astype(np.int64) - first, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
 
 
 def gather_csr(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -43,9 +43,9 @@ def _transposed_weight(linear: nn.Linear) -> torch.Tensor:
 def _sparse_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     """``linear(x)`` for a sparse CSR ``x`` (n_cells, n_in), as (n_cells, n_out): each cell's output is
     the bias plus the rows of the transposed weight at its non-zero columns, weighted by their values,
-    which is what ``embedding_bag`` computes. On CPU this was ~1.6x faster than ``torch.addmm``'s
-    sparse-times-dense product (MKL), itself ~3x faster than densifying at 10% non-zeros (latent of
-    200,000 cells x 2,000 genes, 2 threads). Inference only (no gradient to ``x``)."""
+    which is what ``embedding_bag`` computes. Latents came out 1.3-1.5x faster than with ``torch.addmm``'s
+    sparse-times-dense product (MKL; bench/results/sparse_first_layer.md, AMD EPYC, 2 threads), which
+    was itself ~3x faster than densifying at 10% non-zeros. Inference only (no gradient to ``x``)."""
     return torch.nn.functional.embedding_bag(
         x.col_indices(), _transposed_weight(linear), x.crow_indices(), mode="sum",
         per_sample_weights=x.values(), include_last_offset=True,
