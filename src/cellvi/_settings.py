@@ -1,4 +1,5 @@
-"""Global settings: the random seed, threads and the default progress bar.
+"""Global settings: the random seed, threads, the default progress bar and device, and whether training
+keeps the memory it frees (:mod:`cellvi.train.heap`).
 
 ``cellvi.settings.seed = 0`` seeds Python, NumPy and PyTorch at once, and every minibatch shuffle and
 posterior sample taken afterwards derives from it, so a run with the same seed, data and hardware is
@@ -20,6 +21,8 @@ class Settings:
         self._seed: int | None = None
         self.progress_bar: bool = True
         self.device: str | None = None  # None: CUDA when available, else CPU
+        # keep the memory that training frees for its next steps (see cellvi.train.heap)
+        self.keep_freed_memory: bool = True
 
     @property
     def seed(self) -> int | None:

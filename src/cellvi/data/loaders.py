@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from .matrix import RowBlocks, _is_csr, gather_csr, gather_nonzeros, gather_rows, row_log_factorial, scatter_dense
+from .matrix import RowBlocks, _is_csr, csr_dense, gather_csr, gather_rows, row_log_factorial
 from .registry import CellData
 
 
@@ -125,10 +125,13 @@ class MinibatchLoader:
         else:
             dense = None  # CSR rows are densified per minibatch (below)
             if _is_csr(d.X):
-                nz_rows, nz_cols, nz_values = gather_nonzeros(d.X, rows)
+                indptr, csr_cols, nz_values = gather_csr(d.X, rows)
+                nz_cols = csr_cols.astype(np.int64)
+                nz_rows = np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(indptr))
+                nz_starts = indptr[bounds].tolist()
             else:
                 dense, nz_rows, nz_cols, nz_values = gather_rows(d.X, rows)
-            nz_starts = np.searchsorted(nz_rows, bounds).tolist()
+                nz_starts = np.searchsorted(nz_rows, bounds).tolist()
             if self.likelihood_terms:
                 per_cell["log_factorial"] = torch.from_numpy(row_log_factorial(nz_values, nz_rows, len(rows)))
         for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
@@ -141,7 +144,7 @@ class MinibatchLoader:
                 s, e = nz_starts[i], nz_starts[i + 1]
                 local_rows, local_cols = nz_rows[s:e] - a, nz_cols[s:e]
                 if dense is None:
-                    X = scatter_dense(local_rows, local_cols, nz_values[s:e], b - a, d.X.shape[1])
+                    X = csr_dense(indptr[a : b + 1] - s, csr_cols[s:e], nz_values[s:e], d.X.shape[1])
                 else:
                     X = dense[a:b]
                 out["X"] = torch.from_numpy(X)

@@ -90,12 +90,14 @@ def validate_counts_chunk(chunk, first_row: int, layer: str | None) -> None:
 
 def row_log_factorial(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
     """Per-row sum of ``lgamma(x + 1)`` over the non-zero counts ``values`` of rows ``rows`` (sorted),
-    (n_rows,) float32: the likelihoods' constant term, from a table for counts below 4096."""
+    (n_rows,) float32: the likelihoods' constant term, from a table for counts below 4096 and ``gammaln``
+    for the few above (evaluating ``gammaln`` on every entry once one count is large cost ~7 ms per
+    minibatch of 1024 cells x 2,000 genes, ~6% of a training step)."""
     k = values.astype(np.int32)
-    if len(k) and k.max() >= len(_LOG_FACTORIAL):
-        terms = gammaln(values.astype(np.float64) + 1).astype(np.float32)
-    else:
-        terms = np.take(_LOG_FACTORIAL, k)
+    beyond = k >= len(_LOG_FACTORIAL)
+    terms = np.take(_LOG_FACTORIAL, np.minimum(k, len(_LOG_FACTORIAL) - 1))
+    if beyond.any():
+        terms[beyond] = gammaln(values[beyond].astype(np.float64) + 1)
     starts = np.searchsorted(rows, np.arange(n_rows))
     sums = np.add.reduceat(np.append(terms, 0), starts, dtype=np.float64)  # the 0 ends the last rows
     sums[np.diff(np.append(starts, len(terms))) == 0] = 0.0  # reduceat gives an empty row the next element
@@ -190,27 +192,16 @@ def gather_rows(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """
     if not _is_csr(X):
         return densify(X[rows])
-    local_rows, cols, values = gather_nonzeros(X, rows)
-    return scatter_dense(local_rows, cols, values, len(rows), X.shape[1]), local_rows, cols, values
+    indptr, cols, values = gather_csr(X, rows)
+    local_rows = np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(indptr))
+    return csr_dense(indptr, cols, values, X.shape[1]), local_rows, cols.astype(np.int64), values
 
 
-def gather_nonzeros(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positions within ``rows`` (int64, ascending), columns (int64) and values of the non-zero entries
-    of the rows ``rows`` of the CSR matrix ``X``, row by row; explicitly stored zeros are dropped."""
-    lengths, cols, values = _gathered(X, rows)
-    local_rows = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
-    cols = cols.astype(np.int64, copy=False)
-    keep = values != 0  # explicitly stored zeros are zeros
-    if keep.all():
-        return local_rows, cols, values
-    return local_rows[keep], cols[keep], values[keep]
-
-
-def scatter_dense(local_rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: int, n_genes: int) -> np.ndarray:
-    """The dense float32 (n_rows, n_genes) array with ``values`` at (``local_rows``, ``cols``)."""
-    dense = np.zeros(n_rows * n_genes, dtype=np.float32)
-    dense[local_rows * n_genes + cols] = values  # flat indices: faster than 2-d fancy assignment
-    return dense.reshape(n_rows, n_genes)
+def csr_dense(indptr: np.ndarray, cols: np.ndarray, values: np.ndarray, n_genes: int) -> np.ndarray:
+    """The dense float32 (len(indptr) - 1, n_genes) array of CSR rows (scipy's compiled loop: ~3.5x
+    faster than NumPy's scattered writes into zeros, on 1,024 x 2,000)."""
+    shape = (len(indptr) - 1, n_genes)
+    return sp.csr_matrix((values, cols, indptr), shape=shape, copy=False).toarray()
 
 
 def _gathered(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -228,6 +219,9 @@ def _gathered(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         a, b = int(X.indptr[rows[0]]), int(X.indptr[rows[-1] + 1])  # consecutive rows: plain slices
         lengths = np.diff(X.indptr[rows[0] : rows[-1] + 2]).astype(np.int64)
         values, cols = X.data[a:b], X.indices[a:b]
+    elif X.indptr.dtype == X.indices.dtype:  # scipy's row gather (one compiled loop) casts nothing then
+        block = X[rows]  # ~2.7x faster than the NumPy gathers below (a shuffled on-disk minibatch)
+        lengths, values, cols = np.diff(block.indptr).astype(np.int64), block.data, block.indices
     else:
         starts, ends = X.indptr[rows], X.indptr[rows + 1]
         lengths = (ends - starts).astype(np.int64)

@@ -25,6 +25,7 @@ from ..data.ondisk import OnDiskLoader, chunk_split, is_on_disk
 from ..data.writers import write_rows
 from ..errors import InvalidParameterError, ModelFileError, NotSetUpError, TrainingDivergedError
 from ..train import Trainer, TrainingPlan
+from ..train.heap import freed_memory_kept
 from . import _files
 
 
@@ -205,7 +206,8 @@ class BaseModel:
             compile_loss=fused_kernels, check_val_every_n_epoch=check_val_every_n_epoch,
         )
         try:
-            self.history = trainer.fit()
+            with freed_memory_kept(settings.keep_freed_memory):  # steps reuse the memory the last one freed
+                self.history = trainer.fit()
         except TrainingDivergedError:
             self.history = trainer.history()  # the good epochs, to look at
             raise
