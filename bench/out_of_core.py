@@ -171,7 +171,8 @@ def driver(a) -> None:
 def _run_worker(a, mode: str, data: Path) -> dict:
     py = str(SCVI_PY) if mode.startswith("scvi") else sys.executable
     cmd = [py, __file__, "--worker", mode, "--data", str(data), "--batch-size", str(a.batch_size),
-           "--threads", str(a.threads), "--latent-passes", str(a.latent_passes)] + (["--max-steps", str(a.max_steps)] if a.max_steps else [])
+           "--threads", str(a.threads), "--latent-passes", str(a.latent_passes)]
+    cmd += ["--max-steps", str(a.max_steps)] if a.max_steps else []
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
         print(res.stderr[-3000:], file=sys.stderr)

@@ -142,14 +142,13 @@ class MinibatchLoader:
                 out["X_csr"] = (ptr - first, cols[first:last], values[first:last])
             else:
                 s, e = nz_starts[i], nz_starts[i + 1]
-                local_rows, local_cols = nz_rows[s:e] - a, nz_cols[s:e]
                 if dense is None:
                     X = csr_dense(indptr[a : b + 1] - s, csr_cols[s:e], nz_values[s:e], d.X.shape[1])
                 else:
                     X = dense[a:b]
                 out["X"] = torch.from_numpy(X)
                 if self.likelihood_terms:
-                    out["nonzero"] = (torch.from_numpy(local_rows), torch.from_numpy(local_cols))
+                    out["nonzero"] = (torch.from_numpy(nz_rows[s:e] - a), torch.from_numpy(nz_cols[s:e]))
             if self.device.type != "cpu":
                 out = {k: _to(v, self.device) for k, v in out.items()}
             yield out
