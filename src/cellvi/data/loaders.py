@@ -2,6 +2,12 @@
 
 Shuffling is reproducible and resumable: the order of epoch ``e`` is a permutation drawn from
 ``numpy.random.default_rng([seed, e])``, so it depends on the seed and the epoch only.
+
+Shards (data-parallel training, :mod:`cellvi.train.distributed`): with ``n_shards`` processes sharing
+the seed, every process draws the same epoch order and the same minibatches of ``batch_size`` cells
+(the *global* minibatch), and shard ``k`` takes the ``k``-th of ``n_shards`` near-equal contiguous
+pieces of each. The shards are disjoint, cover the cells, and take the same number of steps; together
+they visit exactly the minibatches one process would.
 """
 
 from __future__ import annotations
@@ -13,17 +19,41 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from .matrix import RowBlocks, _is_csr, csr_dense, gather_csr, gather_rows, row_log_factorial
+from ..errors import InvalidParameterError
+from .matrix import (
+    RowBlocks,
+    _is_csr,
+    csr_dense,
+    gather_csr,
+    gather_rows,
+    row_log_factorial,
+)
 from .registry import CellData
 
 
-def minibatch_slices(n: int, batch_size: int) -> list[slice]:
-    """Split ``range(n)`` into consecutive minibatches; a trailing minibatch of one cell is merged into
-    the one before it, because batch normalisation cannot train on a single cell."""
+def minibatch_slices(n: int, batch_size: int, min_size: int = 2) -> list[slice]:
+    """Split ``range(n)`` into consecutive minibatches; a trailing minibatch of fewer than ``min_size``
+    cells is merged into the one before it, because batch normalisation cannot train on a single cell
+    (``min_size`` is 2 x the number of shards when each minibatch is split among processes)."""
     bounds = list(range(0, n, batch_size)) + [n]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < min_size:
         bounds.pop(-2)
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def share(n: int, index: int, count: int) -> slice:
+    """The ``index``-th of ``count`` near-equal contiguous parts of ``range(n)`` (sizes differ by <= 1)."""
+    return slice(n * index // count, n * (index + 1) // count)
+
+
+def check_shards(batch_size: int, shard_index: int, n_shards: int) -> None:
+    if int(n_shards) < 1 or not 0 <= int(shard_index) < int(n_shards):
+        raise InvalidParameterError(f"shard_index must be in [0, n_shards), got {shard_index!r} of {n_shards!r}.")
+    if int(n_shards) > 1 and int(batch_size) < 2 * int(n_shards):
+        raise InvalidParameterError(
+            f"batch_size ({batch_size}) is the global minibatch, split among {n_shards} processes: it must "
+            f"be at least 2 per process ({2 * int(n_shards)}) for batch normalisation."
+        )
 
 
 GROUP_ENTRIES = 1 << 20  # cells x genes of the minibatches gathered together (at most)
@@ -52,6 +82,9 @@ class MinibatchLoader:
     sparse_counts
         Give the counts as ``X_csr`` = (row pointers, column indices, values) instead of a dense ``X``
         (for the latent representation and expression, whose first layer multiplies them directly).
+    shard_index, n_shards
+        Give only this shard's piece of each (global) minibatch of ``batch_size`` cells (see the
+        module notes); ``batch_size`` must then be at least ``2 * n_shards``.
     """
 
     def __init__(
@@ -64,7 +97,11 @@ class MinibatchLoader:
         device: torch.device | str = "cpu",
         likelihood_terms: bool = True,
         sparse_counts: bool = False,
+        shard_index: int = 0,
+        n_shards: int = 1,
     ) -> None:
+        check_shards(batch_size, shard_index, n_shards)
+        self.shard_index, self.n_shards = int(shard_index), int(n_shards)
         self.data = data
         self.likelihood_terms = likelihood_terms
         self.sparse_counts = sparse_counts
@@ -80,13 +117,15 @@ class MinibatchLoader:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(minibatch_slices(len(self.indices), self.batch_size))
+        return len(minibatch_slices(len(self.indices), self.batch_size, 2 * self.n_shards))
 
     def __iter__(self) -> Iterator[dict]:
         order = self.indices
         if self.shuffle:
             order = order[np.random.default_rng([self.seed, self.epoch]).permutation(len(order))]
-        parts = [order[s] for s in minibatch_slices(len(order), self.batch_size)]
+        parts = [order[s] for s in minibatch_slices(len(order), self.batch_size, 2 * self.n_shards)]
+        if self.n_shards > 1:
+            parts = [p[share(len(p), self.shard_index, self.n_shards)] for p in parts]
         if self.shuffle:  # within a random minibatch order is irrelevant; sorted rows read faster
             parts = [np.sort(p) for p in parts]
         n_genes = max(1, int(self.data.X.shape[1]))

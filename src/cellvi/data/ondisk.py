@@ -32,10 +32,13 @@ Memory: about ``2 * buffer_chunks * chunk_size * (nnz per cell) * 8`` bytes (a b
 being read; float32 values + int32 column indices), e.g. ~250 MB at the defaults for 2,000 genes and
 12% non-zeros; independent of the number of cells.
 
-Shards: with ``n_shards`` processes (for example DDP ranks) each passes its ``shard_index`` and reads
-only the chunks ``order[shard_index::n_shards]`` of the epoch's shared chunk order: the shards are
-disjoint and cover every cell, and their sizes differ by at most one chunk (a DDP wrapper must even
-out the number of steps).
+Shards: with ``n_shards`` processes (data-parallel ranks, :mod:`cellvi.train.distributed`) each passes
+its ``shard_index`` and reads, of every chunk, only its ``shard_index``-th of ``n_shards`` contiguous
+near-equal slices, in the epoch's shared chunk order: a process reads only its own rows, the shards
+are disjoint and cover every cell, and each buffer of a process mixes the same chunks as the others'
+(so the union of the processes' minibatches is drawn as one process's would be). ``batch_size`` is the
+global minibatch: every shard takes the same number of steps per epoch (that of ``batch_size`` over
+all shards' cells), each of about ``batch_size / n_shards`` of its cells.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import scipy.sparse as sp
 import torch
 
 from ..errors import InvalidDataError, InvalidParameterError
-from .loaders import MinibatchLoader, minibatch_slices, prefetch
+from .loaders import MinibatchLoader, check_shards, minibatch_slices, prefetch, share
 from .direct import FileArray, direct_or_none
 from .matrix import FileRows, RowBlocks, is_on_disk, validate_counts_chunk  # noqa: F401 (is_on_disk re-exported)
 from .registry import CellData
@@ -248,8 +251,7 @@ class OnDiskLoader:
                         ("n_shards", n_shards)]:
             if int(v) < 1:
                 raise InvalidParameterError(f"{name} must be >= 1, got {v!r}.")
-        if not 0 <= shard_index < n_shards:
-            raise InvalidParameterError(f"shard_index must be in [0, {n_shards}), got {shard_index!r}.")
+        check_shards(batch_size, shard_index, n_shards)
         self.data = data
         self.indices = np.arange(data.n_cells) if indices is None else _sorted_unique(indices)
         self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, int(seed)
@@ -266,15 +268,31 @@ class OnDiskLoader:
         self.epoch = int(epoch)
 
     def shard_chunks(self) -> list[np.ndarray]:
-        """This shard's chunks in this epoch's order."""
+        """This shard's slices of the chunks, in this epoch's chunk order."""
         order = np.arange(len(self.chunks))
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.chunks))
-        return [self.chunks[i] for i in order[self.shard_index :: self.n_shards]]
+        k, n = self.shard_index, self.n_shards
+        parts = (self.chunks[i][share(len(self.chunks[i]), k, n)] for i in order)
+        return [p for p in parts if len(p)]
+
+    def batch_sizes(self) -> list[int]:
+        """The sizes of this shard's minibatches in an epoch (the same in every epoch). One process:
+        ``batch_size`` each, a trailing single cell merged into the last. Shards: as many steps as
+        ``batch_size`` makes of all shards' cells (no more than leaves each shard 2 cells a step), this
+        shard's cells spread evenly over them."""
+        sizes = [len(c) for c in self.chunks]
+        if self.n_shards == 1:
+            return [s.stop - s.start for s in minibatch_slices(sum(sizes), self.batch_size)]
+        n_sh = self.n_shards
+        per_shard = [sum(n * (k + 1) // n_sh - n * k // n_sh for n in sizes) for k in range(n_sh)]
+        steps = len(minibatch_slices(sum(sizes), self.batch_size, 2 * self.n_shards))
+        steps = min(steps, min(per_shard) // 2)
+        mine = per_shard[self.shard_index]
+        return np.diff([mine * i // steps for i in range(steps + 1)]).tolist() if steps else []
 
     def __len__(self) -> int:
-        n = sum(len(c) for c in self.shard_chunks())
-        return len(minibatch_slices(n, self.batch_size)) if n else 0
+        return len(self.batch_sizes())
 
     def _read_buffer(self, chunks: list[np.ndarray]) -> tuple[np.ndarray, list]:
         """The positions of a buffer's cells and its blocks of rows. When shuffling, each chunk is read
@@ -298,18 +316,20 @@ class OnDiskLoader:
         chunks = self.shard_chunks()
         groups = [chunks[i : i + self.buffer_chunks] for i in range(0, len(chunks), self.buffer_chunks)]
         rng = np.random.default_rng([self.seed, self.epoch, self.shard_index, 1])
-        bs, carry = self.batch_size, None
+        sizes, carry = self.batch_sizes(), None
         reads = (self._read_buffer(g) for g in groups)
         for k, (rows, blocks) in enumerate(prefetch(reads, depth=1) if self.read_ahead else reads):
             buf = self._buffer(rows, blocks, carry)
             n = buf.n_cells
             order = rng.permutation(n) if self.shuffle else np.arange(n)
             last = k == len(groups) - 1
-            parts = minibatch_slices(n, bs) if last else [slice(a, a + bs) for a in range(0, n - bs + 1, bs)]
+            bounds = [0]  # the minibatches this buffer completes (the last buffer: all that remain)
+            while sizes and (last or bounds[-1] + sizes[0] <= n):
+                bounds.append(bounds[-1] + sizes.pop(0))
             batches = MinibatchLoader(
                 buf, device=self.device, likelihood_terms=self.likelihood_terms, sparse_counts=self.sparse_counts
             )
-            for part in parts:
-                yield batches.batch(np.sort(order[part]))
-            rest = np.sort(order[(n // bs) * bs :]) if not last else order[:0]
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                yield batches.batch(np.sort(order[a:b]))
+            rest = np.sort(order[bounds[-1] :]) if not last else order[:0]
             carry = _take(buf, rest) if len(rest) else None

@@ -25,6 +25,7 @@ from ..data.ondisk import OnDiskLoader, chunk_split, is_on_disk
 from ..data.writers import write_rows
 from ..errors import InvalidParameterError, ModelFileError, NotSetUpError, TrainingDivergedError
 from ..train import Trainer, TrainingPlan
+from ..train import distributed
 from ..train.heap import freed_memory_kept
 from . import _files
 
@@ -51,6 +52,7 @@ class BaseModel:
         self.registry = registry
         self.init_params = dict(init_params)
         self.module = self._build_module(registry, **init_params)
+        distributed.setup(settings.torch_device())  # under torchrun: join the process group (GPU LOCAL_RANK)
         self.device = settings.torch_device()
         self.module.to(self.device)
         self.is_trained = False
@@ -94,16 +96,25 @@ class BaseModel:
 
     def _loader(
         self, data: CellData, indices, batch_size: int, shuffle: bool, seed: int, likelihood_terms: bool = True,
-        sparse_counts: bool = False,
+        sparse_counts: bool = False, shard: tuple[int, int] = (0, 1),
     ):
         """A :class:`MinibatchLoader`, or an :class:`OnDiskLoader` (chunked reads) when ``data.X`` is on
-        disk (a backed AnnData or zarr) and the cells are asked for in increasing order."""
+        disk (a backed AnnData or zarr) and the cells are asked for in increasing order. ``shard``:
+        (index, count) of a data-parallel rank's share of each minibatch."""
         if is_on_disk(data.X) and (indices is None or bool(np.all(np.diff(indices) > 0))):
             layer = self.registry.setup_args["layer"]
             return OnDiskLoader(data, indices, batch_size, shuffle, seed, self.device, layer=layer,
                                 validate=not counts_checked(data.X), likelihood_terms=likelihood_terms,
-                                sparse_counts=sparse_counts)
-        return MinibatchLoader(data, indices, batch_size, shuffle, seed, self.device, likelihood_terms, sparse_counts)
+                                sparse_counts=sparse_counts, shard_index=shard[0], n_shards=shard[1])
+        return MinibatchLoader(data, indices, batch_size, shuffle, seed, self.device, likelihood_terms, sparse_counts,
+                               shard_index=shard[0], n_shards=shard[1])
+
+    def _my_cells(self, adata=None, indices=None) -> np.ndarray | None:
+        """Under torchrun: this rank's contiguous share of the cells ``indices`` of ``adata`` (positions),
+        which inference computes before the ranks' results are put together in order; else None."""
+        n = (self.adata if adata is None else adata).n_obs
+        positions = np.arange(n) if indices is None else np.arange(n)[np.asarray(indices)]
+        return distributed.my_cells(positions)
 
     def _n_cells(self, adata=None, indices=None) -> int:
         n = (self.adata if adata is None else adata).n_obs
@@ -138,7 +149,10 @@ class BaseModel:
             Fractions of cells used to train and to validate (default: the rest). ``train_size=1``
             trains on every cell and skips validation.
         batch_size
-            Cells per minibatch. A trailing minibatch of one cell is merged into the previous one.
+            Cells per minibatch. A trailing minibatch of one cell is merged into the previous one. Under
+            torchrun this is the global minibatch: each of N processes trains on ``batch_size / N`` of
+            its cells, the same steps as one process would take, with the same learning rate
+            (docs/distributed.md).
         early_stopping, early_stopping_patience
             Stop when the validation ELBO has not improved for this many epochs.
         plan_kwargs
@@ -148,7 +162,8 @@ class BaseModel:
             Show a progress bar (default: ``cellvi.settings.progress_bar``).
         checkpoint_dir, checkpoint_every, resume
             Write a checkpoint every ``checkpoint_every`` epochs to ``checkpoint_dir``; with ``resume=True``
-            continue from the checkpoint found there.
+            continue from the checkpoint found there. Workers that torchrun restarts (``--max-restarts``)
+            resume from it without being asked.
         fused_kernels
             Compile the training step with ``torch.compile`` (~15 s once per process, ~6 s with a warm
             cache; then ~1.4x faster steps on a 2-core CPU). Default: on for long runs (training cells x
@@ -183,6 +198,9 @@ class BaseModel:
             raise InvalidParameterError("checkpoint_every and resume need checkpoint_dir (a folder path).")
         plan = TrainingPlan.from_kwargs({**self._plan_defaults, **(plan_kwargs or {})})
         seed = settings.seed if settings.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        seed = distributed.broadcast_int(seed)  # one split and shuffle for all ranks
+        world = distributed.world()
+        resume = resume or (checkpoint_dir is not None and distributed.restart_count() > 0)
         n_train = int(math.ceil(train_size * n))
         n_val = n - n_train if validation_size is None else int(math.floor(validation_size * n))
         data = self._cell_data()
@@ -192,11 +210,13 @@ class BaseModel:
             perm = np.random.default_rng([seed, 1]).permutation(n)
             self.train_indices = np.sort(perm[:n_train])
             self.validation_indices = np.sort(perm[n_train : n_train + n_val])
-        train_loader = self._loader(data, self.train_indices, batch_size, True, seed)
+        train_loader = self._loader(data, self.train_indices, batch_size, True, seed, shard=(world.rank, world.size))
         if fused_kernels is None:
             long_run = len(self.train_indices) * max_epochs >= FUSED_KERNELS_MIN_CELL_EPOCHS
             fused_kernels = self._compile_by_default and long_run
-        val_loader = self._loader(data, self.validation_indices, max(batch_size, 1024), False, seed)
+        val_mine = distributed.my_cells(self.validation_indices)  # each rank validates a contiguous share
+        val_indices = self.validation_indices if val_mine is None else val_mine
+        val_loader = self._loader(data, val_indices, max(batch_size, 1024), False, seed)
         trainer = Trainer(
             self.module, train_loader, val_loader if n_val > 0 else None, plan, max_epochs,
             early_stopping=early_stopping, early_stopping_patience=early_stopping_patience,
@@ -232,6 +252,15 @@ class BaseModel:
         ``adata.obsm[obsm_key]`` (default ``"X_scvi"`` for SCVI, ``"X_scanvi"`` for SCANVI) so that
         ``sc.pp.neighbors(adata, use_rep="X_scvi")`` works directly. Pass ``obsm_key=None`` not to store.
         """
+        mine = self._my_cells(adata, indices)
+        if mine is not None:  # under torchrun: each rank its share, then all of them, in order, on every rank
+            with distributed.local():
+                local = self.get_latent_representation(adata, mine, give_mean, batch_size, obsm_key=None)
+            out = distributed.gather_rows(local)
+            if obsm_key is not None and indices is None:
+                key = self._latent_key if obsm_key == "default" else obsm_key
+                (self.adata if adata is None else adata).obsm[key] = out
+            return out
         n = self._n_cells(adata, indices)
         out = np.empty((n, self.module.n_latent), dtype=np.float32)
         pos = 0
@@ -262,23 +291,34 @@ class BaseModel:
         file. Read it back with ``anndata.read_h5ad(path, backed="r").obsm[key]``. Returns ``path``.
         """
         key = self._latent_key if obsm_key == "default" else obsm_key
-        batches = self._batches(adata, indices, batch_size, sparse_counts=True)
+        mine = self._my_cells(adata, indices)  # under torchrun: each rank its share, rank 0 writes
+        batches = self._batches(adata, indices if mine is None else mine, batch_size, sparse_counts=True)
         blocks = (self.module.latent(b, give_mean=give_mean).cpu().numpy() for b in batches)
         return self._write_rows(path, "obsm", key, blocks, self.module.n_latent, adata, indices, overwrite)
 
     def _write_rows(self, path, group, key, blocks, n_cols, adata, indices, overwrite) -> str:
-        """Stream row blocks of the cells ``indices`` of ``adata`` to ``path`` (see :func:`write_rows`)."""
+        """Stream row blocks of the cells ``indices`` of ``adata`` to ``path`` (see :func:`write_rows`).
+        Under torchrun, ``blocks`` are this rank's share's (:meth:`_my_cells`): rank 0 writes them all."""
         adata = self.adata if adata is None else adata
         obs = adata.obs if indices is None else adata.obs.iloc[np.asarray(indices)]
         source = getattr(adata, "filename", None)
-        return write_rows(path, group, key, blocks, n_cols, obs, self.registry.var_names, source, overwrite)
+        blocks = distributed.rows_to_main(blocks)
+        if not distributed.world().main:
+            for _ in blocks:  # sends this rank's blocks to rank 0
+                pass
+        distributed.on_main(
+            lambda: write_rows(path, group, key, blocks, n_cols, obs, self.registry.var_names, source, overwrite)
+        )
+        return str(path)
 
     def _mean_over_cells(self, per_batch, adata, indices, batch_size) -> float:
+        mine = self._my_cells(adata, indices)  # under torchrun: each rank its share, summed over ranks
         total, n = 0.0, 0
-        for batch in self._batches(adata, indices, batch_size, likelihood_terms=True):
+        for batch in self._batches(adata, indices if mine is None else mine, batch_size, likelihood_terms=True):
             values = per_batch(batch)
             total += float(values.double().sum())
             n += len(values)
+        total, n = distributed.sum_over_ranks(torch.tensor([total, n], dtype=torch.float64)).tolist()
         return total / max(n, 1)
 
     def get_elbo(self, adata=None, indices=None, batch_size: int | None = None) -> float:
@@ -311,7 +351,8 @@ class BaseModel:
     def save(self, dir_path: str | os.PathLike, overwrite: bool = False, save_anndata: bool = False) -> None:
         """Save weights (``model.safetensors``), hyper-parameters and registry (``model.json``) and,
         with ``save_anndata``, the AnnData (``adata.h5ad``). The folder is written next to its final
-        place and renamed at the end, so an interrupted save never leaves a half-written model."""
+        place and renamed at the end, so an interrupted save never leaves a half-written model. Under
+        torchrun, rank 0 writes while the other ranks wait (call it on every rank)."""
         meta = {
             "format": _files.FORMAT,
             "cellvi_version": __version__,
@@ -321,6 +362,9 @@ class BaseModel:
             "is_trained": self.is_trained,
             "history": json.loads(self.history.reset_index().to_json(orient="records")) if len(self.history) else [],
         }
+        distributed.on_main(lambda: self._save(dir_path, overwrite, save_anndata, meta))
+
+    def _save(self, dir_path, overwrite: bool, save_anndata: bool, meta: dict) -> None:
         with _files.staged_folder(dir_path, overwrite) as tmp:
             _files.write_weights(tmp, self.module.state_dict())
             names = [_files.WEIGHTS_NAME]

@@ -12,6 +12,7 @@ from ..data import Registry
 from ..errors import InvalidParameterError, MissingKeyError
 from ..module import VAE
 from ..module.vae import DISPERSIONS, LATENT_DISTRIBUTIONS, LIKELIHOODS
+from ..train import distributed
 from .base import BaseModel, _check_positive
 
 
@@ -201,6 +202,14 @@ class SCVI(BaseModel):
         Returns a DataFrame (cells x genes) unless ``return_numpy``.
         """
         genes = self._gene_mask(gene_list)
+        mine = self._my_cells(adata, indices)
+        if mine is not None:  # under torchrun: each rank its share, then all of them, in order, on every rank
+            with distributed.local():
+                local = self.get_normalized_expression(
+                    adata, mine, transform_batch, gene_list, library_size, n_samples, batch_size, return_mean, True
+                )
+            out = distributed.gather_rows(local, axis=0 if return_mean else 1)
+            return self._expression_frame(out, adata, indices, genes, return_mean, return_numpy)
         n = self._n_cells(adata, indices)
         # torch's allocator, not numpy's: numpy asks the kernel for huge pages, whose first allocation
         # in a process stalled for 40-90 ms on a 40 MB result here (page compaction)
@@ -210,6 +219,9 @@ class SCVI(BaseModel):
         )
         for _ in blocks:  # each block is written into its rows of out
             pass
+        return self._expression_frame(out, adata, indices, genes, return_mean, return_numpy)
+
+    def _expression_frame(self, out, adata, indices, genes, return_mean, return_numpy):
         if return_numpy or not return_mean:
             return out
         obs_names = (self.adata if adata is None else adata).obs_names
@@ -283,8 +295,9 @@ class SCVI(BaseModel):
         (for example from :meth:`write_latent`), must hold the same cells; it cannot be the input file.
         Returns ``path``. The layer is dense float32 (n_cells x n_genes x 4 bytes on disk)."""
         genes = self._gene_mask(None)
+        mine = self._my_cells(adata, indices)  # under torchrun: each rank its share, rank 0 writes
         blocks = self._normalized_blocks(
-            adata, indices, transform_batch, genes, library_size, n_samples, batch_size, True
+            adata, indices if mine is None else mine, transform_batch, genes, library_size, n_samples, batch_size, True
         )
         return self._write_rows(path, "layers", layer, blocks, len(genes), adata, indices, overwrite)
 

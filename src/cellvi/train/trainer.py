@@ -4,6 +4,10 @@ Per epoch: shuffle, step Adam over the training minibatches with the KL term war
 validation cells, log one row of history, maybe stop early, maybe write a checkpoint. Per-step work
 stays on the tensors: losses are summed on the device and read once per epoch, so there is no
 per-step synchronisation or logging overhead.
+
+Under torchrun the same loop runs on every rank; the hooks of :mod:`cellvi.train.distributed` (each a
+no-op in one process) average the gradients, sum the epoch's metrics over ranks (so the history and
+early stopping are those of all cells, and all ranks stop together) and write checkpoints from rank 0.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from tqdm.auto import tqdm
 from ..data.loaders import MinibatchLoader
 from ..errors import InvalidParameterError, ModelFileError, TrainingDivergedError
 from . import checkpoint as ckpt
+from . import distributed
 from .compiled import CompiledLoss, forward_backward
 from .optim import AdamStep, make_adam
-
 
 VALIDATION_SEED = 7_919  # validation draws z from its own stream, seeded with this + epoch
 
@@ -126,7 +130,10 @@ class Trainer:
         self.extra_loss_kwargs = extra_loss_kwargs or {}
         self.callbacks = list(callbacks or [])
         self.loss = LossWithTotals(module)
-        self.compiled_loss = CompiledLoss(self.loss) if compile_loss else None
+        self.train_loss = distributed.wrap_loss(module, self.loss)  # DDP under torchrun
+        self.compiled_loss = CompiledLoss(self.train_loss) if compile_loss else None
+        n_val = 0 if val_loader is None else len(val_loader.indices)
+        self.has_validation = distributed.any_rank(n_val > 0)  # a rank's share may be empty
         self.check_val_every_n_epoch = check_val_every_n_epoch
         params = [p for p in module.parameters() if p.requires_grad]
         self.optimizer = make_adam(params, lr=plan.lr, eps=plan.eps, weight_decay=plan.weight_decay)
@@ -155,7 +162,10 @@ class Trainer:
                     out = self.loss(batch, kl_weight=kl_w, **self.extra_loss_kwargs)
                 sums += out["totals"]
                 n_cells += len(out["kl_z"])
-        mean = (sums.cpu() / max(n_cells, 1)).tolist()
+        if train:
+            distributed.sync_buffers(self.module)
+        totals = distributed.sum_over_ranks(torch.cat([sums, sums.new_tensor([n_cells])])).cpu()
+        mean = (totals[:3] / max(float(totals[3]), 1.0)).tolist()
         tag = "train" if train else "validation"
         row = {
             f"elbo_{tag}": -(mean[1] + mean[2]),
@@ -170,12 +180,12 @@ class Trainer:
     def _forward_backward(self, batch: dict, kl_w: float) -> dict:
         if self.compiled_loss is not None:
             return self.compiled_loss.step(self.optimizer, batch, kl_weight=kl_w, **self.extra_loss_kwargs)
-        return forward_backward(self.loss, self.optimizer, batch, kl_weight=kl_w, **self.extra_loss_kwargs)
+        return forward_backward(self.train_loss, self.optimizer, batch, kl_weight=kl_w, **self.extra_loss_kwargs)
 
     def _validate_now(self, epoch: int) -> bool:
         """Validation every ``check_val_every_n_epoch`` epochs; by default (None) every epoch with early
         stopping, else only after the last epoch (as scvi-tools, which skips it unless asked)."""
-        if self.val_loader is None or not len(self.val_loader.indices):
+        if not self.has_validation:
             return False
         last = epoch + 1 == self.max_epochs
         if self.check_val_every_n_epoch is None:
@@ -187,10 +197,12 @@ class Trainer:
         start_epoch = 0
         if self.resume and self.checkpoint_dir:
             start_epoch = self._load_checkpoint()
+        distributed.seed_ranks()  # different dropout and z draws on each rank
         last_good = copy.deepcopy(self.module.state_dict())
         t0 = time.perf_counter() - (self.rows[-1]["epoch_end_s"] if self.rows else 0.0)
         bar = tqdm(
-            range(start_epoch, self.max_epochs), disable=not self.progress_bar, desc="Training",
+            range(start_epoch, self.max_epochs), disable=not (self.progress_bar and distributed.world().main),
+            desc="Training",
             unit="epoch", initial=start_epoch, total=self.max_epochs,
         )
         for epoch in bar:
@@ -215,8 +227,9 @@ class Trainer:
             stop = self._early_stop(row)
             for callback in self.callbacks:  # callback(epoch, row) -> True asks to stop
                 stop = bool(callback(epoch, row)) or stop
+            stop = distributed.any_rank(stop)  # a callback may ask on one rank only
             if self.checkpoint_dir and self.checkpoint_every and (epoch + 1) % self.checkpoint_every == 0:
-                self._save_checkpoint(epoch + 1)
+                distributed.on_main(lambda: self._save_checkpoint(epoch + 1))  # noqa: B023 - called now
             if stop:
                 break
         bar.close()
