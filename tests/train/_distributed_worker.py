@@ -97,7 +97,9 @@ def _ondisk(data: str) -> dict:
 
 def _train_and_infer(data: str, rows: list) -> dict:
     backed = ad.read_h5ad(data, backed="r")
+    before = _rchar()
     cellvi.model.SCVI.setup_anndata(backed, batch_key="batch")
+    setup_bytes = _rchar() - before
     model = cellvi.model.SCVI(backed, **MODEL)
     before = _rchar()
     model.train(max_epochs=2, batch_size=BATCH)
@@ -105,7 +107,8 @@ def _train_and_infer(data: str, rows: list) -> dict:
     train_rows = np.unique(np.concatenate(rows)).tolist()
     rows.clear()
     latent = model.get_latent_representation()
-    return {"train_rows": train_rows, "train_bytes": train_bytes, "infer_rows": np.unique(np.concatenate(rows)).tolist(),
+    return {"setup_bytes": setup_bytes, "summary": model.registry.summary, "train_rows": train_rows,
+            "train_bytes": train_bytes, "infer_rows": np.unique(np.concatenate(rows)).tolist(),
             "latent_sum": float(latent.sum()), "n_latent_rows": len(latent)}
 
 

@@ -122,6 +122,11 @@ def test_ondisk_shards_read_only_their_rows_and_take_the_same_steps(run):
     alone = worker._ondisk(str(run["data"]))
     for o in (o0, o1):
         assert o["train_bytes"] < 0.7 * alone["train_bytes"], (o["train_bytes"], alone["train_bytes"])
+        # setup_anndata: each rank checks its half of the file, the statistics are summed over ranks
+        assert o["setup_bytes"] < 0.7 * alone["setup_bytes"], (o["setup_bytes"], alone["setup_bytes"])
+        assert o["summary"].keys() == alone["summary"].keys()
+        for key, value in alone["summary"].items():
+            np.testing.assert_allclose(o["summary"][key], value, rtol=1e-9, err_msg=key)
 
 
 def test_saved_model_loads_in_one_process_with_the_elbo_of_single_process_training(run, single):

@@ -30,13 +30,13 @@ def count_matrix(adata, layer: str | None):
     return adata.layers[layer]
 
 
-def iter_row_chunks(X, chunk_rows: int = CHUNK_ROWS) -> Iterator:
-    """Yield consecutive row blocks of ``X`` (scipy sparse or NumPy arrays)."""
-    n = X.shape[0]
+def iter_row_chunks(X, chunk_rows: int = CHUNK_ROWS, first: int = 0, end: int | None = None) -> Iterator:
+    """Yield consecutive row blocks of ``X`` (scipy sparse or NumPy arrays), of rows ``first:end``."""
+    n = X.shape[0] if end is None else end
     if sp.issparse(X) and not (sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array)):
         X = sp.csr_matrix(X)
     csr = sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array)
-    for start in range(0, n, chunk_rows):
+    for start in range(first, n, chunk_rows):
         stop = min(start + chunk_rows, n)
         if csr:  # views of the three arrays: scipy's slicing may cast the whole index array first
             a, b = X.indptr[start], X.indptr[stop]

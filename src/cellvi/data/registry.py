@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -73,8 +74,15 @@ class Registry:
         continuous_covariate_keys: list[str] | None = None,
         model_name: str = "SCVI",
         extra_args: dict | None = None,
+        *,
+        shard: tuple[int, int] = (0, 1),
+        sum_over_shards: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> "Registry":
-        """Validate ``adata`` and record its registry. Raises a :class:`cellvi.errors.CellviError`."""
+        """Validate ``adata`` and record its registry. Raises a :class:`cellvi.errors.CellviError`.
+
+        ``shard`` = (index, count), ``sum_over_shards``: with several data-parallel processes, each reads
+        and checks only its share of the rows of an on-disk matrix, and ``sum_over_shards`` (an
+        all-reduce) adds up the library-size statistics (see :mod:`cellvi.train.distributed`)."""
         if adata.n_obs == 0 or adata.n_vars == 0:
             raise InvalidDataError(
                 f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes); cellvi needs at least "
@@ -112,8 +120,10 @@ class Registry:
         counts = np.zeros(len(categories["batch"]))
         total = 0.0
         n_empty_cells = 0
-        start = 0
-        for chunk in iter_row_chunks(X):
+        split = is_on_disk(X) and shard[1] > 1 and sum_over_shards is not None
+        n = int(X.shape[0])
+        start, end = (n * shard[0] // shard[1], n * (shard[0] + 1) // shard[1]) if split else (0, n)
+        for chunk in iter_row_chunks(X, first=start, end=end):
             validate_counts_chunk(chunk, start, layer)
             lib = np.asarray(chunk.sum(axis=1)).ravel()
             total += lib.sum()
@@ -124,6 +134,11 @@ class Registry:
             np.add.at(log_lib_sq, codes, log_lib**2)
             np.add.at(counts, codes, 1)
             start += len(lib)
+        if split:
+            k = len(counts)
+            sums = sum_over_shards(np.concatenate([[total, n_empty_cells], log_lib_sum, log_lib_sq, counts]))
+            total, n_empty_cells = float(sums[0]), int(sums[1])
+            log_lib_sum, log_lib_sq, counts = sums[2 : 2 + k], sums[2 + k : 2 + 2 * k], sums[2 + 2 * k :]
         if is_on_disk(X):
             mark_counts_checked(X)  # the loaders need not check this file again while it is unchanged
         if total == 0:

@@ -63,6 +63,13 @@ class BaseModel:
     def _build_module(self, registry: Registry, **init_params) -> torch.nn.Module:
         raise NotImplementedError
 
+    @staticmethod
+    def _setup_split() -> dict:
+        """Arguments of ``Registry.from_anndata`` by which, under torchrun, each rank checks only its
+        share of an on-disk matrix (the process group is joined here, before any model is built)."""
+        world = distributed.setup(settings.torch_device())
+        return {"shard": (world.rank, world.size), "sum_over_shards": distributed.sum_array}
+
     def __repr__(self) -> str:
         s = self.registry.summary
         params = ", ".join(f"{k}={v!r}" for k, v in self.init_params.items())

@@ -96,7 +96,7 @@ class SCANVI(SCVI):
         registry = Registry.from_anndata(
             adata, layer, batch_key, labels_key, size_factor_key,
             list(categorical_covariate_keys or []), list(continuous_covariate_keys or []), cls._model_name,
-            extra_args={"unlabeled_category": unlabeled},
+            extra_args={"unlabeled_category": unlabeled}, **cls._setup_split(),
         )
         # classes: the labels present in the data, minus the unlabeled category, which gets the last code
         classes = [c for c in registry.categories["labels"] if c != unlabeled]

@@ -97,6 +97,7 @@ class SCVI(BaseModel):
         registry = Registry.from_anndata(
             adata, layer, batch_key, labels_key, size_factor_key,
             list(categorical_covariate_keys or []), list(continuous_covariate_keys or []), cls._model_name,
+            **cls._setup_split(),
         )
         registry.attach(adata)
 

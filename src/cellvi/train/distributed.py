@@ -134,6 +134,11 @@ def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return t.to(values.device)
 
 
+def sum_array(values: np.ndarray) -> np.ndarray:
+    """The element-wise sum over ranks of a float64 array."""
+    return sum_over_ranks(torch.from_numpy(np.asarray(values, dtype=np.float64))).numpy()
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is True on at least one."""
     if not world().active:
