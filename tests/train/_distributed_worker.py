@@ -44,7 +44,7 @@ def _rchar() -> int:
 
 def main(data: str, out: Path) -> None:
     rank = int(os.environ["RANK"])
-    faulthandler.dump_traceback_later(int(os.environ.get("WORKER_TIMEOUT_S", "150")), exit=True)  # never hang CI
+    faulthandler.dump_traceback_later(int(os.environ.get("WORKER_TIMEOUT_S", "300")), exit=True)  # never hang CI
     attempt = distributed.restart_count()
     torch.set_num_threads(1)
     cellvi.settings.progress_bar = False
