@@ -118,7 +118,9 @@ def test_ondisk_shards_read_only_their_rows_and_take_the_same_steps(run):
     half = N_CELLS // 2
     assert o0["infer_rows"] == list(range(half)) and o1["infer_rows"] == list(range(half, N_CELLS))
     assert o0["n_latent_rows"] == o1["n_latent_rows"] == N_CELLS and o0["latent_sum"] == o1["latent_sum"]
-    # bytes read from files while training (/proc/self/io rchar), against one process on the same file
+    # bytes read from files while training (/proc/self/io rchar), against one process on the same file;
+    # measured the second time: the first also reads the Python modules that training imports (~28 MB)
+    worker._ondisk(str(run["data"]))
     alone = worker._ondisk(str(run["data"]))
     for o in (o0, o1):
         assert o["train_bytes"] < 0.7 * alone["train_bytes"], (o["train_bytes"], alone["train_bytes"])
