@@ -59,7 +59,7 @@ suppress_warnings = ["myst.header"]
 # myst-nb: execute tutorials at build time, cache-aware (a rebuild reruns only changed notebooks).
 nb_execution_mode = os.environ.get("CELLVI_DOCS_EXECUTE", "cache")
 nb_execution_cache_path = str(HERE / "_build" / ".jupyter_cache")
-nb_execution_timeout = 300
+nb_execution_timeout = 1200  # per cell; generous for busy CI machines
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True

@@ -37,37 +37,77 @@ def speed(data: dict) -> list[str]:
     rows = []
     for r in data["comparisons"]:
         c, s = r["cellvi"], r["scvi"]
-        rows.append([
-            r["dataset"], r["epochs"], c["runs"], f"{c['epoch_s']:.2f}", f"{s['epoch_s']:.2f}",
-            f"**{_x(r['train_speedup'])}**", f"{c['train_cells_per_s']:,.0f} / {s['train_cells_per_s']:,.0f}",
-            _x(r["wall_speedup"]), _x(r["latent_speedup"]), _x(r["normalized_expression_speedup"]),
-            f"{c['peak_rss_mib']:,.0f} / {s['peak_rss_mib']:,.0f}", f"{100 * r['heldout_elbo_rel_diff']:+.2f}%",
-            f"{max(c['other_procs_cpu_frac'], s['other_procs_cpu_frac']):.2f}",
-        ])
+        rows.append(
+            [
+                r["dataset"],
+                r["epochs"],
+                c["runs"],
+                f"{c['epoch_s']:.2f}",
+                f"{s['epoch_s']:.2f}",
+                f"**{_x(r['train_speedup'])}**",
+                f"{c['train_cells_per_s']:,.0f} / {s['train_cells_per_s']:,.0f}",
+                _x(r["wall_speedup"]),
+                _x(r["latent_speedup"]),
+                _x(r["normalized_expression_speedup"]),
+                f"{c['peak_rss_mib']:,.0f} / {s['peak_rss_mib']:,.0f}",
+                f"{100 * r['heldout_elbo_rel_diff']:+.2f}%",
+                f"{max(c['other_procs_cpu_frac'], s['other_procs_cpu_frac']):.2f}",
+            ]
+        )
     lines = []
     if rows:
-        lines += _table(["data", "epochs", "runs", "s/epoch cellvi", "s/epoch scvi-tools", "training speed-up",
-                         "cells/s cellvi / scvi-tools", "whole train()", "latent", "normalised expression",
-                         "peak RSS MiB cellvi / scvi-tools", "held-out ELBO vs scvi-tools", "other CPU"], rows)
+        lines += _table(
+            [
+                "data",
+                "epochs",
+                "runs",
+                "s/epoch cellvi",
+                "s/epoch scvi-tools",
+                "training speed-up",
+                "cells/s cellvi / scvi-tools",
+                "whole train()",
+                "latent",
+                "normalised expression",
+                "peak RSS MiB cellvi / scvi-tools",
+                "held-out ELBO vs scvi-tools",
+                "other CPU",
+            ],
+            rows,
+        )
     for t in data.get("time_to_quality", []):
-        lines += ["", f"Time to quality on {t['dataset']}: scvi-tools trained {t['scvi_epochs']} epochs in "
-                  f"{t['scvi_train_s']:.1f} s to a held-out ELBO of {t['target_heldout_elbo']:.2f}; cellvi reached it "
-                  f"after {t['cellvi_epochs_to_target']} epochs, {t['cellvi_train_s']:.1f} s "
-                  f"(reached: {t['cellvi_reached']}): **{_x(t['speedup'])}**."]
+        lines += [
+            "",
+            f"Time to quality on {t['dataset']}: scvi-tools trained {t['scvi_epochs']} epochs in "
+            f"{t['scvi_train_s']:.1f} s to a held-out ELBO of {t['target_heldout_elbo']:.2f}; cellvi reached it "
+            f"after {t['cellvi_epochs_to_target']} epochs, {t['cellvi_train_s']:.1f} s "
+            f"(reached: {t['cellvi_reached']}): **{_x(t['speedup'])}**.",
+        ]
     return lines
 
 
 def out_of_core(data: dict) -> list[str]:
-    rows = [[mode, sum(r["mode"] == mode for r in data["runs"]), f"{m['train_cells_per_s']:,.0f}",
-             f"{m['latent_cells_per_s']:,.0f}", f"{m['peak_rss_train_mib']:,.0f}", f"{m['peak_rss_mib']:,.0f}"]
-            for mode, m in data["medians"].items()]
+    rows = [
+        [
+            mode,
+            sum(r["mode"] == mode for r in data["runs"]),
+            f"{m['train_cells_per_s']:,.0f}",
+            f"{m['latent_cells_per_s']:,.0f}",
+            f"{m['peak_rss_train_mib']:,.0f}",
+            f"{m['peak_rss_mib']:,.0f}",
+        ]
+        for mode, m in data["medians"].items()
+    ]
     run = data["runs"][0]
-    lines = [f"{run['n_cells']:,} cells x {run['n_genes']:,} genes, batch {run['batch_size']}, "
-             f"{'one epoch' if data.get('max_steps') is None else str(data['max_steps']) + ' steps'}, "
-             f"{run['threads']} threads, torch {run['torch']}, file {data['file_gib']:.2f} GiB, "
-             f"page cache warmed: {data['page_cache_warmed']}. Medians over runs.", ""]
-    lines += _table(["mode", "runs", "training cells/s", "latent cells/s", "peak RSS while training (MiB)",
-                     "peak RSS (MiB)"], rows)
+    lines = [
+        f"{run['n_cells']:,} cells x {run['n_genes']:,} genes, batch {run['batch_size']}, "
+        f"{'one epoch' if data.get('max_steps') is None else str(data['max_steps']) + ' steps'}, "
+        f"{run['threads']} threads, torch {run['torch']}, file {data['file_gib']:.2f} GiB, "
+        f"page cache warmed: {data['page_cache_warmed']}. Medians over runs.",
+        "",
+    ]
+    lines += _table(
+        ["mode", "runs", "training cells/s", "latent cells/s", "peak RSS while training (MiB)", "peak RSS (MiB)"], rows
+    )
     if data["ratios"]:
         lines += [""] + _table(["ratio", "value"], [[k, _x(v)] for k, v in data["ratios"].items()])
     return lines
@@ -75,52 +115,130 @@ def out_of_core(data: dict) -> list[str]:
 
 def sparse_first_layer(data: dict) -> list[str]:
     meta = data["meta"]
-    rows = [[name, f"{r['cells']:,} x {r['genes']:,}", f"{r['median_s']['embedding_bag']:.3f}",
-             f"{r['median_s']['addmm']:.3f}", f"**{_x(r['speedup'])}**", f"{r['max_abs_latent_diff']:.1e}"]
-            for name, r in data["results"].items()]
-    return [f"{meta['cpu']}, torch {meta['torch']}, {meta['threads']} threads, median of {meta['repeats']}.", ""] + \
-        _table(["data", "cells x genes", "embedding_bag (s)", "sparse addmm (s)", "speed-up",
-                "max latent difference"], rows)
+    rows = [
+        [
+            name,
+            f"{r['cells']:,} x {r['genes']:,}",
+            f"{r['median_s']['embedding_bag']:.3f}",
+            f"{r['median_s']['addmm']:.3f}",
+            f"**{_x(r['speedup'])}**",
+            f"{r['max_abs_latent_diff']:.1e}",
+        ]
+        for name, r in data["results"].items()
+    ]
+    return [
+        f"{meta['cpu']}, torch {meta['torch']}, {meta['threads']} threads, median of {meta['repeats']}.",
+        "",
+    ] + _table(
+        ["data", "cells x genes", "embedding_bag (s)", "sparse addmm (s)", "speed-up", "max latent difference"], rows
+    )
 
 
 def query_mapping(data: dict) -> list[str]:
-    rows = [[s["held_out"], s["n_reference"], s["n_query"], f"{s['query_accuracy']:.3f}",
-             f"{s['denovo_query_accuracy']:.3f}", f"{s['mapped_knn_accuracy']:.3f}", f"{s['mapped_batch_mixing']:.3f}",
-             f"{s['reference_train_s']:.1f}", f"{s['query_map_s']:.1f}"] for s in data["splits"]]
-    return [f"{data['lib']} {data['version']} on {data['data']}, {data['threads']} threads, epochs {data['epochs']}.",
-            ""] + _table(["held-out batch", "reference cells", "query cells", "label transfer accuracy",
-                          "de novo accuracy", "joint kNN accuracy", "joint batch mixing", "reference s",
-                          "query mapping s"], rows)
+    rows = [
+        [
+            s["held_out"],
+            s["n_reference"],
+            s["n_query"],
+            f"{s['query_accuracy']:.3f}",
+            f"{s['denovo_query_accuracy']:.3f}",
+            f"{s['mapped_knn_accuracy']:.3f}",
+            f"{s['mapped_batch_mixing']:.3f}",
+            f"{s['reference_train_s']:.1f}",
+            f"{s['query_map_s']:.1f}",
+        ]
+        for s in data["splits"]
+    ]
+    return [
+        f"{data['lib']} {data['version']} on {data['data']}, {data['threads']} threads, epochs {data['epochs']}.",
+        "",
+    ] + _table(
+        [
+            "held-out batch",
+            "reference cells",
+            "query cells",
+            "label transfer accuracy",
+            "de novo accuracy",
+            "joint kNN accuracy",
+            "joint batch mixing",
+            "reference s",
+            "query mapping s",
+        ],
+        rows,
+    )
 
 
 def de_benchmark(data: dict) -> list[str]:
     libs = ("cellvi", "scvi", "wilcoxon")
     ifnb, sim, sp = data["ifnb"], data["sim"], data["speed"]
-    rows = [[lib, f"{ifnb[lib]['frac_top_in_hallmark_ifn_alpha']:.2f}",
-             f"{ifnb[lib]['frac_top_in_hallmark_ifn_alpha_or_gamma']:.2f}", f"{sim[lib]['auroc']:.3f}",
-             f"{sim[lib]['auprc']:.3f}"] for lib in libs]
+    rows = [
+        [
+            lib,
+            f"{ifnb[lib]['frac_top_in_hallmark_ifn_alpha']:.2f}",
+            f"{ifnb[lib]['frac_top_in_hallmark_ifn_alpha_or_gamma']:.2f}",
+            f"{sim[lib]['auroc']:.3f}",
+            f"{sim[lib]['auprc']:.3f}",
+        ]
+        for lib in libs
+    ]
     lines = [data.get("note", ""), ""] + _table(
-        ["method", f"ifnb: top {ifnb['top']} in Hallmark IFN-alpha", "ifnb: in IFN-alpha or gamma",
-         "simulation AUROC", "simulation AUPRC"], rows)
-    rows = [[lib, f"{sp[lib]['train_s']:.1f}", f"{sp[lib]['one_vs_all_change_s']:.2f}",
-             f"{sp[lib]['one_vs_all_vanilla_s']:.2f}"] for lib in ("cellvi", "scvi")]
-    lines += ["", f"One-vs-all on {sp['n_cells']:,} x {sp['n_genes']:,} simulated cells, {sp['n_groups']} groups, "
-              f"{sp['n_samples_per_group']:,} samples per group:", ""]
+        [
+            "method",
+            f"ifnb: top {ifnb['top']} in Hallmark IFN-alpha",
+            "ifnb: in IFN-alpha or gamma",
+            "simulation AUROC",
+            "simulation AUPRC",
+        ],
+        rows,
+    )
+    rows = [
+        [
+            lib,
+            f"{sp[lib]['train_s']:.1f}",
+            f"{sp[lib]['one_vs_all_change_s']:.2f}",
+            f"{sp[lib]['one_vs_all_vanilla_s']:.2f}",
+        ]
+        for lib in ("cellvi", "scvi")
+    ]
+    lines += [
+        "",
+        f"One-vs-all on {sp['n_cells']:,} x {sp['n_genes']:,} simulated cells, {sp['n_groups']} groups, "
+        f"{sp['n_samples_per_group']:,} samples per group:",
+        "",
+    ]
     return lines + _table(["library", "train s", "one-vs-all change s", "one-vs-all vanilla s"], rows)
 
 
 def denoise_benchmark(data: dict) -> list[str]:
-    rows = [[lib, f"{data[lib]['median_l1']:.3f}", f"{data[lib]['mean_l1']:.3f}",
-             f"{data[lib]['poisson_deviance']:.3f}", f"{data[lib].get('train_s', float('nan')):.1f}"]
-            for lib in ("naive", "cellvi", "scvi")]
-    return [f"{data['data']}: {data['frac']:.0%} of the non-zero counts hidden ({data['hidden_entries']:,} entries), "
-            f"{data['epochs']} epochs, {data['threads']} thread(s). {data.get('note', '')}", ""] + _table(
-        ["method", "median L1", "mean L1", "Poisson deviance", "train s"], rows)
+    rows = [
+        [
+            lib,
+            f"{data[lib]['median_l1']:.3f}",
+            f"{data[lib]['mean_l1']:.3f}",
+            f"{data[lib]['poisson_deviance']:.3f}",
+            f"{data[lib].get('train_s', float('nan')):.1f}",
+        ]
+        for lib in ("naive", "cellvi", "scvi")
+    ]
+    return [
+        f"{data['data']}: {data['frac']:.0%} of the non-zero counts hidden ({data['hidden_entries']:,} entries), "
+        f"{data['epochs']} epochs, {data['threads']} thread(s). {data.get('note', '')}",
+        "",
+    ] + _table(["method", "median L1", "mean L1", "Poisson deviance", "train s"], rows)
 
 
 def pickle_safety(data: list) -> list[str]:
-    rows = [[lib["library"], case["planted_in"], case["payload_ran"], case["load_succeeded"],
-             (case["error"] or "").split(":")[0]] for lib in data for case in lib["cases"]]
+    rows = [
+        [
+            lib["library"],
+            case["planted_in"],
+            case["payload_ran"],
+            case["load_succeeded"],
+            (case["error"] or "").split(":")[0],
+        ]
+        for lib in data
+        for case in lib["cases"]
+    ]
     return _table(["library", "payload planted in", "payload ran", "load succeeded", "error"], rows)
 
 
@@ -130,8 +248,10 @@ BENCHMARKS: dict[str, tuple[Callable, str]] = {
     "speed_sim200k": (speed, ".venv/bin/python bench/speed.py --datasets sim200k --out bench/results/speed_sim200k"),
     "speed_ttq": (speed, ".venv/bin/python bench/speed.py --datasets --time-to-quality --out bench/results/speed_ttq"),
     "out_of_core_1000000": (out_of_core, ".venv/bin/python bench/out_of_core.py --n-cells 1000000 --n-genes 2000"),
-    "out_of_core_10000000": (out_of_core,
-                             ".venv/bin/python bench/out_of_core.py --n-cells 10000000 --modes cellvi-disk"),
+    "out_of_core_10000000": (
+        out_of_core,
+        ".venv/bin/python bench/out_of_core.py --n-cells 10000000 --modes cellvi-disk",
+    ),
     "sparse_first_layer": (sparse_first_layer, ".venv/bin/python bench/sparse_first_layer.py"),
     "query_mapping_pbmc_3chemistries_cellvi": (query_mapping, ".venv/bin/python bench/query_mapping.py --all"),
     "query_mapping_pbmc_3chemistries_scvi": (query_mapping, ".venv/bin/python bench/query_mapping.py --all"),
