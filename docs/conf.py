@@ -26,12 +26,12 @@ os.environ.setdefault("CELLVI_DATA_DIR", str((ROOT.parent / "shared" / "data").r
 project = "cellvi"
 author = "The cellvi developers"
 copyright = "2026, the cellvi developers"
-try:
-    release = _version("cellvi")
-except Exception:  # not installed: read the source tree's version
-    import cellvi
+try:  # the version of this checkout, which an installed cellvi may not be
+    import tomllib
 
-    release = cellvi.__version__
+    release = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+except ImportError:  # Python 3.10: no tomllib; the installed package's version
+    release = _version("cellvi")
 version = release
 
 extensions = [
@@ -55,6 +55,9 @@ myst_enable_extensions = ["colon_fence", "deflist", "dollarmath", "attrs_inline"
 myst_heading_anchors = 3
 # Pages that other contributors add under docs/ may start at a level-2 heading; that is cosmetic, not an error.
 suppress_warnings = ["myst.header"]
+if os.environ.get("CELLVI_DOCS_EXECUTE") == "off":
+    # unexecuted notebooks carry no language_info, so myst-nb cannot name their lexer
+    suppress_warnings.append("myst-nb.lexer")
 
 # myst-nb: execute tutorials at build time, cache-aware (a rebuild reruns only changed notebooks).
 nb_execution_mode = os.environ.get("CELLVI_DOCS_EXECUTE", "cache")
