@@ -22,13 +22,13 @@ def _repo_path(app, node) -> Path | None:
     target = node.get("reftarget", "")
     if node.get("refdomain") == "doc" and Path(target).is_absolute():
         candidates = [Path(target + s) for s in app.config.source_suffix]
-    elif isinstance(node, addnodes.download_reference):
-        candidates = [(docdir / target)]
+    elif isinstance(node, addnodes.download_reference) or (node.get("refdomain") is None and "/" in target):
+        candidates = [docdir / target.split("#")[0]]  # a file MyST would copy, or a folder of the repository
     else:
         return None
     for path in candidates:
         path = path.resolve()
-        if path.is_file() and root in path.parents and Path(app.srcdir).resolve() not in path.parents:
+        if path.exists() and root in path.parents and Path(app.srcdir).resolve() not in (path, *path.parents):
             return path.relative_to(root)
     return None
 
@@ -45,8 +45,10 @@ def rewrite_links(app, doctree) -> None:
         if base:
             new = nodes.reference("", "", nodes.Text(text), refuri=f"{base}/{rel.as_posix()}", internal=False)
         else:
-            label = text if text == rel.as_posix() else f"{text} ({rel.as_posix()})"
-            new = nodes.literal(label, label, classes=["repo-path"])
+            path = nodes.literal(rel.as_posix(), rel.as_posix(), classes=["repo-path"])
+            new = (
+                path if text == rel.as_posix() else nodes.inline("", "", nodes.Text(f"{text} ("), path, nodes.Text(")"))
+            )
         node.replace_self(new)
 
 
