@@ -7,7 +7,13 @@
 >>> model.get_latent_representation(adata)  # also in adata.obsm["X_scvi"]
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
+try:
+    __version__ = _version("cellvi")  # the installed distribution's version (pyproject.toml)
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 from . import data, distributions, errors, model, module, nn, train  # noqa: E402
 from ._settings import settings  # noqa: E402

@@ -27,9 +27,10 @@ class SCANVI(SCVI):
     ----------
     adata
         AnnData prepared with :meth:`SCANVI.setup_anndata`.
-    n_hidden, n_latent, n_layers, dropout_rate, dispersion, gene_likelihood, use_observed_lib_size,
-    encode_covariates, deeply_inject_covariates
+    n_hidden, n_latent, n_layers, dropout_rate, dispersion
         As for :class:`~cellvi.model.SCVI` (the latent is Gaussian).
+    gene_likelihood, use_observed_lib_size, encode_covariates, deeply_inject_covariates
+        As for :class:`~cellvi.model.SCVI`.
     linear_classifier
         Classify with a linear map of the latent instead of an MLP.
     classifier_parameters

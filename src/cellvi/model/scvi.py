@@ -372,7 +372,7 @@ class SCVI(BaseModel):
         batch_correction: decode every sampled cell in every batch and average (as
         :meth:`get_batch_corrected_expression`) instead of in its own batch.
         mode "vanilla": columns proba_m1 = P(h1 > h2), proba_m2, bayes_factor (natural log), sorted by
-        bayes_factor. mode "change": log2 fold change per sample pair; proba_de = P(|lfc| > delta)
+        bayes_factor. mode "change": log2 fold change per sample pair; proba_de = ``P(|lfc| > delta)``
         (``test_mode`` "three": the larger of up and down; "two": their sum), proba_not_de,
         bayes_factor, pseudocounts, delta (None: estimated from the LFC distribution), lfc_mean,
         lfc_median, lfc_std, lfc_min, lfc_max and ``is_de_fdr_<fdr_target>`` (posterior expected FDR
