@@ -171,7 +171,7 @@ def peak_rss_mib() -> float:
 
 
 class Steps:
-    """Times named steps, prints them to stderr and keeps (name, seconds, peak RSS MiB) rows."""
+    """Times named steps, prints them on stdout and keeps (name, seconds, peak RSS MiB) rows."""
 
     def __init__(self, quiet: bool = False) -> None:
         self.rows: list[dict] = []
@@ -180,7 +180,7 @@ class Steps:
     @contextlib.contextmanager
     def step(self, name: str):
         if not self.quiet:
-            print(f"cellvi: {name} ...", file=sys.stderr, flush=True)
+            print(f"cellvi: {name} ...", flush=True)
         start = time.perf_counter()
         yield
         self.rows.append({"step": name, "seconds": round(time.perf_counter() - start, 2),

@@ -106,7 +106,8 @@ def _load(args, extra_keys=()):
         check_obs_key(adata, key, option)
     pos, _ = _model_genes(adata, registry, args.input)
     labels_key = registry.setup_args.get("labels_key")
-    tdata = subset_counts(adata, pos, args.layer, [*_setup_keys(registry), *(k for k, _ in extra_keys)])
+    keys = [k for k in _setup_keys(registry) if k in adata.obs]  # a SCANVI labels column may be absent
+    tdata = subset_counts(adata, pos, args.layer, [*keys, *(k for k, _ in extra_keys)])
     if meta["model_class"] == "SCANVI" and labels_key not in tdata.obs:
         import pandas as pd
 
@@ -159,7 +160,7 @@ def map_query_command(args) -> int:
     batch_key = registry.setup_args.get("batch_key")
     check_obs_key(query, batch_key, "the reference's batch key")
     pos, missing = _model_genes(query, registry, args.input, allow_missing=0.5)
-    tdata = subset_counts(query, pos, args.layer, _setup_keys(registry))
+    tdata = subset_counts(query, pos, args.layer, [k for k in _setup_keys(registry) if k in query.obs])
     cls = getattr(cellvi.model, meta["model_class"])
     if missing:
         print(f"cellvi: {len(missing)} of the reference's {len(registry.var_names)} genes are missing from the "
