@@ -203,7 +203,8 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
             model = cellvi.model.SCVI(tdata, n_latent=args.n_latent, gene_likelihood=args.gene_likelihood)
             epochs = args.max_epochs or int(min(400, max(1, round(400 * 20000 / tdata.n_obs))))
             # KL warm-up over half the epochs (scvi-tools: 400 epochs, often longer than the training)
-            model.train(max_epochs=epochs, plan_kwargs={"n_epochs_kl_warmup": max(1, min(400, epochs // 2))})
+            model.train(max_epochs=epochs, plan_kwargs={"n_epochs_kl_warmup": max(1, min(400, epochs // 2))},
+                        check_val_every_n_epoch=1)  # the report plots validation per epoch
         with steps.step("latent"):
             latent = model.get_latent_representation(tdata)
             tdata.obsm["X_scvi"] = latent
