@@ -1,6 +1,5 @@
 """The branching-trajectory simulator, and trajectory inference on the cellvi latent checked against it."""
 
-import networkx as nx
 import numpy as np
 import pytest
 import scipy.stats as ss
@@ -78,7 +77,7 @@ def test_dpt_and_paga_on_the_latent_recover_the_true_trajectory():
     assert _tree_respected(conn)
 
 
-@pytest.mark.parametrize("bad", [dict(branch_point=1.0), dict(n_cells=0), dict(dynamic_fraction=2.0)])
+@pytest.mark.parametrize("bad", [{"branch_point": 1.0}, {"n_cells": 0}, {"dynamic_fraction": 2.0}])
 def test_bad_arguments_are_refused(bad):
     with pytest.raises(ValueError):
         simulate_trajectory(**{"n_cells": 10, "n_genes": 5, **bad})

@@ -11,7 +11,6 @@ import contextlib
 import os
 import resource
 import shutil
-import sys
 import time
 from pathlib import Path
 

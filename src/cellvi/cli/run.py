@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._common import CliError, Steps, check_obs_key, read_input, staged_dir, subset_counts
+from ._common import (
+    CliError,
+    Steps,
+    check_obs_key,
+    read_input,
+    staged_dir,
+    subset_counts,
+)
 
 HVG_CELLS = 100_000
 METRIC_CELLS = 20_000
@@ -253,7 +260,7 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
         summary = {
             "source": source, "cells": int(adata.n_obs), "genes": int(adata.n_vars),
             "genes_trained": int(mask.sum()), "backed": bool(adata.isbacked), "params": _params(args),
-            "epochs": int(len(model.history)), "clusters": int(tdata.obs["leiden"].nunique()),
+            "epochs": len(model.history), "clusters": int(tdata.obs["leiden"].nunique()),
             "metrics": metrics, "root_cell": None if root is None else str(tdata.obs_names[root]),
             "versions": _versions(), "subsamples": {
                 "hvg_cells": int(min(HVG_CELLS, adata.n_obs)), "metric_cells": int(min(METRIC_CELLS, adata.n_obs)),

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import CliError, check_obs_key, model_dir, read_input, staged_dir, staged_file, subset_counts
+from ._common import (
+    CliError,
+    check_obs_key,
+    model_dir,
+    read_input,
+    staged_dir,
+    staged_file,
+    subset_counts,
+)
 
 _FMT = argparse.RawDescriptionHelpFormatter
 _MODELS = ("SCVI", "SCANVI")
@@ -133,7 +141,7 @@ def de_command(args) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise CliError(f"{out} already exists; pass --overwrite to replace it")
-    adata, tdata, model = _load(args, [(args.groupby, "--groupby")])
+    _adata, tdata, model = _load(args, [(args.groupby, "--groupby")])
     groups = set(tdata.obs[args.groupby].astype(str))
     for g in (args.group1, args.group2):
         if g is not None and g not in groups:

@@ -22,9 +22,9 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.special import ndtri
 
-from .simulate import _RowBuffer, _rng, sparse_dataset, write_elem
+from .simulate import _rng, _RowBuffer, sparse_dataset, write_elem
 
-__all__ = ["simulate_trajectory", "TRUE_TREE", "STAGES"]
+__all__ = ["STAGES", "TRUE_TREE", "simulate_trajectory"]
 
 STAGES = ("root", "branch1_early", "branch1_late", "branch2_early", "branch2_late")
 #: Edges of the true lineage tree over the stages (cell types).
@@ -134,10 +134,11 @@ def simulate_trajectory(
         var[f"traj_lfc_{name}"] = a
     for j in range(n_batches):
         var[f"batch_factor_batch{j}"] = np.exp(batch_log[j])
-    params = dict(n_cells=n_cells, n_genes=n_genes, n_batches=n_batches, seed=seed, branch_point=branch_point,
-                  dynamic_fraction=dynamic_fraction, lfc_sd=lfc_sd, batch_effect=batch_effect,
-                  batch_library_shift=batch_library_shift, library_median=library_median,
-                  library_log_sd=library_log_sd, mean_log_sd=mean_log_sd, dispersion=dispersion)
+    params = {"n_cells": n_cells, "n_genes": n_genes, "n_batches": n_batches, "seed": seed,
+              "branch_point": branch_point, "dynamic_fraction": dynamic_fraction, "lfc_sd": lfc_sd,
+              "batch_effect": batch_effect, "batch_library_shift": batch_library_shift,
+              "library_median": library_median, "library_log_sd": library_log_sd,
+              "mean_log_sd": mean_log_sd, "dispersion": dispersion}
     uns = {"simulation": params, "true_tree": [list(e) for e in TRUE_TREE]}
     gene_factor = (p * np.exp(batch_log)).astype(np.float32)  # (batches, genes)
 

@@ -59,7 +59,7 @@ def _training(report: Report, model) -> None:
 
 
 def _integration(report: Report, tdata, summary, args) -> None:
-    import cellvi.analysis as analysis
+    from cellvi import analysis
 
     m = summary["metrics"]
     lines = []
@@ -86,6 +86,8 @@ def _scib(analysis, tdata, args) -> str:
                 "<code>integration</code> extra (<code>pip install 'cellvi[integration]'</code>).</p>")
     import anndata as ad
 
+    from ..errors import CellviError
+
     rows = _rows(tdata.n_obs, SCIB_CELLS, args.seed)
     sub = ad.AnnData(tdata.X[rows], obs=tdata.obs.iloc[rows][[args.batch_key, args.labels_key]].copy())
     sub.obsm["X_scvi"] = tdata.obsm["X_scvi"][rows]
@@ -94,7 +96,7 @@ def _scib(analysis, tdata, args) -> str:
         kwargs["neighbors"] = "exact"
     try:
         table = analysis.benchmark_integration(sub, ["X_scvi"], args.batch_key, args.labels_key, **kwargs)
-    except Exception as exc:  # a missing optional dependency or too few batches/labels: say so, go on
+    except (CellviError, ImportError) as exc:  # a missing extra, or too few batches/labels: say so, go on
         return f"<p class='note'>scIB metrics not computed: {html.escape(str(exc).splitlines()[0][:300])}</p>"
     return ("<h3>scIB metrics</h3>" + table_html(table.T.rename_axis("metric")) +
             f"<p class='note'>scib-metrics on {len(rows):,} random cells (exact neighbours), unscaled.</p>")
