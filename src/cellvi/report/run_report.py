@@ -31,7 +31,8 @@ def _umaps(report: Report, tdata, args) -> None:
     import scanpy as sc
 
     rows = _rows(tdata.n_obs, PLOT_CELLS, args.seed)
-    view = tdata[rows]
+    view = sc.AnnData(obs=tdata.obs.iloc[rows].copy(), obsm={"X_umap": tdata.obsm["X_umap"][rows]},
+                      uns={k: v for k, v in tdata.uns.items() if k.endswith("_colors")})  # no matrix copied
     colours = [(k, t) for k, t in ((args.batch_key, "batch"), (args.labels_key, "labels"),
                                    ("leiden", "Leiden clusters"), ("dpt_pseudotime", "pseudotime")) if k and k in tdata.obs]
     fig, axes = plt.subplots(1, len(colours), figsize=(5.2 * len(colours), 4.4), squeeze=False)
