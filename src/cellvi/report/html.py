@@ -27,6 +27,7 @@ th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}th{background:#f
 td:first-child,th:first-child{text-align:left}
 .scroll{max-height:420px;overflow:auto;display:inline-block}
 .note{color:#555;font-size:.9em}
+.kv td{text-align:left;max-width:900px;word-break:break-word}
 """
 
 
@@ -78,5 +79,7 @@ def figure_html(fig, alt: str, dpi: int = 90) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def table_html(df: pd.DataFrame, index: bool = True) -> str:
-    return '<div class="scroll">' + df.to_html(index=index, float_format=lambda x: f"{x:.3g}", border=0) + "</div>"
+def table_html(df: pd.DataFrame, index: bool = True, css_class: str = "") -> str:
+    """A scrollable HTML table; floats with 4 significant digits."""
+    table = df.to_html(index=index, float_format=lambda x: f"{x:.4g}", border=0, classes=css_class or None)
+    return f'<div class="scroll">{table}</div>'

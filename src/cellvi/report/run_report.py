@@ -35,7 +35,8 @@ def _umaps(report: Report, tdata, args) -> None:
                       uns={k: v for k, v in tdata.uns.items() if k.endswith("_colors")})  # no matrix copied
     colours = [(k, t) for k, t in ((args.batch_key, "batch"), (args.labels_key, "labels"),
                                    ("leiden", "Leiden clusters"), ("dpt_pseudotime", "pseudotime")) if k and k in tdata.obs]
-    fig, axes = plt.subplots(1, len(colours), figsize=(5.2 * len(colours), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(colours), figsize=(6.2 * len(colours), 4.6), squeeze=False)
+    fig.subplots_adjust(wspace=0.55)
     for ax, (key, title) in zip(axes[0], colours):
         sc.pl.umap(view, color=key, ax=ax, show=False, title=f"{title} ({key})", frameon=False,
                    legend_loc="on data" if key == "leiden" else "right margin", legend_fontsize=8)
@@ -161,7 +162,7 @@ def _summary(report: Report, tdata, summary: dict) -> None:
     sub = summary["subsamples"]
     note = (f"Subsamples: highly variable genes on {sub['hvg_cells']:,} cells, metrics on {sub['metric_cells']:,}, "
             f"marker DE {sub['de_cells_per_side']:,} cells per side, plots at most {PLOT_CELLS:,} cells.")
-    report.add("Run summary", table_html(info_df) + "<h3>Time and memory per step</h3>" + table_html(steps)
+    report.add("Run summary", table_html(info_df, css_class="kv") + "<h3>Time and memory per step</h3>" + table_html(steps)
                + f"<p class='note'>{html.escape(note)}</p>")
 
 
