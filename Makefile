@@ -1,5 +1,6 @@
 # The two entry points of the README:
-#   make demo   [DATA=path.h5ad BATCH_KEY=batch EPOCHS=...]  create .venv, install, train, write outputs
+#   make demo   [DATA=path.h5ad BATCH_KEY=batch LABELS_KEY=cell_type EPOCHS=...]  install, run the whole analysis
+#               (simulated branching data without DATA), write OUT/report.html
 #   make test                                                  create .venv, install, run the test suite
 # and, for contributors:
 #   make docs    build the documentation site (docs/_build/html), tutorials executed, warnings are errors
@@ -12,6 +13,7 @@ DOCS_STAMP := $(VENV)/.installed-docs
 DEV_STAMP := $(VENV)/.installed-dev
 DATA ?=
 BATCH_KEY ?=
+LABELS_KEY ?=
 EPOCHS ?=
 OUT ?= demo_output
 SPHINXOPTS ?= -W --keep-going
@@ -37,7 +39,8 @@ $(DEV_STAMP): $(STAMP)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/cellvi demo --out $(OUT) $(if $(DATA),--data $(DATA)) $(if $(BATCH_KEY),--batch-key $(BATCH_KEY)) $(if $(EPOCHS),--max-epochs $(EPOCHS))
+	$(BIN)/cellvi $(if $(DATA),run $(DATA),demo) -o $(OUT) --overwrite $(if $(BATCH_KEY),--batch-key $(BATCH_KEY)) $(if $(LABELS_KEY),--labels-key $(LABELS_KEY)) $(if $(EPOCHS),--max-epochs $(EPOCHS))
+	@echo "The report is $(abspath $(OUT))/report.html (open it in a browser)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,111 @@
+"""`cellvi run` end to end on simulated branching data: time and peak RSS of each step.
+
+    .venv/bin/python bench/run_pipeline.py --n-cells 200000                     # the issue's 200k run
+    .venv/bin/python bench/run_pipeline.py --n-cells 1000000 --backed          # 1M cells from a backed file
+    .venv/bin/python bench/run_pipeline.py --n-cells 50000 --max-epochs 10 --seeds 0 1 2
+
+The data are written by ``cellvi.data.simulate_trajectory(path=...)`` (chunked, memory bounded), then
+each seed runs ``cellvi run FILE -o OUT`` in a fresh process (so peak RSS is that run's). ``--backed``
+sets CELLVI_BACKED_BYTES=0 so the .h5ad is opened backed whatever its size (by default files of 2 GiB
+and more are). Per step: wall seconds and the process's peak RSS at the end of the step (ru_maxrss, a
+running maximum), from the run's summary.json; medians over seeds. "machine busy share" is the share of
+the whole machine's CPU time in use during a run (this run's process included; on a shared machine
+the rest is other processes' load: the figures are then noisy).
+Writes bench/results/run_pipeline[_SUFFIX].json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(total, idle) CPU ticks of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    return sum(parts), parts[3] + parts[4]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n-cells", type=int, default=200_000)
+    ap.add_argument("--n-genes", type=int, default=2000)
+    ap.add_argument("--n-top-genes", type=int, default=2000)
+    ap.add_argument("--max-epochs", type=int, default=None, help="default: cellvi's heuristic")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--backed", action="store_true", help="open the input backed whatever its size")
+    ap.add_argument("--workdir", default=None, help="where data and outputs go (default: a temp folder)")
+    ap.add_argument("--suffix", default="", help="results file name suffix")
+    args = ap.parse_args()
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="cellvi_run_bench_"))
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / f"traj_{args.n_cells}.h5ad"
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src")}
+    sim_s = None
+    if not data.exists():
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", ("import sys, cellvi; cellvi.data.simulate_trajectory("
+                        "n_cells=int(sys.argv[1]), n_genes=int(sys.argv[2]), n_batches=3, seed=0, path=sys.argv[3])"),
+                        str(args.n_cells), str(args.n_genes), str(data)], check=True, env=env)
+        sim_s = round(time.perf_counter() - t, 1)
+    if args.backed:
+        env["CELLVI_BACKED_BYTES"] = "0"
+    runs = []
+    for seed in args.seeds:
+        out = work / f"out_seed{seed}"
+        cmd = [sys.executable, "-m", "cellvi.cli", "run", str(data), "-o", str(out), "--overwrite", "--no-progress",
+               "--batch-key", "batch", "--labels-key", "cell_type", "--root-group", "root", "--no-scib",
+               "--n-top-genes", str(args.n_top_genes), "--seed", str(seed)]
+        if args.max_epochs:
+            cmd += ["--max-epochs", str(args.max_epochs)]
+        total0, idle0 = _cpu_ticks()
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - t
+        total1, idle1 = _cpu_ticks()
+        if proc.returncode != 0:
+            sys.exit(f"cellvi run failed:\n{proc.stderr[-3000:]}")
+        summary = json.loads((out / "summary.json").read_text())
+        ncpu = os.cpu_count() or 1
+        busy_share = 1 - (idle1 - idle0) / max(total1 - total0, 1)  # of the whole machine
+        runs.append({"seed": seed, "wall_s": round(wall, 1), "steps": summary["steps"], "epochs": summary["epochs"],
+                     "backed": summary["backed"], "clusters": summary["clusters"], "metrics": summary["metrics"],
+                     "machine_busy_share": round(busy_share, 3), "cpus": ncpu})
+    names = [s["step"] for s in runs[0]["steps"]]
+    table = []
+    for i, name in enumerate(names):
+        secs = [r["steps"][i]["seconds"] for r in runs]
+        rss = [r["steps"][i]["peak_rss_mib"] for r in runs]
+        table.append({"step": name, "seconds_median": float(np.median(secs)), "peak_rss_mib_median": float(np.median(rss))})
+    result = {"n_cells": args.n_cells, "n_genes": args.n_genes, "n_top_genes": args.n_top_genes,
+              "max_epochs": args.max_epochs, "backed": args.backed, "seeds": args.seeds, "simulate_s": sim_s,
+              "steps": table, "runs": runs,
+              "peak_rss_mib": max(r["steps"][-1]["peak_rss_mib"] for r in runs)}
+    name = f"run_pipeline{args.suffix}"
+    (HERE / "results" / f"{name}.json").write_text(json.dumps(result, indent=1))
+    lines = [f"# `cellvi run` end to end: {args.n_cells:,} simulated cells x {args.n_genes:,} genes",
+             "", (f"Input {'opened backed' if args.backed else 'read in memory'}; {args.n_top_genes} HVGs; "
+             f"epochs {runs[0]['epochs']}; seeds {args.seeds}; machine busy share during the runs "
+             f"(all processes, {runs[0]['cpus']} CPUs): {[r['machine_busy_share'] for r in runs]}. "
+             f"Simulating the file took {sim_s} s."), "",
+             "| step | seconds (median) | peak RSS MiB at end of step (median) |", "|---|---:|---:|"]
+    lines += [f"| {r['step']} | {r['seconds_median']:.1f} | {r['peak_rss_mib_median']:.0f} |" for r in table]
+    lines += ["", f"Whole runs (wall s): {[r['wall_s'] for r in runs]}; metrics: {runs[0]['metrics']}.", ""]
+    (HERE / "results" / f"{name}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

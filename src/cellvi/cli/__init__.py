@@ -1,0 +1,57 @@
+"""The ``cellvi`` command line: ``run``, ``demo``, ``embed``, ``de``, ``map-query`` and ``info``.
+
+Each command lives in its own module exposing ``register(subparsers)``; a user's mistake (a
+:class:`cellvi.errors.CellviError`) ends with one line on stderr and exit code 2, never a traceback.
+See docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+EXAMPLES = """examples:
+  cellvi demo -o demo_output                      # simulated branching data, whole analysis + report
+  cellvi run data.h5ad -o out --batch-key batch --labels-key cell_type
+  cellvi embed out/model new_cells.h5ad -o new_latent.h5ad
+  cellvi de out/model data.h5ad --groupby leiden --group1 0 --group2 1 -o de.csv
+  cellvi map-query ref_out/model query.h5ad -o query_out
+  cellvi info out/model
+
+Run `cellvi COMMAND --help` for the options of a command.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import run, tools
+
+    parser = argparse.ArgumentParser(
+        prog="cellvi", description="scVI analysis of single-cell RNA-seq counts from the command line.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run.register(sub)
+    tools.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from ..errors import CellviError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            return int(args.func(args) or 0)
+    except CellviError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"cellvi: error: {first}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cellvi: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

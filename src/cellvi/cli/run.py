@@ -1,0 +1,307 @@
+"""``cellvi run`` and ``cellvi demo``: counts in, latent + clusters + markers + trajectory + report out.
+
+Steps (each timed, with the process's peak RSS, in ``summary.json`` and the report): read, highly
+variable genes (scanpy ``seurat_v3`` on the counts, on at most ``HVG_CELLS`` random cells), train scVI
+on those genes, latent, neighbours + UMAP + Leiden + PAGA (scanpy), diffusion pseudotime with a root,
+marker genes (cellvi's one-vs-all Bayesian DE, posterior samples of at most ``--de-cells`` cells per
+side), metrics on at most ``METRIC_CELLS`` cells, writing. Every gene is kept in ``result.h5ad``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._common import (
+    CliError,
+    Steps,
+    check_obs_key,
+    read_input,
+    staged_dir,
+    subset_counts,
+)
+
+HVG_CELLS = 100_000
+METRIC_CELLS = 20_000
+N_MARKERS = 10
+
+RUN_EXAMPLES = """examples:
+  cellvi run pbmc.h5ad -o pbmc_out --batch-key batch --labels-key cell_type
+  cellvi run filtered_feature_bc_matrix.h5 -o out --n-top-genes 3000 --resolution 0.8
+  cellvi run data.h5ad -o out --batch-key donor --root-group 3 --max-epochs 100 --overwrite
+  cellvi run ref.h5ad -o ref_out --labels-key cell_type --scanvi   # reference for cellvi map-query
+"""
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--out", required=True, help="output folder (must not exist, or pass --overwrite)")
+    p.add_argument("--batch-key", help="obs column of batches")
+    p.add_argument("--labels-key", help="obs column of cell types (colours, metrics, scIB)")
+    p.add_argument("--layer", help="layer holding the raw counts (default: X)")
+    p.add_argument("--max-epochs", type=int, help="training epochs (default: cellvi's heuristic)")
+    p.add_argument("--n-latent", type=int, default=10, help="latent dimensions (default 10)")
+    p.add_argument("--gene-likelihood", choices=["zinb", "nb", "poisson"], default="zinb")
+    p.add_argument("--n-top-genes", type=int, default=2000,
+                   help="highly variable genes to train on (seurat_v3 on counts; 0 = all genes; default 2000)")
+    p.add_argument("--resolution", type=float, default=1.0, help="Leiden resolution (default 1.0)")
+    root = p.add_mutually_exclusive_group()
+    root.add_argument("--root-group", help="a Leiden cluster (or a --labels-key value) holding the root")
+    root.add_argument("--root-cell", help="obs name of the root cell for pseudotime")
+    p.add_argument("--scanvi", action="store_true", help="also train SCANVI on --labels-key (saved as model/)")
+    p.add_argument("--unlabeled-category", default="Unknown", help="label of unlabelled cells for --scanvi")
+    p.add_argument("--de-cells", type=int, default=1000,
+                   help="cells sampled per side of each marker comparison (default 1000)")
+    p.add_argument("--no-scib", action="store_true", help="skip the scIB metrics table (slow on large data)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def register(sub) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    run = sub.add_parser("run", help="the whole analysis of a count matrix, with an HTML report",
+                         description=__doc__.split("\n\n")[0], epilog=RUN_EXAMPLES, formatter_class=fmt)
+    run.add_argument("input", help=".h5ad, 10x .h5, 10x matrix folder or .zarr of raw counts")
+    add_model_options(run)
+    run.set_defaults(func=run_command)
+    demo = sub.add_parser("demo", help="`cellvi run` on a built-in simulated branching dataset",
+                          description="Simulate a branching trajectory (batches, cell types, true time) "
+                          "and run the whole analysis on it.", formatter_class=fmt,
+                          epilog="examples:\n  cellvi demo -o demo_output\n"
+                          "  cellvi demo -o demo_output --n-cells 20000 --max-epochs 100 --overwrite\n")
+    demo.add_argument("--n-cells", type=int, default=5000, help="simulated cells (default 5000)")
+    demo.add_argument("--n-genes", type=int, default=2000, help="simulated genes (default 2000)")
+    add_model_options(demo)
+    demo.set_defaults(func=demo_command, batch_key="batch", labels_key="cell_type", root_group=None)
+
+
+def run_command(args) -> int:
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise CliError(f"{out} already exists; pass --overwrite to replace it")
+    steps = Steps(quiet=args.no_progress)
+    with steps.step("read input"):
+        adata = read_input(args.input, args.layer)
+    run_pipeline(adata, args, out, steps, source=str(args.input))
+    return 0
+
+
+def demo_command(args) -> int:
+    from ..data import simulate_trajectory
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise CliError(f"{out} already exists; pass --overwrite to replace it")
+    steps = Steps(quiet=args.no_progress)
+    with steps.step("simulate"):
+        adata = simulate_trajectory(n_cells=args.n_cells, n_genes=args.n_genes, n_batches=3, seed=args.seed)
+    if args.root_cell is None:
+        args.root_cell = str(adata.obs_names[int(np.argmin(adata.obs["time"].to_numpy()))])  # earliest cell
+    if args.max_epochs is None:
+        args.max_epochs = 100
+    run_pipeline(adata, args, out, steps, source="simulate_trajectory (cellvi demo); root = the earliest cell")
+    return 0
+
+
+def _params(args) -> dict:
+    keys = ["batch_key", "labels_key", "layer", "max_epochs", "n_latent", "gene_likelihood", "n_top_genes",
+            "resolution", "root_group", "root_cell", "scanvi", "de_cells", "seed"]
+    return {k: getattr(args, k, None) for k in keys}
+
+
+def _subsample(n: int, size: int, seed: int) -> np.ndarray:
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
+def _select_genes(adata, args, steps) -> np.ndarray:
+    """Boolean mask of the genes to train on (all genes when n_top_genes is 0 or >= n_vars)."""
+    import scanpy as sc
+
+    n_top = args.n_top_genes
+    if not n_top or n_top >= adata.n_vars:
+        adata.var["highly_variable"] = True
+        return np.ones(adata.n_vars, bool)
+    rows = _subsample(adata.n_obs, HVG_CELLS, args.seed)
+    sub = adata[rows].to_memory() if adata.isbacked else adata[rows]
+    sub = sc.AnnData(sub.layers[args.layer] if args.layer else sub.X, obs=sub.obs[[]].copy(), var=sub.var[[]].copy())
+    if args.batch_key:
+        sub.obs["batch"] = adata.obs[args.batch_key].to_numpy()[rows]
+    try:
+        sc.pp.highly_variable_genes(sub, flavor="seurat_v3", n_top_genes=n_top,
+                                    batch_key="batch" if args.batch_key else None)
+    except ImportError as exc:
+        raise CliError(f"--n-top-genes needs scikit-misc (pip install 'cellvi[analysis]'): {exc}") from exc
+    mask = sub.var["highly_variable"].to_numpy()
+    adata.var["highly_variable"] = mask
+    adata.var["highly_variable_rank"] = sub.var["highly_variable_rank"].to_numpy()
+    return mask
+
+
+def _root_index(adata, args) -> int | None:
+    if args.root_cell is not None:
+        if args.root_cell not in adata.obs_names:
+            raise CliError(f"--root-cell {args.root_cell!r} is not a cell name (obs_names)")
+        return int(adata.obs_names.get_loc(args.root_cell))
+    if args.root_group is None:
+        return None
+    for key in ("leiden", args.labels_key):
+        if key and args.root_group in set(adata.obs[key].astype(str)):
+            members = np.flatnonzero(adata.obs[key].astype(str).to_numpy() == args.root_group)
+            # the group's cell at the extreme of the first diffusion component (scanpy's convention)
+            dc = adata.obsm["X_diffmap"][members, 1]
+            return int(members[np.argmax(np.abs(dc - np.median(adata.obsm["X_diffmap"][:, 1])))])
+    raise CliError(f"--root-group {args.root_group!r} is neither a Leiden cluster nor a --labels-key value")
+
+
+def _markers(model, tdata, args) -> pd.DataFrame:
+    de = model.differential_expression(tdata, groupby="leiden", mode="change", n_samples=args.de_cells)
+    de = de[de["lfc_mean"] > 0]
+    cols = ["group1", "proba_de", "bayes_factor", "lfc_mean", "scale1", "scale2",
+            "non_zeros_proportion1", "non_zeros_proportion2"]
+    top = (de.rename_axis("gene").reset_index()[["gene", *cols]]
+           .sort_values(["group1", "proba_de", "lfc_mean"], ascending=[True, False, False], kind="stable")
+           .groupby("group1", sort=False).head(N_MARKERS).rename(columns={"group1": "cluster"}))
+    top["cluster"] = top["cluster"].astype(str)
+    order = sorted(top["cluster"].unique(), key=lambda c: (len(c), c))
+    top["cluster"] = pd.Categorical(top["cluster"], order)
+    top = top.sort_values(["cluster", "proba_de"], ascending=[True, False], kind="stable")
+    top["rank"] = top.groupby("cluster", observed=True).cumcount() + 1
+    return top[["cluster", "rank", "gene", *cols[1:]]].reset_index(drop=True)
+
+
+def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
+    """The analysis of ``adata`` (counts in X or ``args.layer``); writes everything into ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import scanpy as sc
+
+    import cellvi
+
+    from ..report import build_run_report
+
+    check_obs_key(adata, args.batch_key, "--batch-key")
+    check_obs_key(adata, args.labels_key, "--labels-key")
+    for name in ("max_epochs", "n_latent", "de_cells"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.n_top_genes is not None and args.n_top_genes < 0:
+        raise CliError(f"--n-top-genes must be >= 0, got {args.n_top_genes}")
+    if args.scanvi and not args.labels_key:
+        raise CliError("--scanvi needs --labels-key")
+    t_start = time.perf_counter()
+    cellvi.settings.seed = args.seed
+    cellvi.settings.progress_bar = not args.no_progress
+    with staged_dir(out, args.overwrite) as tmp:
+        with steps.step("highly variable genes"):
+            mask = _select_genes(adata, args, steps)
+            tdata = subset_counts(adata, np.flatnonzero(mask), args.layer, [args.batch_key, args.labels_key])
+        with steps.step("train scVI"):
+            cellvi.model.SCVI.setup_anndata(tdata, batch_key=args.batch_key)
+            model = cellvi.model.SCVI(tdata, n_latent=args.n_latent, gene_likelihood=args.gene_likelihood)
+            epochs = args.max_epochs or int(min(400, max(1, round(400 * 20000 / tdata.n_obs))))
+            # KL warm-up over half the epochs (scvi-tools: 400 epochs, often longer than the training)
+            model.train(max_epochs=epochs, plan_kwargs={"n_epochs_kl_warmup": max(1, min(400, epochs // 2))},
+                        check_val_every_n_epoch=1)  # the report plots validation per epoch
+        with steps.step("latent"):
+            latent = model.get_latent_representation(tdata)
+            tdata.obsm["X_scvi"] = latent
+        scanvi = None
+        if args.scanvi:
+            with steps.step("train SCANVI"):
+                scanvi = cellvi.model.SCANVI.from_scvi_model(model, args.unlabeled_category,
+                                                             labels_key=args.labels_key)
+                scanvi.train()
+                tdata.obsm["X_scanvi"] = scanvi.get_latent_representation(tdata)
+        with steps.step("neighbours, UMAP, Leiden, PAGA"):
+            sc.pp.neighbors(tdata, use_rep="X_scvi", random_state=args.seed)
+            sc.tl.umap(tdata, random_state=args.seed)
+            sc.tl.leiden(tdata, resolution=args.resolution, flavor="igraph", n_iterations=2, directed=False,
+                         random_state=args.seed)
+            sc.tl.paga(tdata, groups="leiden")
+        root = None
+        if args.root_cell is not None or args.root_group is not None:
+            with steps.step("diffusion pseudotime"):
+                sc.tl.diffmap(tdata)
+                root = _root_index(tdata, args)
+                tdata.uns["iroot"] = root
+                sc.tl.dpt(tdata)
+        with steps.step("marker genes"):
+            markers = _markers(model, tdata, args)
+        with steps.step("metrics"):
+            metrics = _metrics(tdata, args)
+        with steps.step("write result.h5ad and model"):
+            for key in ("X_scvi", "X_scanvi", "X_umap", "X_diffmap"):
+                if key in tdata.obsm:
+                    adata.obsm[key] = tdata.obsm[key]
+            for key in ("leiden", "dpt_pseudotime"):
+                if key in tdata.obs:
+                    adata.obs[key] = tdata.obs[key].to_numpy()
+            adata.obs["leiden"] = adata.obs["leiden"].astype("category")
+            for key in ("neighbors", "umap", "leiden", "paga", "leiden_colors", "iroot", "diffmap_evals"):
+                if key in tdata.uns:
+                    adata.uns[key] = tdata.uns[key]
+            for key in ("connectivities", "distances"):
+                adata.obsp[key] = tdata.obsp[key]
+            if scanvi is not None:
+                adata.obs["scanvi_prediction"] = pd.Categorical(scanvi.predict(tdata))
+            (scanvi or model).save(tmp / "model")
+            markers.to_csv(tmp / "markers.csv", index=False)
+            adata.write_h5ad(tmp / "result.h5ad")
+        summary = {
+            "source": source, "cells": int(adata.n_obs), "genes": int(adata.n_vars),
+            "genes_trained": int(mask.sum()), "backed": bool(adata.isbacked), "params": _params(args),
+            "epochs": len(model.history), "clusters": int(tdata.obs["leiden"].nunique()),
+            "metrics": metrics, "root_cell": None if root is None else str(tdata.obs_names[root]),
+            "versions": _versions(), "subsamples": {
+                "hvg_cells": int(min(HVG_CELLS, adata.n_obs)), "metric_cells": int(min(METRIC_CELLS, adata.n_obs)),
+                "de_cells_per_side": int(args.de_cells)},
+        }
+        with steps.step("report"):
+            summary["steps"] = steps.rows
+            build_run_report(tdata, model, summary, markers, args).write(tmp / "report.html")
+        summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    if not args.no_progress:
+        print(f"cellvi: done in {summary['total_seconds']:.0f} s. Report: {out / 'report.html'}")
+    else:
+        print(f"Report: {out / 'report.html'}")
+    return summary
+
+
+def _metrics(tdata, args) -> dict:
+    from ..analysis import batch_mixing_entropy, knn_label_accuracy
+
+    rows = _subsample(tdata.n_obs, METRIC_CELLS, args.seed)
+    z = tdata.obsm["X_scvi"][rows]
+    out = {}
+    if args.batch_key and tdata.obs[args.batch_key].nunique() > 1:
+        out["batch_mixing_entropy"] = round(batch_mixing_entropy(z, tdata.obs[args.batch_key].to_numpy()[rows]), 4)
+    if args.labels_key:
+        labels = tdata.obs[args.labels_key].astype(str).to_numpy()[rows]
+        counts = pd.Series(labels).value_counts()
+        keep = np.isin(labels, counts.index[counts >= 5])  # stratified 5-fold needs 5 cells per label
+        if keep.sum() > 10 and len(set(labels[keep])) > 1:
+            out["knn_label_accuracy"] = round(knn_label_accuracy(z[keep], labels[keep]), 4)
+    return out
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("cellvi", "torch", "scanpy", "anndata", "numpy", "matplotlib"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out

@@ -1,0 +1,76 @@
+import json
+
+import anndata as ad
+import pandas as pd
+
+from cellvi.cli import main
+
+
+def test_run_writes_every_output(tiny_run, tiny_input):
+    res = ad.read_h5ad(tiny_run / "result.h5ad")
+    src = ad.read_h5ad(tiny_input)
+    assert res.shape == src.shape and list(res.var_names) == list(src.var_names)  # every gene kept
+    assert res.var["highly_variable"].sum() == 150
+    assert res.obsm["X_scvi"].shape == (600, 10) and res.obsm["X_umap"].shape == (600, 2)
+    assert res.obs["leiden"].nunique() >= 2 and res.obs["dpt_pseudotime"].notna().all()
+    assert "paga" in res.uns and "connectivities" in res.uns["paga"]
+    assert (res.X != src.X).nnz == 0  # counts untouched
+    markers = pd.read_csv(tiny_run / "markers.csv")
+    assert list(markers.columns[:3]) == ["cluster", "rank", "gene"]
+    assert set(markers["cluster"].astype(str)) <= set(res.obs["leiden"].astype(str))
+    assert (markers["lfc_mean"] > 0).all() and markers.groupby("cluster")["rank"].max().max() <= 10
+    assert (tiny_run / "model" / "model.json").is_file()
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["epochs"] == 4 and summary["genes_trained"] == 150
+    assert [s["step"] for s in summary["steps"]][:2] == ["read input", "highly variable genes"]
+    html = (tiny_run / "report.html").read_text()
+    for title in ("UMAP", "Training curves", "Batch mixing", "Cluster sizes by batch", "PAGA graph",
+                  "Marker genes", "Run summary"):
+        assert title in html
+    assert "http://" not in html and "https://" not in html  # nothing fetched from the network
+
+
+def test_tools_use_the_saved_model(tiny_run, tiny_input, tmp_path, capsys):
+    emb = tmp_path / "emb.h5ad"
+    assert main(["embed", str(tiny_run), str(tiny_input), "-o", str(emb)]) == 0
+    assert ad.read_h5ad(emb).obsm["X_scvi"].shape == (600, 10)
+    de = tmp_path / "de.csv"
+    assert main(["de", str(tiny_run / "model"), str(tiny_input), "--groupby", "cell_type", "--group1", "root",
+                 "--group2", "branch1_late", "--n-samples", "50", "-o", str(de)]) == 0
+    table = pd.read_csv(de)
+    assert len(table) == 150 and {"gene", "proba_de", "lfc_mean"} <= set(table.columns)
+    q = ad.read_h5ad(tiny_input)[:100].copy()
+    del q.obs["cell_type"]  # an unannotated query
+    q.obs["batch"] = "query"
+    qpath = tmp_path / "q.h5ad"
+    q.write_h5ad(qpath)
+    assert main(["map-query", str(tiny_run), str(qpath), "-o", str(tmp_path / "q"), "--max-epochs", "2",
+                 "--no-progress"]) == 0
+    mapped = ad.read_h5ad(tmp_path / "q" / "result.h5ad")
+    assert mapped.obsm["X_scvi"].shape == (100, 10)
+    assert set(mapped.obs["predicted_labels"]) <= {"root", "branch1_early", "branch1_late", "branch2_early",
+                                                   "branch2_late"}
+    capsys.readouterr()
+    assert main(["info", str(tiny_run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"] == "SCANVI" and info["genes"] == 150 and info["batches"] == ["batch0", "batch1"]
+
+
+def test_help_shows_examples(capsys):
+    import pytest
+
+    for cmd in ([], ["run"], ["demo"], ["embed"], ["de"], ["map-query"], ["info"]):
+        with pytest.raises(SystemExit):
+            main([*cmd, "--help"])
+        assert "example" in capsys.readouterr().out
+
+
+def test_scanpy_neighbours_work_on_a_large_latent():
+    """Above ~4,000 cells scanpy switches to pynndescent; the pinned versions must work together."""
+    import numpy as np
+    import scanpy as sc
+
+    adata = ad.AnnData(np.zeros((5000, 1), dtype=np.float32))
+    adata.obsm["X_scvi"] = np.random.default_rng(0).normal(size=(5000, 10)).astype(np.float32)
+    sc.pp.neighbors(adata, use_rep="X_scvi")
+    assert adata.obsp["connectivities"].shape == (5000, 5000)
