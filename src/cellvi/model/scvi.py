@@ -346,6 +346,7 @@ class SCVI(BaseModel):
         pseudocounts: float | None = None,
         test_mode: str = "three",
         n_samples_overall: int | None = None,
+        mc_error: float | None = 0.01,
     ) -> pd.DataFrame:
         """Bayesian differential expression (Lopez et al. 2018 "vanilla"; Boyeau et al. 2019 "change").
 
@@ -373,7 +374,7 @@ class SCVI(BaseModel):
         return differential_expression(
             self, adata, groupby, group1, group2, idx1, idx2, mode, delta, batch_size, all_stats,
             batch_correction, fdr_target, n_samples if n_samples_overall is None else n_samples_overall,
-            pseudocounts, test_mode,
+            pseudocounts, test_mode, mc_error,
         )
 
 
