@@ -82,19 +82,24 @@ def plan_comparisons(obs: pd.DataFrame, groupby, group1, group2, idx1, idx2):
     return masks, comps
 
 
-def scale_samples(model, adata, cells: np.ndarray, codes: list, batch_size, out=None, rows=None) -> np.ndarray:
+def scale_samples(model, adata, cells: np.ndarray, codes: list, batch_size, out=None) -> np.ndarray:
     """One posterior sample of normalized expression per cell of ``cells`` (sorted, distinct),
     averaged over the batch codes ``codes`` ([None]: each cell in its own batch). (n, n_genes);
-    or written into rows ``rows`` of ``out`` (float32, n_genes columns), which is returned."""
+    written into ``out`` when given (float32, C-contiguous, (n, n_genes)): on the CPU with one code
+    the softmax goes there directly, without a copy."""
     if out is None:
-        out, rows = np.empty((len(cells), model.module.n_input), dtype=np.float32), None
+        out = np.empty((len(cells), model.module.n_input), dtype=np.float32)
+    in_place = len(codes) == 1 and model.device.type == "cpu"
     pos = 0
     with torch.no_grad():
         for batch in model._batches(adata, cells, batch_size):
-            acc = sum(model.module.expression(batch, code, sample_z=True) for code in codes) / len(codes)
-            dest = slice(pos, pos + len(acc)) if rows is None else rows[pos : pos + len(acc)]
-            out[dest] = acc.cpu().numpy()
-            pos += len(acc)
+            n = len(batch["batch"])
+            if in_place:
+                model.module.expression(batch, codes[0], sample_z=True, out=torch.from_numpy(out[pos : pos + n]))
+            else:
+                acc = sum(model.module.expression(batch, code, sample_z=True) for code in codes) / len(codes)
+                out[pos : pos + n] = acc.cpu().numpy()
+            pos += n
     return out
 
 
@@ -216,6 +221,7 @@ def differential_expression(
         needed = np.zeros(len(pools.sizes), dtype=bool)
         for i in active:
             needed |= pools.atoms_of(comps[i], 1) | pools.atoms_of(comps[i], 2)
+        needed &= pools.sizes > 0
         done = 0 if tallies[active[0]] is None else tallies[active[0]].n
         cap = max(16, ROUND_BYTES // (4 * n_genes * int(needed.sum())))
         r = min(n_samples - done, cap, (FIRST_ROUND if done == 0 else NEXT_ROUND) if mc_error is not None else n_samples)

@@ -42,7 +42,7 @@ class AtomPools:
         self.rng = rng
         self.rows = 0  # per atom, samples drawn so far
         self.pool = None
-        self.offsets = None
+        self.rows_of: dict[int, np.ndarray] = {}
 
     def atoms_of(self, comp: Comparison, side: int) -> np.ndarray:
         """Boolean (n_atoms,): the atoms of side 1 or 2 of ``comp`` (side 2 of a None group: the rest)."""
@@ -52,27 +52,36 @@ class AtomPools:
 
     def draw(self, model, adata, atoms: np.ndarray, r: int, codes: list, batch_size) -> None:
         """The next round: ``r`` samples of each atom of the boolean mask ``atoms`` (others: none),
-        encoded and decoded in as few sorted passes over the data as the atom sizes allow."""
+        encoded and decoded in as few sorted passes over the data as the atom sizes allow (one
+        unless an atom has fewer than ``r`` cells). ``self.rows_of[a]``: atom a's pool rows, in
+        the random order of its cells."""
         wanted = [a for a in np.flatnonzero(atoms) if self.sizes[a] > 0]
-        self.offsets = {a: i * r for i, a in enumerate(wanted)}
         shape = (len(wanted) * r, model.module.n_input)
         if self.pool is None or self.pool.shape != shape:  # the same buffer round after round
             self.pool = np.empty(shape, dtype=np.float32)
-        passes = []  # per pass: (cells, destination rows); a pass never has a cell twice
+        passes = []  # per pass: [(atom, cells, positions in the atom's round)]; no cell twice in a pass
         for a in wanted:
             pos = self.rows + np.arange(r)
-            cells = self.order[a][pos % self.sizes[a]]
-            lap = pos // self.sizes[a]
+            cells, lap = self.order[a][pos % self.sizes[a]], pos // self.sizes[a]
             for i, j in enumerate(np.unique(lap)):
-                sel = np.flatnonzero(lap == j)
                 if i >= len(passes):
-                    passes.append(([], []))
-                passes[i][0].append(cells[sel])
-                passes[i][1].append(self.offsets[a] + sel)
-        for cells, dest in passes:
-            cells, dest = np.concatenate(cells), np.concatenate(dest)
+                    passes.append([])
+                sel = np.flatnonzero(lap == j)
+                passes[i].append((a, cells[sel], sel))
+        self.rows_of = {a: np.empty(r, dtype=np.int64) for a in wanted}
+        start = 0
+        for parts in passes:
+            cells = np.concatenate([c for _, c, _ in parts])
             sort = np.argsort(cells, kind="stable")
-            scale_samples(model, adata, cells[sort], codes, batch_size, out=self.pool, rows=dest[sort])
+            stop = start + len(cells)
+            scale_samples(model, adata, cells[sort], codes, batch_size, out=self.pool[start:stop])
+            row = np.empty(len(cells), dtype=np.int64)
+            row[sort] = np.arange(start, stop)  # pool row of each entry of `cells`
+            at = 0
+            for a, c, sel in parts:
+                self.rows_of[a][sel] = row[at : at + len(c)]
+                at += len(c)
+            start = stop
         self.rows += r
 
     def pairs(self, comp: Comparison, r: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +92,6 @@ class AtomPools:
         for side in (1, 2):
             atoms = np.flatnonzero(self.atoms_of(comp, side) & (self.sizes > 0))
             counts = self.rng.multinomial(r, self.sizes[atoms] / self.sizes[atoms].sum())
-            rows = [self.offsets[a] + (np.arange(c) if side == 1 else np.arange(r - c, r))
-                    for a, c in zip(atoms, counts) if c]
+            rows = [self.rows_of[a][:c] if side == 1 else self.rows_of[a][r - c :] for a, c in zip(atoms, counts) if c]
             idx.append(self.rng.permutation(np.concatenate(rows)))
         return self.pool[idx[0]], self.pool[idx[1]]
