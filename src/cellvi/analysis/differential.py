@@ -226,7 +226,7 @@ class PairTally:
         self.eps, self.small = np.float32(pseudocount), np.float32(pseudocount * LFC_SUMMARY_SHRINK)
         # |lfc| > delta on log2 ratios, compared on the ratios themselves (no logarithm needed)
         self.up_at, self.down_at = np.float32(2.0**delta), np.float32(2.0**-delta)
-        zeros = lambda: np.zeros(n_genes)  # noqa: E731
+        zeros = lambda: np.zeros(n_genes)
         self.count_a, self.count_b, self.scale1, self.scale2 = zeros(), zeros(), zeros(), zeros()
         self.lfc_sum, self.lfc_sq = zeros(), zeros()
         self.lfc_min, self.lfc_max = np.full(n_genes, np.inf), np.full(n_genes, -np.inf)
