@@ -288,7 +288,7 @@ def test_shared_rounds_keep_memory_to_a_round(trained, monkeypatch):
     from cellvi.model._de_pools import AtomPools
 
     n_genes = trained.adata.n_vars
-    monkeypatch.setattr(_de, "ROUND_BYTES", 4 * n_genes * 3 * 64)  # 3 groups x 64 rows
+    monkeypatch.setattr(_de, "ROUND_BYTES", 4 * n_genes * (3 + _de.WORK_ARRAYS) * 64)  # 3 groups x 64 rows
     sizes, draw = [], AtomPools.draw
 
     def spy(self, *args):

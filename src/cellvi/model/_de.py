@@ -194,7 +194,8 @@ def differential_expression_per_comparison(
 
 FIRST_ROUND = 1000  # pairs per comparison in the first round (thresholds, lfc_median come from it)
 NEXT_ROUND = 500  # pairs per comparison in each further round, until converged or n_samples
-ROUND_BYTES = 256 * 2**20  # a round's samples, all cell groups together, stay below this
+ROUND_BYTES = 256 * 2**20  # a round's samples, all cell groups together, and one test's arrays
+WORK_ARRAYS = 6  # (r, n_genes) float32 arrays a comparison's test holds at once besides the pool
 MC_ERROR = 0.01  # default Monte-Carlo standard error at which a comparison stops
 
 
@@ -223,7 +224,8 @@ def differential_expression(
             needed |= pools.atoms_of(comps[i], 1) | pools.atoms_of(comps[i], 2)
         needed &= pools.sizes > 0
         done = 0 if tallies[active[0]] is None else tallies[active[0]].n
-        cap = max(16, ROUND_BYTES // (4 * n_genes * int(needed.sum())))
+        # the round's pool plus one comparison's working arrays (two sides, ratio, work, median copies)
+        cap = max(16, ROUND_BYTES // (4 * n_genes * (int(needed.sum()) + WORK_ARRAYS)))
         r = min(n_samples - done, cap, (FIRST_ROUND if done == 0 else NEXT_ROUND) if mc_error is not None else n_samples)
         pools.draw(model, adata, needed, r, codes, batch_size)
         for i in active:
