@@ -194,7 +194,7 @@ def differential_expression_per_comparison(
 
 FIRST_ROUND = 1000  # pairs per comparison in the first round (thresholds, lfc_median come from it)
 NEXT_ROUND = 500  # pairs per comparison in each further round, until converged or n_samples
-ROUND_BYTES = 256 * 2**20  # a round's samples, all cell groups together, and one test's arrays
+ROUND_BYTES = 512 * 2**20  # a round's samples, all cell groups together, and one test's arrays
 WORK_ARRAYS = 6  # (r, n_genes) float32 arrays a comparison's test holds at once besides the pool
 MC_ERROR = 0.01  # default Monte-Carlo standard error at which a comparison stops
 

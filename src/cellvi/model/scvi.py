@@ -359,7 +359,7 @@ class SCVI(BaseModel):
         comparison stops when every gene with odds of at least 3 either way has a Monte-Carlo
         standard error of proba_de (vanilla: proba_m1) of at most ``mc_error`` (columns
         ``mc_error``, ``n_pairs``), or after ``n_samples`` pairs; ``mc_error=None``: always
-        ``n_samples``. Memory: one round (about 256 MB at most), whatever the number of cells.
+        ``n_samples``. Memory: one round (about 512 MB at most), whatever the number of cells.
         See docs/differential_expression.md.
         batch_correction: decode every sampled cell in every batch and average (as
         :meth:`get_batch_corrected_expression`) instead of in its own batch.
