@@ -123,6 +123,59 @@ def test_cell_passes_bound_the_number_of_samples(rng):
         de.cell_passes(np.array([], dtype=int), 5, rng)
 
 
+@pytest.mark.parametrize("test_mode", ["three", "two"])
+def test_pair_tally_over_rounds_equals_the_test_on_all_pairs(rng, test_mode):
+    mu = np.linspace(-3, 3, 40)
+    s1, s2 = (x.astype(np.float32) for x in _lognormal_pairs(rng, mu, 0.5, 900))
+    whole = de.change_test(s1, s2, 0.5, 1e-5, test_mode)
+    tally = de.PairTally("change", len(mu), 0.5, 1e-5, test_mode)
+    for part in (slice(0, 400), slice(400, 700), slice(700, 900)):  # rounds of unequal size
+        tally.add(s1[part], s2[part])
+    got = tally.result()
+    assert tally.n == 900
+    for key in ("proba_de", "proba_not_de", "scale1", "scale2", "lfc_mean", "lfc_std", "lfc_min", "lfc_max"):
+        np.testing.assert_allclose(got[key], whole[key], rtol=2e-4, atol=2e-5, err_msg=key)
+    first = de.change_test(s1[:400], s2[:400], 0.5, 1e-5, test_mode)  # the median is the first round's
+    np.testing.assert_allclose(got["lfc_median"], first["lfc_median"], rtol=1e-5)
+    vanilla = de.PairTally("vanilla", len(mu))
+    vanilla.add(s1[:500], s2[:500])
+    vanilla.add(s1[500:], s2[500:])
+    ref = de.vanilla_test(s1, s2)
+    for key in ("proba_m1", "bayes_factor", "scale1", "scale2"):
+        np.testing.assert_allclose(vanilla.result()[key], ref[key], rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+def test_pair_tally_monte_carlo_error_and_convergence():
+    tally = de.PairTally("vanilla", 3)
+    s1 = np.zeros((400, 3), dtype=np.float32)
+    s1[:, 0] = 1.0  # always greater: p = 1
+    s1[:200, 1] = 1.0  # p = 0.5, an even-odds gene: never decides convergence
+    s1[:40, 2] = 1.0  # p = 0.1
+    tally.add(s1, np.full_like(s1, 0.5))
+    np.testing.assert_allclose(tally.proba(), [1.0, 0.5, 0.1])
+    np.testing.assert_allclose(tally.mc_error(), np.sqrt(np.array([0.0, 0.25, 0.09]) / 400))
+    assert tally.converged(0.016) and not tally.converged(0.014)  # gene 2's error is 0.015
+    np.testing.assert_allclose(de.median_rows(s1[:7]), np.median(s1[:7], axis=0))
+
+
+def test_atom_pools_mix_the_rest_in_proportion_to_group_size(rng):
+    from cellvi.model._de import Comparison
+    from cellvi.model._de_pools import AtomPools
+
+    codes = np.repeat([0, 1, 2], [100, 300, 600])
+    pools = AtomPools([codes == k for k in range(3)], rng)
+    assert pools.sizes.tolist() == [100, 300, 600, 0]
+    r = 5000  # fake a round: each atom's rows hold its atom number
+    pools.pool = np.repeat(np.arange(3, dtype=np.float32), r)[:, None]
+    pools.rows_of = {a: a * r + rng.permutation(r) for a in range(3)}
+    s1, s2 = pools.pairs(Comparison("g0", "Rest", 0, None, True), r)
+    assert (s1 == 0).all()
+    share = np.bincount(s2[:, 0].astype(int), minlength=3) / r
+    np.testing.assert_allclose(share, [0, 1 / 3, 2 / 3], atol=0.02)
+    both = AtomPools([codes < 2, codes > 0], rng)  # overlapping idx1 / idx2: atoms by membership
+    assert both.sizes.tolist() == [0, 100, 600, 300]
+
+
 # ---------------------------------------------------------------------------------------- the model
 @pytest.fixture(scope="module")
 def trained():
@@ -193,6 +246,63 @@ def test_errors(trained):
         trained.differential_expression(idx1=np.zeros(trained.adata.n_obs, dtype=bool))
     with pytest.raises(CellviError):
         trained.differential_expression()
+    with pytest.raises(InvalidParameterError):
+        trained.differential_expression(groupby="cell_type", mc_error=0)
+
+
+def _top(table, k):
+    t = table.assign(_a=table["lfc_mean"].abs()).sort_values(["proba_de", "_a"], ascending=False)
+    return set(t.index[:k])
+
+
+def test_shared_rounds_give_the_reference_answer_within_monte_carlo_error(trained):
+    from cellvi.model import _de
+
+    groups = ["type0", "type2"]  # each vs the rest (type1 is only ever in the rest)
+    args = (trained, None, "cell_type", groups, None, None, None, "change", 0.25, None, True, False, 0.05, 2000, None, "three")
+    cellvi.settings.seed = 0
+    ref = _de.differential_expression_per_comparison(*args)
+    cellvi.settings.seed = 1
+    ref_again = _de.differential_expression_per_comparison(*args)
+    cellvi.settings.seed = 2
+    fast = trained.differential_expression(groupby="cell_type", group1=groups, mode="change", n_samples=4000)
+    assert set(fast.columns) >= set(ref.columns) | {"mc_error", "n_pairs"}
+    for g in groups:
+        a, b, c = (t[t["group1"] == g] for t in (ref, ref_again, fast))
+        c = c.loc[a.index]
+        assert 1000 <= c["n_pairs"].iloc[0] < 4000  # stopped early: converged at the default mc_error
+        # per gene, the difference is what two independent Monte-Carlo estimates allow
+        se = np.sqrt(c["mc_error"] ** 2 + a["proba_de"] * (1 - a["proba_de"]) / 2000)
+        assert (np.abs(c["proba_de"] - a["proba_de"]) <= 4 * se + 1e-3).mean() > 0.99
+        assert np.corrcoef(a["lfc_mean"], c["lfc_mean"])[0, 1] > 0.99
+        floor = len(_top(a, 30) & _top(b, 30))  # the reference's agreement with itself
+        assert len(_top(a, 30) & _top(c, 30)) >= floor - 3
+        assert abs(int(a["is_de_fdr_0.05"].sum()) - int(c["is_de_fdr_0.05"].sum())) <= max(3, 0.1 * a["is_de_fdr_0.05"].sum())
+    exact = trained.differential_expression(groupby="cell_type", group1="type1", group2="type0", mode="change",
+                                            n_samples=700, mc_error=None)
+    assert (exact["n_pairs"] == 700).all()
+
+
+def test_shared_rounds_keep_memory_to_a_round(trained, monkeypatch):
+    from cellvi.model import _de
+    from cellvi.model._de_pools import AtomPools
+
+    n_genes = trained.adata.n_vars
+    monkeypatch.setattr(_de, "ROUND_BYTES", 4 * n_genes * (3 + _de.WORK_ARRAYS) * 64)  # 3 groups x 64 rows
+    sizes, draw = [], AtomPools.draw
+
+    def spy(self, *args):
+        draw(self, *args)
+        sizes.append(self.pool.shape)
+
+    monkeypatch.setattr(AtomPools, "draw", spy)
+    res = trained.differential_expression(groupby="cell_type", n_samples=300, mc_error=None)
+    assert (res["n_pairs"] == 300).all()
+    assert max(s[0] for s in sizes) <= 3 * 64 and len(sizes) == 5  # 64, 64, 64, 64, 44 pairs
+    mask1 = trained.adata.obs["cell_type"].isin(["type0", "type1"]).to_numpy()
+    mask2 = trained.adata.obs["cell_type"].isin(["type1", "type2"]).to_numpy()  # overlaps idx1
+    over = trained.differential_expression(idx1=mask1, idx2=mask2, mode="change", n_samples=300)
+    assert len(over) == n_genes and np.isfinite(over["proba_de"]).all()
 
 
 # ---------------------------------------------------------------------------------------- known biology

@@ -199,3 +199,106 @@ def raw_stats(sums: dict[str, np.ndarray], k1: int, k2: int | None) -> dict[str,
         out[f"{name}1"] = a / max(sums["n_cells"][k1], 1)
         out[f"{name}2"] = b / max(n2, 1)
     return out
+
+
+# ---------------------------------------------------------------------------------------- in rounds
+RELEVANT_ODDS = 3.0  # genes with posterior odds >= 3 either way ("substantial", Kass & Raftery 1995)
+
+
+class PairTally:
+    """The change or vanilla test accumulated over rounds of paired samples, so that no more than one
+    round of samples is ever held and the number of pairs can follow the Monte-Carlo error.
+
+    mode: "change" or "vanilla". delta, pseudocount, test_mode: as :func:`change_test`; fixed before
+    the first round (the reference path estimates them from all its samples). Per round, ``add``
+    takes (r, n_genes) float32 ``scales1`` and ``scales2`` paired by row. ``result`` gives the columns
+    of :func:`change_test` / :func:`vanilla_test` over all pairs so far; except ``lfc_median``, which
+    is the median of the first round's pairs (an exact median needs every pair kept).
+    """
+
+    def __init__(self, mode: str, n_genes: int, delta: float = 0.0, pseudocount: float = 0.0,
+                 test_mode: str = "three"):
+        if mode not in ("change", "vanilla"):
+            raise ValueError(f"mode must be 'change' or 'vanilla', got {mode!r}")
+        if test_mode not in ("two", "three"):
+            raise ValueError(f"test_mode must be 'two' or 'three', got {test_mode!r}")
+        self.mode, self.test_mode, self.n = mode, test_mode, 0
+        self.eps, self.small = np.float32(pseudocount), np.float32(pseudocount * LFC_SUMMARY_SHRINK)
+        # |lfc| > delta on log2 ratios, compared on the ratios themselves (no logarithm needed)
+        self.up_at, self.down_at = np.float32(2.0**delta), np.float32(2.0**-delta)
+        zeros = lambda: np.zeros(n_genes)
+        self.count_a, self.count_b, self.scale1, self.scale2 = zeros(), zeros(), zeros(), zeros()
+        self.lfc_sum, self.lfc_sq = zeros(), zeros()
+        self.lfc_min, self.lfc_max = np.full(n_genes, np.inf), np.full(n_genes, -np.inf)
+        self.lfc_median, self.shift = None, np.float32(0.0)
+
+    def add(self, scales1: np.ndarray, scales2: np.ndarray) -> None:
+        """One round's pairs: float32 (r, n_genes) each. Sums over rows are matrix-vector products
+        (BLAS, float32 within a round, float64 across rounds): ~20x faster than ``sum(axis=0)``."""
+        if scales1.shape != scales2.shape:
+            raise ValueError(f"scales1 {scales1.shape} and scales2 {scales2.shape} must have the same shape")
+        one = np.ones(len(scales1), dtype=np.float32)
+        self.n += len(scales1)
+        self.scale1 += one @ scales1
+        self.scale2 += one @ scales2
+        work = np.empty_like(scales1)
+        if self.mode == "vanilla":
+            self.count_a += one @ np.greater(scales1, scales2, out=work, casting="unsafe")
+            return
+        ratio = np.add(scales1, self.eps)
+        ratio /= np.add(scales2, self.eps, out=work)
+        self.count_a += one @ np.greater_equal(ratio, self.up_at, out=work, casting="unsafe")
+        self.count_b += one @ np.less(ratio, self.down_at, out=work, casting="unsafe")
+        lfc = np.add(scales1, self.small, out=ratio)
+        lfc /= np.add(scales2, self.small, out=work)
+        np.log2(lfc, out=lfc)
+        if self.lfc_median is None:
+            self.lfc_median = median_rows(lfc)
+            self.shift = self.lfc_median.astype(np.float32)  # centres the squares (float32 sums)
+        self.lfc_sum += one @ lfc
+        np.minimum(self.lfc_min, np.minimum.reduce(lfc, axis=0), out=self.lfc_min)
+        np.maximum(self.lfc_max, np.maximum.reduce(lfc, axis=0), out=self.lfc_max)
+        np.subtract(lfc, self.shift, out=lfc)
+        self.lfc_sq += one @ np.square(lfc, out=lfc)
+
+    def proba(self) -> np.ndarray:
+        """The tested probability per gene: proba_de (change) or proba_m1 (vanilla)."""
+        a, b = self.count_a / max(self.n, 1), self.count_b / max(self.n, 1)
+        if self.mode == "vanilla":
+            return a
+        return np.maximum(a, b) if self.test_mode == "three" else a + b
+
+    def mc_error(self) -> np.ndarray:
+        """Monte-Carlo standard error of :meth:`proba` per gene, ``sqrt(p (1 - p) / n_pairs)``."""
+        p = self.proba()
+        return np.sqrt(p * (1.0 - p) / max(self.n, 1))
+
+    def converged(self, tol: float) -> bool:
+        """Whether every gene with posterior odds of at least 3 either way (proba outside
+        (0.25, 0.75); the genes that rank high or are called) has a Monte-Carlo error <= ``tol``.
+        Genes closer to even odds rank in the middle whatever their third digit."""
+        p = self.proba()
+        relevant = (p >= RELEVANT_ODDS / (1 + RELEVANT_ODDS)) | (p <= 1 / (1 + RELEVANT_ODDS))
+        return bool((self.mc_error()[relevant] <= tol).all())
+
+    def result(self) -> dict[str, np.ndarray]:
+        n, p = max(self.n, 1), self.proba()
+        out = {"scale1": self.scale1 / n, "scale2": self.scale2 / n}
+        if self.mode == "vanilla":
+            return {"proba_m1": p, "proba_m2": 1.0 - p, "bayes_factor": _log_odds(p), **out}
+        mean = self.lfc_sum / n
+        return {
+            "proba_de": p, "proba_not_de": 1.0 - p, "bayes_factor": _log_odds(p), **out,
+            "lfc_mean": mean, "lfc_median": self.lfc_median,
+            "lfc_std": np.sqrt(np.maximum(self.lfc_sq / n - (mean - self.shift) ** 2, 0.0)),
+            "lfc_min": self.lfc_min, "lfc_max": self.lfc_max,
+        }
+
+
+def median_rows(x: np.ndarray) -> np.ndarray:
+    """``np.median(x, axis=0)`` for a 2-D float array, by partitioning each column laid out
+    contiguously (several times faster than ``np.median`` on the row-major array)."""
+    cols = np.ascontiguousarray(x.T)
+    n = cols.shape[1]
+    mid = np.partition(cols, [(n - 1) // 2, n // 2], axis=1)
+    return 0.5 * (mid[:, (n - 1) // 2].astype(np.float64) + mid[:, n // 2])

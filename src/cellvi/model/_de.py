@@ -82,16 +82,24 @@ def plan_comparisons(obs: pd.DataFrame, groupby, group1, group2, idx1, idx2):
     return masks, comps
 
 
-def scale_samples(model, adata, cells: np.ndarray, codes: list, batch_size) -> np.ndarray:
+def scale_samples(model, adata, cells: np.ndarray, codes: list, batch_size, out=None) -> np.ndarray:
     """One posterior sample of normalized expression per cell of ``cells`` (sorted, distinct),
-    averaged over the batch codes ``codes`` ([None]: each cell in its own batch). (n, n_genes)."""
-    out = np.empty((len(cells), model.module.n_input), dtype=np.float32)
+    averaged over the batch codes ``codes`` ([None]: each cell in its own batch). (n, n_genes);
+    written into ``out`` when given (float32, C-contiguous, (n, n_genes)): on the CPU with one code
+    the softmax goes there directly, without a copy."""
+    if out is None:
+        out = np.empty((len(cells), model.module.n_input), dtype=np.float32)
+    in_place = len(codes) == 1 and model.device.type == "cpu"
     pos = 0
     with torch.no_grad():
         for batch in model._batches(adata, cells, batch_size):
-            acc = sum(model.module.expression(batch, code, sample_z=True) for code in codes) / len(codes)
-            out[pos : pos + len(acc)] = acc.cpu().numpy()
-            pos += len(acc)
+            n = len(batch["batch"])
+            if in_place:
+                model.module.expression(batch, codes[0], sample_z=True, out=torch.from_numpy(out[pos : pos + n]))
+            else:
+                acc = sum(model.module.expression(batch, code, sample_z=True) for code in codes) / len(codes)
+                out[pos : pos + n] = acc.cpu().numpy()
+            pos += n
     return out
 
 
@@ -102,11 +110,7 @@ def group_samples(model, adata, pool, n_samples, codes, batch_size, rng) -> np.n
     return de.pick_rows(samples, n_samples, rng)
 
 
-def differential_expression(
-    model, adata, groupby, group1, group2, idx1, idx2, mode, delta, batch_size, all_stats,
-    batch_correction, fdr_target, n_samples, pseudocounts, test_mode,
-) -> pd.DataFrame:
-    """See :meth:`cellvi.model.SCVI.differential_expression`."""
+def _check(mode, test_mode, delta, n_samples, mc_error=None) -> None:
     if mode not in MODES:
         raise InvalidParameterError(f"mode must be one of {list(MODES)}, got {mode!r}.")
     if test_mode not in ("two", "three"):
@@ -115,47 +119,126 @@ def differential_expression(
         raise InvalidParameterError(f"delta must be >= 0 or None, got {delta!r}.")
     if not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
         raise InvalidParameterError(f"n_samples must be an integer >= 2, got {n_samples!r}.")
+    if mc_error is not None and not mc_error > 0:
+        raise InvalidParameterError(f"mc_error must be > 0 or None, got {mc_error!r}.")
+
+
+def _prepare(model, adata, groupby, group1, group2, idx1, idx2, mode, all_stats, pseudocounts):
+    """(AnnData, masks, comparisons, count sums or None, gene names)."""
     ad = model.adata if adata is None else adata
     data = model._cell_data(adata)  # checks genes and categories of a new adata
     masks, comps = plan_comparisons(ad.obs, groupby, group1, group2, idx1, idx2)
-    n_batch = len(model.registry.categories["batch"])
-    codes = list(range(n_batch)) if batch_correction else [None]
-    sums = de.group_count_sums(data.X, masks) if (all_stats or (mode == "change" and pseudocounts is None)) else None
+    need_sums = all_stats or (mode == "change" and pseudocounts is None)
+    sums = de.group_count_sums(data.X, masks) if need_sums else None
+    for comp in comps:
+        n2 = (~masks[comp.k1]).sum() if comp.k2 is None else masks[comp.k2].sum()
+        if not masks[comp.k1].any() or n2 == 0:
+            raise InvalidParameterError(f"{comp.name1!r} vs {comp.name2!r}: a group has no cells.")
+    return ad, masks, comps, sums, pd.Index(model.registry.var_names)
+
+
+def _thresholds(s1, s2, stats, delta, pseudocounts, test_mode):
+    """The pseudocount and delta of the change test, estimated from samples where not given."""
+    eps = pseudocounts
+    if eps is None:
+        eps = de.estimate_pseudocount(s1, s2, stats["raw_mean1"] < THRESHOLD_COUNTS, stats["raw_mean2"] < THRESHOLD_COUNTS)
+    d = delta
+    if d is None:  # data-driven threshold from a first pass at delta 0
+        d = de.estimate_delta(de.change_test(s1, s2, 0.0, eps, test_mode)["lfc_mean"])
+    return eps, d
+
+
+def _table(res, stats, comp, mode, fdr_target, genes, all_stats, eps=None, d=None) -> pd.DataFrame:
+    if mode == "change":
+        res = {**{k: res[k] for k in ("proba_de", "proba_not_de", "bayes_factor", "scale1", "scale2")},
+               "pseudocounts": eps, "delta": d,
+               **{k: v for k, v in res.items() if k not in ("proba_de", "proba_not_de", "bayes_factor", "scale1", "scale2")}}
+    table = pd.DataFrame({**res, **(stats if all_stats else {})}, index=genes)
+    table = table.sort_values("proba_de" if mode == "change" else "bayes_factor", ascending=False, kind="stable")
+    if mode == "change":
+        table[f"is_de_fdr_{fdr_target}"] = de.fdr_calls(table["proba_de"].to_numpy(), fdr_target)
+    if comp.labelled:
+        table["comparison"] = f"{comp.name1} vs {comp.name2}"
+        table["group1"] = comp.name1
+        table["group2"] = comp.name2
+    return table
+
+
+def differential_expression_per_comparison(
+    model, adata, groupby, group1, group2, idx1, idx2, mode, delta, batch_size, all_stats,
+    batch_correction, fdr_target, n_samples, pseudocounts, test_mode,
+) -> pd.DataFrame:
+    """The reference path: for each comparison in turn, ``n_samples`` fresh posterior samples of
+    each side, tested at once. What :func:`differential_expression` is tested against; its
+    results are what cellvi returned before the shared, round-based path."""
+    _check(mode, test_mode, delta, n_samples)
+    ad, masks, comps, sums, genes = _prepare(model, adata, groupby, group1, group2, idx1, idx2, mode, all_stats, pseudocounts)
+    codes = list(range(len(model.registry.categories["batch"]))) if batch_correction else [None]
     rng = settings.new_generator(offset=7)
     everyone = np.arange(ad.n_obs)
-    genes = pd.Index(model.registry.var_names)
     results = []
     for comp in comps:
         in1 = masks[comp.k1]
         pool2 = everyone[~in1] if comp.k2 is None else everyone[masks[comp.k2]]
-        if not in1.any() or len(pool2) == 0:
-            raise InvalidParameterError(f"{comp.name1!r} vs {comp.name2!r}: a group has no cells.")
         s1 = group_samples(model, adata, everyone[in1], n_samples, codes, batch_size, rng)
         s2 = group_samples(model, adata, pool2, n_samples, codes, batch_size, rng)
         stats = de.raw_stats(sums, comp.k1, comp.k2) if sums is not None else {}
         if mode == "vanilla":
-            res = de.vanilla_test(s1, s2)
-        else:
-            eps = pseudocounts
-            if eps is None:
-                eps = de.estimate_pseudocount(
-                    s1, s2, stats["raw_mean1"] < THRESHOLD_COUNTS, stats["raw_mean2"] < THRESHOLD_COUNTS
-                )
-            d = delta
-            if d is None:  # data-driven threshold from a first pass at delta 0
-                d = de.estimate_delta(de.change_test(s1, s2, 0.0, eps, test_mode)["lfc_mean"])
-            res = de.change_test(s1, s2, d, eps, test_mode)
-            res = {**{k: res[k] for k in ("proba_de", "proba_not_de", "bayes_factor", "scale1", "scale2")},
-                   "pseudocounts": eps, "delta": d, **{k: v for k, v in res.items() if k.startswith("lfc_")}}
-        if not all_stats:
-            stats = {}
-        table = pd.DataFrame({**res, **stats}, index=genes)
-        table = table.sort_values("proba_de" if mode == "change" else "bayes_factor", ascending=False, kind="stable")
-        if mode == "change":
-            table[f"is_de_fdr_{fdr_target}"] = de.fdr_calls(table["proba_de"].to_numpy(), fdr_target)
-        if comp.labelled:
-            table["comparison"] = f"{comp.name1} vs {comp.name2}"
-            table["group1"] = comp.name1
-            table["group2"] = comp.name2
-        results.append(table)
+            results.append(_table(de.vanilla_test(s1, s2), stats, comp, mode, fdr_target, genes, all_stats))
+            continue
+        eps, d = _thresholds(s1, s2, stats, delta, pseudocounts, test_mode)
+        res = de.change_test(s1, s2, d, eps, test_mode)
+        results.append(_table(res, stats, comp, mode, fdr_target, genes, all_stats, eps, d))
+    return pd.concat(results, axis=0)
+
+
+FIRST_ROUND = 1000  # pairs per comparison in the first round (thresholds, lfc_median come from it)
+NEXT_ROUND = 500  # pairs per comparison in each further round, until converged or n_samples
+ROUND_BYTES = 512 * 2**20  # a round's samples, all cell groups together, and one test's arrays
+WORK_ARRAYS = 6  # (r, n_genes) float32 arrays a comparison's test holds at once besides the pool
+MC_ERROR = 0.01  # default Monte-Carlo standard error at which a comparison stops
+
+
+def differential_expression(
+    model, adata, groupby, group1, group2, idx1, idx2, mode, delta, batch_size, all_stats,
+    batch_correction, fdr_target, n_samples, pseudocounts, test_mode, mc_error=MC_ERROR,
+) -> pd.DataFrame:
+    """See :meth:`cellvi.model.SCVI.differential_expression`. All comparisons share each round's
+    posterior samples (:class:`~cellvi.model._de_pools.AtomPools`); a comparison stops when its
+    :meth:`~cellvi.analysis.differential.PairTally.converged` at ``mc_error`` (None: after
+    ``n_samples`` pairs), and in any case after ``n_samples`` pairs."""
+    from ._de_pools import AtomPools
+
+    _check(mode, test_mode, delta, n_samples, mc_error)
+    _, masks, comps, sums, genes = _prepare(model, adata, groupby, group1, group2, idx1, idx2, mode, all_stats, pseudocounts)
+    codes = list(range(len(model.registry.categories["batch"]))) if batch_correction else [None]
+    pools = AtomPools(masks, settings.new_generator(offset=7))
+    n_genes = model.module.n_input
+    stats = [de.raw_stats(sums, c.k1, c.k2) if sums is not None else {} for c in comps]
+    tallies: list[de.PairTally | None] = [None] * len(comps)
+    thresholds = [(None, None)] * len(comps)
+    active = list(range(len(comps)))
+    while active:
+        needed = np.zeros(len(pools.sizes), dtype=bool)
+        for i in active:
+            needed |= pools.atoms_of(comps[i], 1) | pools.atoms_of(comps[i], 2)
+        needed &= pools.sizes > 0
+        done = 0 if tallies[active[0]] is None else tallies[active[0]].n
+        # the round's pool plus one comparison's working arrays (two sides, ratio, work, median copies)
+        cap = max(16, ROUND_BYTES // (4 * n_genes * (int(needed.sum()) + WORK_ARRAYS)))
+        r = min(n_samples - done, cap, (FIRST_ROUND if done == 0 else NEXT_ROUND) if mc_error is not None else n_samples)
+        pools.draw(model, adata, needed, r, codes, batch_size)
+        for i in active:
+            s1, s2 = pools.pairs(comps[i], r)
+            if tallies[i] is None:
+                if mode == "change":
+                    thresholds[i] = _thresholds(s1, s2, stats[i], delta, pseudocounts, test_mode)
+                eps, d = thresholds[i]
+                tallies[i] = de.PairTally(mode, n_genes, d or 0.0, eps or 0.0, test_mode)
+            tallies[i].add(s1, s2)
+        active = [i for i in active if tallies[i].n < n_samples and not (mc_error is not None and tallies[i].converged(mc_error))]
+    results = []
+    for i, comp in enumerate(comps):
+        res = {**tallies[i].result(), "mc_error": tallies[i].mc_error(), "n_pairs": tallies[i].n}
+        results.append(_table(res, stats[i], comp, mode, fdr_target, genes, all_stats, *thresholds[i]))
     return pd.concat(results, axis=0)

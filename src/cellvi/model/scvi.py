@@ -360,15 +360,21 @@ class SCVI(BaseModel):
         pseudocounts: float | None = None,
         test_mode: str = "three",
         n_samples_overall: int | None = None,
+        mc_error: float | None = 0.01,
     ) -> pd.DataFrame:
         """Bayesian differential expression (Lopez et al. 2018 "vanilla"; Boyeau et al. 2019 "change").
 
         Groups: ``groupby`` (an ``adata.obs`` column) with ``group1`` (a group or list; None: each
         group in turn, one-vs-all) and ``group2`` (None: all other cells); or ``idx1``/``idx2``
         (boolean masks, integer positions or ``adata.obs.query`` strings; ``idx2=None``: the rest).
-        For each comparison, ``n_samples`` random cells of each group (all cells, re-sampled, for a
-        smaller group) give one posterior sample each of normalized expression; so time and memory
-        (about ``2 * n_samples * n_genes * 4`` bytes) do not grow with group size.
+        Posterior samples of normalized expression (one per random cell; a group smaller than the
+        number asked is re-sampled) are drawn in rounds, for every group at once, and shared by all
+        comparisons (a group's "Rest" is the other groups' samples mixed by group size). A
+        comparison stops when every gene with odds of at least 3 either way has a Monte-Carlo
+        standard error of proba_de (vanilla: proba_m1) of at most ``mc_error`` (columns
+        ``mc_error``, ``n_pairs``), or after ``n_samples`` pairs; ``mc_error=None``: always
+        ``n_samples``. Memory: one round (about 512 MB at most), whatever the number of cells.
+        See docs/differential_expression.md.
         batch_correction: decode every sampled cell in every batch and average (as
         :meth:`get_batch_corrected_expression`) instead of in its own batch.
         mode "vanilla": columns proba_m1 = P(h1 > h2), proba_m2, bayes_factor (natural log), sorted by
@@ -387,7 +393,7 @@ class SCVI(BaseModel):
         return differential_expression(
             self, adata, groupby, group1, group2, idx1, idx2, mode, delta, batch_size, all_stats,
             batch_correction, fdr_target, n_samples if n_samples_overall is None else n_samples_overall,
-            pseudocounts, test_mode,
+            pseudocounts, test_mode, mc_error,
         )
 
 
