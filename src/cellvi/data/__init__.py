@@ -4,7 +4,9 @@ from .loaders import MinibatchLoader, minibatch_slices, prefetch
 from .ondisk import OnDiskLoader, open_zarr
 from .registry import CellData, Registry
 from .simulate import simulate
+from .simulate_grn import simulate_grn
 
 __all__ = [
     "CellData", "MinibatchLoader", "OnDiskLoader", "Registry", "minibatch_slices", "open_zarr", "prefetch", "simulate",
+    "simulate_grn",
 ]
