@@ -24,7 +24,9 @@ step() {  # step NAME TIMEOUT_S cmd...: run, log the outcome and the tail of its
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 step pip 300 "$VENV/bin/python" -m pip install -q --upgrade pip
 step torch 900 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-step arboreto 900 "$VENV/bin/python" -m pip install -q arboreto pandas scikit-learn
+# arboreto 0.1.6 fails with dask-expr ("TypeError: Must supply at least one delayed object",
+# aertslab/arboreto#42): pin the last dask/distributed before dask-expr became the default.
+step arboreto 900 "$VENV/bin/python" -m pip install -q arboreto pandas scikit-learn "dask[dataframe]==2024.2.1" "distributed==2024.2.1"
 step arboreto_import 300 "$VENV/bin/python" -c "import arboreto, dask, distributed; print(arboreto.__name__, dask.__version__, distributed.__version__)"
 # CellOracle: at most ~15 minutes in all.
 step celloracle 600 "$VENV/bin/python" -m pip install -q celloracle
@@ -36,4 +38,6 @@ if ! "$VENV/bin/python" -c "import celloracle" >> "$LOG" 2>&1; then
 else
   echo "[celloracle_import] OK" >> "$LOG"
 fi
+# celloracle-lite pins numpy 1.26; the newest pyarrow (pulled by dask) then refuses to import
+step pyarrow 300 "$VENV/bin/python" -m pip install -q "pyarrow<20" "dask[dataframe]==2024.2.1" "distributed==2024.2.1"
 cat "$LOG"

@@ -163,3 +163,22 @@ def test_beeline_gsd_beats_random_by_far():
     S = grn.edge_scores(o.links_all["all"], o.genes)
     assert grn.auprc_ratio(S, truth, o.genes) > 1.2  # bench/grn_beeline.py has the full comparison
     assert grn.early_precision_ratio(S, truth, o.genes) > 1.2
+
+
+def test_cli_grn_writes_links_figures_and_report_section(tmp_path, sim):
+    from cellvi.cli import main
+
+    a = sim.copy()
+    del a.uns["true_network"]
+    path = tmp_path / "sim.h5ad"
+    a.write_h5ad(path)
+    (tmp_path / "tfs.txt").write_text("\n".join(["TF0", "TF1", "TF2", "TF3"]))
+    out = tmp_path / "out"
+    rc = main(["grn", "--data", str(path), "--cluster-key", "branch", "--embedding-key", "X_pca2",
+               "--tfs", str(tmp_path / "tfs.txt"), "--perturb", "TF1=0", "--pseudotime-key", "pseudotime",
+               "--bootstraps", "5", "--out", str(out)])
+    assert rc == 0
+    for f in ("links.csv", "network_scores.csv", "shift.png", "score.png", "grn_section.html", "summary.json"):
+        assert (out / f).stat().st_size > 0
+    assert main(["grn", "--data", str(path), "--cluster-key", "branch", "--embedding-key", "X_pca2",
+                 "--perturb", "NOPE=0", "--out", str(out)]) == 2
