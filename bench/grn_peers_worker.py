@@ -32,4 +32,5 @@ else:
                          "error": "".join(traceback.format_exception_only(type(exc), exc))}
         client.close()
         cluster.close()
-json.dump(out, open(out_path, "w"))
+with open(out_path, "w") as fh:
+    json.dump(out, fh)

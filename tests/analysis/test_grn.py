@@ -11,7 +11,6 @@ import scipy.sparse as sp
 import cellvi
 from cellvi import grn
 from cellvi.errors import CellviError
-
 from tests.conftest import real_data_path
 
 
@@ -172,7 +171,7 @@ def test_cli_grn_writes_links_figures_and_report_section(tmp_path, sim):
     del a.uns["true_network"]
     path = tmp_path / "sim.h5ad"
     a.write_h5ad(path)
-    (tmp_path / "tfs.txt").write_text("\n".join(["TF0", "TF1", "TF2", "TF3"]))
+    (tmp_path / "tfs.txt").write_text("TF0\nTF1\nTF2\nTF3")
     out = tmp_path / "out"
     rc = main(["grn", "--data", str(path), "--cluster-key", "branch", "--embedding-key", "X_pca2",
                "--tfs", str(tmp_path / "tfs.txt"), "--perturb", "TF1=0", "--pseudotime-key", "pseudotime",

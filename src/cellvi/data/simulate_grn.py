@@ -45,7 +45,7 @@ def _network(rng, n_genes, n_tfs, frac_free, max_regulators):
             if r != n_tfs - 1:
                 edges.append((int(r), tf, float(rng.uniform(0.6, 1.0))))
     senders = np.arange(n_tfs - 1)  # every TF but the orphan
-    n_free = int(round(frac_free * (n_genes - n_tfs)))
+    n_free = round(frac_free * (n_genes - n_tfs))
     for g in range(n_tfs + n_free, n_genes):
         k = int(rng.integers(1, max_regulators + 1))
         for r in rng.choice(senders, size=k, replace=False):

@@ -21,7 +21,13 @@ from .oracle import ClusterTooSmallError, Oracle, Perturbation
 from .report import grn_report_section, plot_score, plot_shift
 from .ridge import bagging_ridge
 from .shift import (
-    embedding_shift, grid_field, knn, perturbation_score, propagate, pseudotime_gradient, transition_matrix,
+    embedding_shift,
+    grid_field,
+    knn,
+    perturbation_score,
+    propagate,
+    pseudotime_gradient,
+    transition_matrix,
 )
 
 __all__ = [

@@ -16,7 +16,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ...errors import InvalidDataError, InvalidParameterError, InvalidTypeError, MissingKeyError
+from ...errors import (
+    InvalidDataError,
+    InvalidParameterError,
+    InvalidTypeError,
+    MissingKeyError,
+)
 
 log = logging.getLogger("cellvi.grn")
 

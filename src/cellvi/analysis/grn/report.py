@@ -73,8 +73,8 @@ def grn_report_section(oracle, result=None, top: int = 15) -> tuple[str, str]:
     """A section for the cellvi report: ``(title, html)`` with the GRN summary (edges per cluster, top
     regulators by out-degree), and for a perturbation its shift field, score map and score per cluster,
     and the scVI agreement if computed. Images are embedded as base64 PNG."""
-    parts = [f"<p>Expression: {html.escape(oracle.expression_source)}; candidate regulators: "
-             f"{html.escape(oracle.regulators.source)}.</p>"]
+    parts = [(f"<p>Expression: {html.escape(oracle.expression_source)}; candidate regulators: "
+              f"{html.escape(oracle.regulators.source)}.</p>")]
     if len(oracle.links):
         per = oracle.links.groupby("cluster", observed=True).size().rename("edges").to_frame()
         parts.append("<h4>Edges per cluster (after filtering)</h4>" + per.to_html())

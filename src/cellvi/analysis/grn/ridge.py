@@ -132,8 +132,9 @@ def bagging_ridge(
     if not 0 < feature_fraction <= 1 or n_bootstraps < 2 or alpha < 0:
         raise InvalidParameterError("need 0 < feature_fraction <= 1, n_bootstraps >= 2 and alpha >= 0.")
     dev = _device(device)
-    dt = torch.float64 if dev.type == "cpu" else torch.float32
-    Z, sd = _standardise(torch.as_tensor(X, device=dev, dtype=dt))
+    # the n x R x G products in float32 (the time); the small R x R systems and the sums in float64
+    Z, sd = _standardise(torch.as_tensor(X, device=dev, dtype=torch.float32))
+    dt = torch.float64
     R = len(reg_index)
     ri = torch.as_tensor(np.asarray(reg_index), device=dev)
     ZR = Z[:, ri]
@@ -145,18 +146,18 @@ def bagging_ridge(
     reg_pos = torch.full((G,), -1, dtype=torch.long, device=dev)
     reg_pos[ri] = torch.arange(R, device=dev)
     rng = np.random.default_rng(seed)
-    n_keep = max(1, int(round(feature_fraction * R)))
+    n_keep = max(1, round(feature_fraction * R))
     s1 = torch.zeros((R, G), dtype=dt, device=dev)
     s2 = torch.zeros_like(s1)
     cnt = torch.zeros((R, G), dtype=torch.int32, device=dev)
     for _ in range(n_bootstraps):
-        w = torch.as_tensor(rng.multinomial(n, np.full(n, 1.0 / n)), device=dev, dtype=dt)
+        w = torch.as_tensor(rng.multinomial(n, np.full(n, 1.0 / n)), device=dev, dtype=torch.float32)
         keep = torch.zeros(R, dtype=torch.bool, device=dev)
         keep[torch.as_tensor(rng.choice(R, n_keep, replace=False), device=dev)] = True
         mu_r, mu_t = (w @ ZR) / n, (w @ Z) / n  # weighted means: the intercept
         WR = ZR * w[:, None]
-        G_b = ZR.T @ WR - n * torch.outer(mu_r, mu_r)
-        c_b = WR.T @ Z - n * torch.outer(mu_r, mu_t)
+        G_b = (ZR.T @ WR).to(dt) - n * torch.outer(mu_r, mu_r).to(dt)
+        c_b = (WR.T @ Z).to(dt) - n * torch.outer(mu_r, mu_t).to(dt)
         if shared:
             beta, present = _shared_solve(G_b, c_b, keep, reg_pos, alpha)
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 __all__ = [
     "embedding_shift", "grid_field", "knn", "perturbation_score", "propagate", "pseudotime_gradient",
@@ -65,23 +66,30 @@ def transition_matrix(X: np.ndarray, delta: np.ndarray, nbrs: np.ndarray, sigma_
     strength = np.empty(n, dtype=np.float32)
     if genes is not None:  # one copy of the columns used, not one per chunk
         X, delta = X[:, cols], delta[:, cols]
+    # corr(x_j - x_i, d) from dot products only (no (b, k, g) difference array): with dc = d - mean(d),
+    # num = x_j.dc - x_i.dc and ||centred(x_j - x_i)||^2 = |x_j|^2 + |x_i|^2 - 2 x_i.x_j - g (m_j - m_i)^2
+    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    sq = (Xt * Xt).sum(1)
+    mean = Xt.mean(1)
+    g = Xt.shape[1]
+    nb = torch.from_numpy(nbrs)
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
-        D = X[nbrs[lo:hi]] - X[lo:hi][:, None, :]  # (b, k, g)
-        d = delta[lo:hi]
-        Dc = D - D.mean(2, keepdims=True)
-        dc = d - d.mean(1, keepdims=True)
-        num = np.einsum("bkg,bg->bk", Dc, dc)
-        den = np.sqrt((Dc**2).sum(2) * (dc**2).sum(1)[:, None])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            corr = np.where(den > 0, num / den, 0.0)
-        logits = corr / sigma_corr
-        logits -= logits.max(1, keepdims=True)
-        w = np.exp(logits)
-        vals[lo:hi] = w / w.sum(1, keepdims=True)
-        dist = np.sqrt((D**2).sum(2)).mean(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            strength[lo:hi] = np.where(dist > 0, np.linalg.norm(d, axis=1) / dist, 0.0)
+        Xn = Xt[nb[lo:hi]]  # (b, k, g)
+        xi = Xt[lo:hi]
+        d = torch.from_numpy(np.ascontiguousarray(delta[lo:hi], dtype=np.float32))
+        dc = d - d.mean(1, keepdim=True)
+        num = torch.bmm(Xn, dc.unsqueeze(2)).squeeze(2) - (xi * dc).sum(1, keepdim=True)
+        cross = torch.bmm(Xn, xi.unsqueeze(2)).squeeze(2)
+        sq_d = (sq[nb[lo:hi]] + sq[lo:hi, None] - 2 * cross).clamp_min(0)  # ||x_j - x_i||^2
+        var_d = (sq_d - g * (mean[nb[lo:hi]] - mean[lo:hi, None]) ** 2).clamp_min(0)
+        den = torch.sqrt(var_d * (dc * dc).sum(1, keepdim=True))
+        corr = torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
+        P = torch.softmax(corr.double() / sigma_corr, dim=1)
+        vals[lo:hi] = P.numpy()
+        dist = torch.sqrt(sq_d).mean(1)
+        dn = torch.linalg.vector_norm(d, dim=1)
+        strength[lo:hi] = torch.where(dist > 0, dn / dist.clamp_min(1e-30), torch.zeros_like(dn)).numpy()
     indptr = np.arange(0, n * k + 1, k)
     T = sp.csr_matrix((vals.ravel(), nbrs.ravel(), indptr), shape=(n, n))
     return T, strength
