@@ -155,13 +155,15 @@ def test_beeline_gsd_beats_random_by_far():
 
     a = ad.AnnData(expr.T.to_numpy(np.float32), obs=pd.DataFrame(index=expr.columns),
                    var=pd.DataFrame(index=expr.index))
-    a.obs["all"] = "all"
+    pt = pd.read_csv(path / "pseudotime.csv", index_col=0)
+    a.obs["branch"] = np.where(pt.loc[a.obs_names, "PseudoTime1"].notna(), "b1", "b2")  # a GRN per branch
     a.obsm["e"] = np.zeros((a.n_obs, 2))
-    o = grn.Oracle(a, "all", "e", log1p=False)  # every gene a candidate regulator, as BEELINE scores
+    o = grn.Oracle(a, "branch", "e", log1p=False)  # every gene a candidate regulator, as BEELINE scores
     o.fit_grn(n_bootstraps=20, p=1.0, top_k=None)
-    S = grn.edge_scores(o.links_all["all"], o.genes)
-    assert grn.auprc_ratio(S, truth, o.genes) > 1.2  # bench/grn_beeline.py has the full comparison
-    assert grn.early_precision_ratio(S, truth, o.genes) > 1.2
+    S = np.max([grn.edge_scores(df, o.genes) for df in o.links_all.values()], axis=0)
+    # random ranking: 1; bench/grn_beeline.py compares with GENIE3 / GRNBoost2 (1.32 / 1.21 AUPRC ratio)
+    assert grn.auprc_ratio(S, truth, o.genes) > 1.25
+    assert grn.early_precision_ratio(S, truth, o.genes) > 1.1
 
 
 def test_cli_grn_writes_links_figures_and_report_section(tmp_path, sim):
