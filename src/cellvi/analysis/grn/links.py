@@ -15,15 +15,17 @@ def links_table(fit: dict, reg_names, genes, allowed: np.ndarray, cluster=None) 
     coef_abs, p, -logp, n_bootstraps (and cluster). One row per allowed edge used by >= 1 bootstrap."""
     r, g = np.nonzero(allowed & (fit["n"] > 0))
     coef, p = fit["coef"][r, g], fit["p"][r, g]
+    # categorical names and float32 values: a cluster's table has up to R x G rows (0.9M for 300 TFs x
+    # 3,000 genes), ~25 MB like this against ~65 MB with object strings and float64
     df = pd.DataFrame({
-        "source": np.asarray(reg_names, dtype=object)[r],
-        "target": np.asarray(genes, dtype=object)[g],
-        "coef_mean": coef,
-        "coef_raw": fit["coef_raw"][r, g],
-        "coef_abs": np.abs(coef),
+        "source": pd.Categorical.from_codes(r, categories=pd.Index(np.asarray(reg_names, dtype=str))),
+        "target": pd.Categorical.from_codes(g, categories=pd.Index(np.asarray(genes, dtype=str))),
+        "coef_mean": coef.astype(np.float32),
+        "coef_raw": fit["coef_raw"][r, g].astype(np.float32),
+        "coef_abs": np.abs(coef).astype(np.float32),
         "p": p,
-        "-logp": -np.log10(np.clip(p, 1e-300, None)),
-        "n_bootstraps": fit["n"][r, g],
+        "-logp": (-np.log10(np.clip(p, 1e-300, None))).astype(np.float32),
+        "n_bootstraps": fit["n"][r, g].astype(np.int16),
     })
     if cluster is not None:
         df.insert(0, "cluster", cluster)

@@ -78,7 +78,7 @@ def grn_report_section(oracle, result=None, top: int = 15) -> tuple[str, str]:
     if len(oracle.links):
         per = oracle.links.groupby("cluster", observed=True).size().rename("edges").to_frame()
         parts.append("<h4>Edges per cluster (after filtering)</h4>" + per.to_html())
-        hubs = oracle.links.groupby("source").size().sort_values(ascending=False).head(top)
+        hubs = oracle.links.groupby("source", observed=True).size().sort_values(ascending=False).head(top)
         parts.append("<h4>Top regulators (out-degree, all clusters)</h4>" + hubs.rename("edges").to_frame().to_html())
     title = "Gene regulatory network"
     if result is not None:
