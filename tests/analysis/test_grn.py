@@ -183,3 +183,18 @@ def test_cli_grn_writes_links_figures_and_report_section(tmp_path, sim):
         assert (out / f).stat().st_size > 0
     assert main(["grn", "--data", str(path), "--cluster-key", "branch", "--embedding-key", "X_pca2",
                  "--perturb", "NOPE=0", "--out", str(out)]) == 2
+
+
+def test_propagation_matches_celloracles_loop_and_keeps_expression_non_negative(rng):
+    X = rng.gamma(1.0, 1.0, (40, 12)).astype(np.float32)
+    C = sp.random(12, 12, density=0.3, random_state=2, format="csr") * 3  # strong edges: some clipping
+    out = grn.propagate(X, C, np.array([1, 4]), np.array([0.0, 2.5]), n_propagation=3)
+    d_in = np.zeros_like(X)
+    d_in[:, [1, 4]] = np.array([0.0, 2.5]) - X[:, [1, 4]]
+    ref = d_in.copy()
+    for _ in range(3):  # CellOracle's _do_simulation
+        ref = ref @ C.toarray()
+        ref[d_in != 0] = d_in[d_in != 0]
+        ref = np.maximum(X + ref, 0) - X
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    assert (X + out).min() >= -1e-6 and np.allclose(out[:, 4], 2.5 - X[:, 4])

@@ -25,9 +25,15 @@ def propagate(X: np.ndarray, C: sp.spmatrix, perturb_idx: np.ndarray, values: np
     d_in = np.zeros_like(X)
     d_in[:, perturb_idx] = np.asarray(values, dtype=np.float32)[None, :] - X[:, perturb_idx]
     delta = d_in.copy()
-    Ct = sp.csr_matrix(C.T, dtype=np.float32)  # delta @ C == (C.T @ delta.T).T, sparse times dense
+    C = sp.csr_matrix(C, dtype=np.float32)
     for _ in range(n_propagation):
-        delta = np.asarray((Ct @ delta.T).T, dtype=np.float32)
+        # only genes that changed and regulate something contribute: delta[:, a] @ C[a] (a few columns
+        # after the first steps, instead of the whole (n, G) x (G, G) product)
+        active = np.flatnonzero((C.getnnz(axis=1) > 0) & np.any(delta != 0, axis=0))
+        new = np.zeros_like(delta)
+        if len(active):
+            new[:] = (C[active].T.tocsr() @ np.ascontiguousarray(delta[:, active].T)).T
+        delta = new
         delta[:, perturb_idx] = d_in[:, perturb_idx]
         np.maximum(delta, -X, out=delta)  # X + delta >= 0
     return delta
