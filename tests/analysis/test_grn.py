@@ -198,3 +198,19 @@ def test_propagation_matches_celloracles_loop_and_keeps_expression_non_negative(
         ref = np.maximum(X + ref, 0) - X
     np.testing.assert_allclose(out, ref, atol=1e-5)
     assert (X + out).min() >= -1e-6 and np.allclose(out[:, 4], 2.5 - X[:, 4])
+
+
+def test_scvi_decoded_shift_moves_only_cells_whose_counts_change(sim):
+    a = sim.copy()
+    cellvi.model.SCVI.setup_anndata(a, batch_key="batch")
+    model = cellvi.model.SCVI(a, n_latent=5)
+    model.train(max_epochs=3)
+    o = grn.Oracle(a, "branch", "X_pca2", model=model, tfs=["TF0", "TF1", "TF2"], pseudotime_key="pseudotime")
+    o.fit_grn(n_bootstraps=5)
+    res = o.simulate_shift({"TF1": 0.0})
+    out = o.scvi_shift(res)
+    counts_tf1 = np.asarray(a[:, "TF1"].X.todense()).ravel()
+    moved = np.linalg.norm(out["dz"], axis=1) > 0
+    assert np.array_equal(moved, counts_tf1 > 0)  # knocking out zero counts changes nothing
+    assert out["shift"].shape == (a.n_obs, 2) and set(out["agreement"]) >= {"median_cosine", "fraction_agree"}
+    assert -1 <= out["agreement"]["median_cosine"] <= 1 and out["score"].shape == (a.n_obs,)
