@@ -70,20 +70,33 @@ def transition_matrix(X: np.ndarray, delta: np.ndarray, nbrs: np.ndarray, sigma_
     chunk = chunk or max(16, int(2e7 // max(k * n_genes, 1)))
     vals = np.empty((n, k), dtype=np.float32)
     strength = np.empty(n, dtype=np.float32)
-    if genes is not None:  # one copy of the columns used, not one per chunk
-        X, delta = X[:, cols], delta[:, cols]
     # corr(x_j - x_i, d) from dot products only (no (b, k, g) difference array): with dc = d - mean(d),
-    # num = x_j.dc - x_i.dc and ||centred(x_j - x_i)||^2 = |x_j|^2 + |x_i|^2 - 2 x_i.x_j - g (m_j - m_i)^2
-    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
-    sq = (Xt * Xt).sum(1)
-    mean = Xt.mean(1)
-    g = Xt.shape[1]
+    # num = x_j.dc - x_i.dc and ||centred(x_j - x_i)||^2 = |x_j|^2 + |x_i|^2 - 2 x_i.x_j - g (m_j - m_i)^2.
+    # The gene subset is taken chunk by chunk, never as a copy of the whole matrix.
+    Xt = torch.from_numpy(np.asarray(X, dtype=np.float32))
+    sel = None if genes is None else torch.from_numpy(np.asarray(cols, dtype=np.int64))
+
+    def rows(a, b):  # expression of cells a:b on the genes used, (b - a, g)
+        block = Xt[a:b]
+        return block if sel is None else block.index_select(1, sel)
+
+    sq = torch.empty(n)
+    mean = torch.empty(n)
+    for lo in range(0, n, 4096):
+        block = rows(lo, min(lo + 4096, n))
+        sq[lo : lo + len(block)] = (block * block).sum(1)
+        mean[lo : lo + len(block)] = block.mean(1)
+    g = n_genes
     nb = torch.from_numpy(nbrs)
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
-        Xn = Xt[nb[lo:hi]]  # (b, k, g)
-        xi = Xt[lo:hi]
+        Xn = Xt[nb[lo:hi]]  # (b, k, G)
+        if sel is not None:
+            Xn = Xn.index_select(2, sel)  # (b, k, g)
+        xi = rows(lo, hi)
         d = torch.from_numpy(np.ascontiguousarray(delta[lo:hi], dtype=np.float32))
+        if sel is not None:
+            d = d.index_select(1, sel)
         dc = d - d.mean(1, keepdim=True)
         num = torch.bmm(Xn, dc.unsqueeze(2)).squeeze(2) - (xi * dc).sum(1, keepdim=True)
         cross = torch.bmm(Xn, xi.unsqueeze(2)).squeeze(2)
