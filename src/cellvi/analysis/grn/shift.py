@@ -66,41 +66,40 @@ def transition_matrix(X: np.ndarray, delta: np.ndarray, nbrs: np.ndarray, sigma_
     """
     n, k = nbrs.shape
     cols = slice(None) if genes is None else np.asarray(genes)
-    n_genes = X.shape[1] if genes is None else len(cols)
-    chunk = chunk or max(16, int(2e7 // max(k * n_genes, 1)))
+    chunk = chunk or max(16, int(2e7 // max(k * X.shape[1], 1)))
     vals = np.empty((n, k), dtype=np.float32)
     strength = np.empty(n, dtype=np.float32)
     # corr(x_j - x_i, d) from dot products only (no (b, k, g) difference array): with dc = d - mean(d),
     # num = x_j.dc - x_i.dc and ||centred(x_j - x_i)||^2 = |x_j|^2 + |x_i|^2 - 2 x_i.x_j - g (m_j - m_i)^2.
-    # The gene subset is taken chunk by chunk, never as a copy of the whole matrix.
+    # Genes left out (the perturbed ones, a few) get dc = 0 and their terms subtracted from the sums over all
+    # genes, so the matrix is never copied or re-gathered on a subset.
     Xt = torch.from_numpy(np.asarray(X, dtype=np.float32))
-    sel = None if genes is None else torch.from_numpy(np.asarray(cols, dtype=np.int64))
-
-    def rows(a, b):  # expression of cells a:b on the genes used, (b - a, g)
-        block = Xt[a:b]
-        return block if sel is None else block.index_select(1, sel)
-
+    G = Xt.shape[1]
+    keep = torch.ones(G, dtype=torch.bool)
+    if genes is not None:
+        keep[:] = False
+        keep[torch.from_numpy(np.asarray(cols, dtype=np.int64))] = True
+    out = torch.nonzero(~keep).squeeze(1)
+    g = int(keep.sum())
     sq = torch.empty(n)
     mean = torch.empty(n)
     for lo in range(0, n, 4096):
-        block = rows(lo, min(lo + 4096, n))
-        sq[lo : lo + len(block)] = (block * block).sum(1)
-        mean[lo : lo + len(block)] = block.mean(1)
-    g = n_genes
+        block = Xt[lo : lo + 4096]
+        ob = block[:, out]
+        sq[lo : lo + len(block)] = (block * block).sum(1) - (ob * ob).sum(1)
+        mean[lo : lo + len(block)] = (block.sum(1) - ob.sum(1)) / g
     nb = torch.from_numpy(nbrs)
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
         Xn = Xt[nb[lo:hi]]  # (b, k, G)
-        if sel is not None:
-            Xn = Xn.index_select(2, sel)  # (b, k, g)
-        xi = rows(lo, hi)
-        d = torch.from_numpy(np.ascontiguousarray(delta[lo:hi], dtype=np.float32))
-        if sel is not None:
-            d = d.index_select(1, sel)
-        dc = d - d.mean(1, keepdim=True)
+        xi = Xt[lo:hi]
+        d = torch.from_numpy(np.ascontiguousarray(delta[lo:hi], dtype=np.float32)) * keep
+        dc = (d - d.sum(1, keepdim=True) / g) * keep
         num = torch.bmm(Xn, dc.unsqueeze(2)).squeeze(2) - (xi * dc).sum(1, keepdim=True)
         cross = torch.bmm(Xn, xi.unsqueeze(2)).squeeze(2)
-        sq_d = (sq[nb[lo:hi]] + sq[lo:hi, None] - 2 * cross).clamp_min(0)  # ||x_j - x_i||^2
+        if len(out):
+            cross -= (Xn[:, :, out] * xi[:, None, out]).sum(2)
+        sq_d = (sq[nb[lo:hi]] + sq[lo:hi, None] - 2 * cross).clamp_min(0)  # ||x_j - x_i||^2 on kept genes
         var_d = (sq_d - g * (mean[nb[lo:hi]] - mean[lo:hi, None]) ** 2).clamp_min(0)
         den = torch.sqrt(var_d * (dc * dc).sum(1, keepdim=True))
         corr = torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
