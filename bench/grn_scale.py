@@ -104,8 +104,8 @@ def main():
         lines.append(f"| {r['cells']} | {r['genes']} | {r['total_s']:.1f} | {r['fit_grn_s']:.1f} | "
                      f"{r['propagate_s']:.2f} | {r['knn_s']:.2f} | {r['transitions_s']:.1f} | {r['grid_s']:.2f} | "
                      f"{r['peak_rss_mib']:.0f} | {r['load_before']:.1f} |")
-    lines += ["", "Peak RSS includes the simulated data and its log-normalised copy (the RSS before the GRN step "
-              "is `peak_rss_before_grn_mib` in the .json).", "",
+    lines += ["", ("Peak RSS includes the simulated data and its log-normalised copy (the RSS before the GRN step "
+              "is `peak_rss_before_grn_mib` in the .json)."), "",
               ("Not run here: 1,000,000 cells (the machine is shared by ~8 sessions on 2 cores and 24 GB, with a "
                "~3 GB per-process rule). The expression matrix (cells x genes float32) and the simulated change "
                "are held in memory, so 1M cells x 3,000 genes (12 GB each) needs a chunked expression path that "
