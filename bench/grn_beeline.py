@@ -151,8 +151,8 @@ def main():
               ("Published BEELINE medians on GSD (30 runs): AUPRC ratio SCRIBE 1.45, PPCOR 1.45, PIDC 1.40, "
               "GRNBoost2 1.29, GENIE3 1.28; EPR PIDC 1.66, GENIE3 1.66, GRNBoost2 1.48.")]
     if args.reuse_peers:
-        lines += ["", "GRNBoost2 and GENIE3: the runs of the previous full run of this script (`--reuse-peers`; same "
-                  "data, seeds and worker), not rerun with this cellvi run."]
+        lines += ["", ("GRNBoost2 and GENIE3: the runs of the previous full run of this script (`--reuse-peers`; same "
+                  "data, seeds and worker), not rerun with this cellvi run.")]
     if peers_err:
         lines += ["", f"Peer error: `{peers_err.strip()}`"]
     (HERE / "results" / "grn_beeline.md").write_text("\n".join(lines) + "\n")
