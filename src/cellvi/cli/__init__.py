@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run.register(sub)
     tools.register(sub)
+    from ..analysis.grn import cli as grn_cli
+
+    grn_cli.register(sub)
     return parser
 
 

@@ -4,9 +4,10 @@ from .loaders import MinibatchLoader, minibatch_slices, prefetch
 from .ondisk import OnDiskLoader, open_zarr
 from .registry import CellData, Registry
 from .simulate import simulate
+from .simulate_grn import simulate_grn
 from .trajectory import simulate_trajectory
 
 __all__ = [
     "CellData", "MinibatchLoader", "OnDiskLoader", "Registry", "minibatch_slices", "open_zarr", "prefetch", "simulate",
-    "simulate_trajectory",
+    "simulate_grn", "simulate_trajectory",
 ]
