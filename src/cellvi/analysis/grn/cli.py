@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=2000)
     p.add_argument("--n-propagation", type=int, default=3)
     p.add_argument("--n-neighbors", type=int, default=30)
-    p.add_argument("--out", default="grn_output")
+    p.add_argument("-o", "--out", default="grn_output", help="output folder (default: grn_output)")
     p.set_defaults(func=run)
 
 
