@@ -334,7 +334,14 @@ class BaseModel:
     def load(cls, dir_path: str | os.PathLike, adata=None, device: str | None = None) -> "BaseModel":
         """Load a model saved with :meth:`save`. ``adata`` must have the saved genes (in order) and
         known categories; when None, the AnnData saved in the folder is used. Loading only reads JSON and
-        safetensors: no code from the folder is ever executed."""
+        safetensors: no code from the folder is ever executed.
+
+        A folder saved by scvi-tools 1.x (``model.pt``) is read too, without executing anything from it
+        (see :mod:`cellvi.model._scvi_tools_format` and docs/switching.md)."""
+        from . import _scvi_tools_format
+
+        if _scvi_tools_format.is_scvi_tools_folder(dir_path):
+            return _scvi_tools_format.load_model(cls, dir_path, adata, device)
         meta = _files.read_meta(dir_path)
         if meta["model_class"] != cls.__name__:
             raise ModelFileError(

@@ -13,7 +13,7 @@ from ..errors import InvalidDataError, InvalidParameterError, MissingKeyError, R
 from ..module import SCANVAE
 from ..module.vae import DISPERSIONS, LIKELIHOODS
 from .base import _check_positive
-from .scvi import SCVI, _check_choice
+from .scvi import SCVI, _check_choice, _check_norms
 
 
 class SCANVI(SCVI):
@@ -36,6 +36,8 @@ class SCANVI(SCVI):
         ``n_hidden``, ``n_layers``, ``dropout_rate`` of the classifier MLP.
     y_prior
         Prior class probabilities, in the order of :attr:`classes_` (default uniform).
+    use_batch_norm, use_layer_norm
+        As for :class:`~cellvi.model.SCVI`.
 
     Examples
     --------
@@ -66,6 +68,8 @@ class SCANVI(SCVI):
         linear_classifier: bool = False,
         classifier_parameters: dict | None = None,
         y_prior: Sequence[float] | None = None,
+        use_batch_norm: str = "both",
+        use_layer_norm: str = "none",
     ) -> None:
         super(SCVI, self).__init__(
             adata, n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers, dropout_rate=dropout_rate,
@@ -73,6 +77,7 @@ class SCANVI(SCVI):
             encode_covariates=encode_covariates, deeply_inject_covariates=deeply_inject_covariates,
             linear_classifier=linear_classifier, classifier_parameters=classifier_parameters,
             y_prior=None if y_prior is None else [float(p) for p in y_prior],
+            use_batch_norm=use_batch_norm, use_layer_norm=use_layer_norm,
         )
         self.was_pretrained = False
 
@@ -116,6 +121,7 @@ class SCANVI(SCVI):
     def _build_module(self, registry: Registry, **p) -> SCANVAE:
         _check_choice("dispersion", p["dispersion"], DISPERSIONS)
         _check_choice("gene_likelihood", p["gene_likelihood"], LIKELIHOODS)
+        _check_norms(p)
         for name in ("n_hidden", "n_latent", "n_layers"):
             _check_positive(name, p[name])
         if not 0 <= p["dropout_rate"] < 1:

@@ -11,7 +11,7 @@ import torch
 from ..data import Registry
 from ..errors import InvalidParameterError, MissingKeyError
 from ..module import VAE
-from ..module.vae import DISPERSIONS, LATENT_DISTRIBUTIONS, LIKELIHOODS
+from ..module.vae import DISPERSIONS, LATENT_DISTRIBUTIONS, LIKELIHOODS, NORM_PLACES
 from .base import BaseModel, _check_positive
 
 
@@ -40,6 +40,10 @@ class SCVI(BaseModel):
         Also give the covariates to the encoder.
     deeply_inject_covariates
         Give covariates to every hidden layer, not only the first.
+    use_batch_norm, use_layer_norm
+        Where to normalise hidden layers, as in scvi-tools: "both", "encoder", "decoder" or "none"
+        (defaults "both" and "none"). The scArches tutorial's ``use_layer_norm="both",
+        use_batch_norm="none"`` works.
 
     Examples
     --------
@@ -66,12 +70,15 @@ class SCVI(BaseModel):
         use_observed_lib_size: bool = True,
         encode_covariates: bool = False,
         deeply_inject_covariates: bool = True,
+        use_batch_norm: str = "both",
+        use_layer_norm: str = "none",
     ) -> None:
         super().__init__(
             adata, n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers, dropout_rate=dropout_rate,
             dispersion=dispersion, gene_likelihood=gene_likelihood, latent_distribution=latent_distribution,
             use_observed_lib_size=use_observed_lib_size, encode_covariates=encode_covariates,
-            deeply_inject_covariates=deeply_inject_covariates,
+            deeply_inject_covariates=deeply_inject_covariates, use_batch_norm=use_batch_norm,
+            use_layer_norm=use_layer_norm,
         )
 
     @classmethod
@@ -103,6 +110,7 @@ class SCVI(BaseModel):
         _check_choice("dispersion", p["dispersion"], DISPERSIONS)
         _check_choice("gene_likelihood", p["gene_likelihood"], LIKELIHOODS)
         _check_choice("latent_distribution", p["latent_distribution"], LATENT_DISTRIBUTIONS)
+        _check_norms(p)
         for name in ("n_hidden", "n_latent", "n_layers"):
             _check_positive(name, p[name])
         if not 0 <= p["dropout_rate"] < 1:
@@ -375,6 +383,12 @@ class SCVI(BaseModel):
             batch_correction, fdr_target, n_samples if n_samples_overall is None else n_samples_overall,
             pseudocounts, test_mode,
         )
+
+
+def _check_norms(p: dict) -> None:
+    for name in ("use_batch_norm", "use_layer_norm"):
+        if name in p and not isinstance(p[name], bool):
+            _check_choice(name, p[name], NORM_PLACES)
 
 
 def _check_choice(name: str, value, choices) -> None:

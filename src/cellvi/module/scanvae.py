@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..nn import Encoder, FCLayers
-from .vae import VAE, kl_normal, log_normal_density
+from .vae import VAE, kl_normal, log_normal_density, norm_parts
 
 
 class Classifier(nn.Module):
@@ -65,8 +65,9 @@ class SCANVAE(VAE):
         self.n_labels = n_labels
         n_hidden, n_layers = vae_kwargs.get("n_hidden", 128), vae_kwargs.get("n_layers", 1)
         dropout = vae_kwargs.get("dropout_rate", 0.1)
-        norm = dict(use_batch_norm=vae_kwargs.get("use_batch_norm", True),
-                    use_layer_norm=vae_kwargs.get("use_layer_norm", False))
+        bn_enc, bn_dec = norm_parts("use_batch_norm", vae_kwargs.get("use_batch_norm", True))
+        ln_enc, ln_dec = norm_parts("use_layer_norm", vae_kwargs.get("use_layer_norm", False))
+        norm = dict(use_batch_norm=bn_enc, use_layer_norm=ln_enc)  # as scvi-tools: the encoder's setting
         cls_params = {"n_hidden": n_hidden, "n_layers": n_layers, "dropout_rate": dropout}
         if linear_classifier:
             cls_params.update(n_hidden=0, n_layers=0)
@@ -74,7 +75,8 @@ class SCANVAE(VAE):
         self.classifier = Classifier(self.n_latent, n_labels, **cls_params, **norm)
         # q(z2 | z1, y) and p(z1 | z2, y): both Gaussian heads over an MLP with y injected as a category
         self.encoder_z2_z1 = Encoder(self.n_latent, self.n_latent, [n_labels], 0, n_layers, n_hidden, dropout, **norm)
-        self.decoder_z1_z2 = Encoder(self.n_latent, self.n_latent, [n_labels], 0, n_layers, n_hidden, 0.0, **norm)
+        self.decoder_z1_z2 = Encoder(self.n_latent, self.n_latent, [n_labels], 0, n_layers, n_hidden, 0.0,
+                                     use_batch_norm=bn_dec, use_layer_norm=ln_dec)
         prior = torch.full((n_labels,), 1.0 / n_labels) if y_prior is None else torch.as_tensor(y_prior).float()
         self.register_buffer("log_y_prior", torch.log(prior / prior.sum()))
 

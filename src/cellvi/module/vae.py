@@ -43,11 +43,25 @@ def log_normal_density(x, m, v) -> torch.Tensor:
     return (-0.5 * (np.log(2 * np.pi) + torch.log(v) + (x - m) ** 2 / v)).sum(-1)
 
 
+NORM_PLACES = ("both", "encoder", "decoder", "none")
+
+
+def norm_parts(name: str, value: bool | str) -> tuple[bool, bool]:
+    """(in the encoders, in the decoder) for a normalisation option given as scvi-tools does ("both",
+    "encoder", "decoder", "none") or as a bool (True: both)."""
+    if isinstance(value, bool):
+        return value, value
+    if value not in NORM_PLACES:
+        raise ValueError(f"{name} must be a bool or one of {list(NORM_PLACES)}, got {value!r}.")
+    return value in ("both", "encoder"), value in ("both", "decoder")
+
+
 class VAE(nn.Module):
     """scVI. See :class:`cellvi.model.SCVI` for the meaning of the hyper-parameters.
 
     ``library_log_means`` / ``library_log_vars``: (n_batch,) mean and variance of the log library size per
-    batch, the prior used when ``use_observed_lib_size=False``.
+    batch, the prior used when ``use_observed_lib_size=False``. ``use_batch_norm`` / ``use_layer_norm``:
+    a bool (both parts) or, as in scvi-tools, "both", "encoder", "decoder" or "none".
     """
 
     def __init__(
@@ -69,10 +83,12 @@ class VAE(nn.Module):
         deeply_inject_covariates: bool = True,
         library_log_means: Sequence[float] | None = None,
         library_log_vars: Sequence[float] | None = None,
-        use_batch_norm: bool = True,
-        use_layer_norm: bool = False,
+        use_batch_norm: bool | str = True,
+        use_layer_norm: bool | str = False,
     ) -> None:
         super().__init__()
+        bn_enc, bn_dec = norm_parts("use_batch_norm", use_batch_norm)
+        ln_enc, ln_dec = norm_parts("use_layer_norm", use_layer_norm)
         self.n_input, self.n_batch, self.n_labels, self.n_latent = n_input, n_batch, n_labels, n_latent
         self.dispersion = dispersion
         self.gene_likelihood = gene_likelihood
@@ -85,13 +101,12 @@ class VAE(nn.Module):
         enc_cont = n_continuous_cov if encode_covariates else 0
         self.z_encoder = Encoder(
             n_input, n_latent, enc_cats, enc_cont, n_layers, n_hidden, dropout_rate,
-            latent_distribution, deeply_inject_covariates, use_batch_norm=use_batch_norm,
-            use_layer_norm=use_layer_norm,
+            latent_distribution, deeply_inject_covariates, use_batch_norm=bn_enc, use_layer_norm=ln_enc,
         )
         if not use_observed_lib_size:
             self.l_encoder = Encoder(
                 n_input, 1, enc_cats, enc_cont, 1, n_hidden, dropout_rate, "normal",
-                deeply_inject_covariates, use_batch_norm=use_batch_norm, use_layer_norm=use_layer_norm,
+                deeply_inject_covariates, use_batch_norm=bn_enc, use_layer_norm=ln_enc,
             )
             means = torch.as_tensor(library_log_means if library_log_means is not None else [0.0] * n_batch)
             lvars = torch.as_tensor(library_log_vars if library_log_vars is not None else [1.0] * n_batch)
@@ -99,7 +114,7 @@ class VAE(nn.Module):
             self.register_buffer("library_log_vars", lvars.float().reshape(-1))
         self.decoder = Decoder(
             n_latent, n_input, cats, n_continuous_cov, n_layers, n_hidden, deeply_inject_covariates,
-            use_batch_norm, use_layer_norm, need_r=dispersion == "gene-cell",
+            bn_dec, ln_dec, need_r=dispersion == "gene-cell",
             need_dropout=gene_likelihood == "zinb",
         )
         n_rows = {"gene": 1, "gene-batch": n_batch, "gene-label": n_labels, "gene-cell": 0}[dispersion]
