@@ -45,8 +45,8 @@ def is_scvi_tools_folder(dir_path) -> bool:
     return (folder / MODEL_PT).is_file() and not (folder / "model.json").is_file()
 
 
-def read_folder(dir_path, cls_name: str) -> dict:
-    """Read ``model.pt`` of a scvi-tools folder for the cellvi class ``cls_name``. Returns ``registry``
+def read_folder(dir_path, cls_name: str | None) -> dict:
+    """Read ``model.pt`` of a scvi-tools folder for the cellvi class ``cls_name`` (None: either). Returns ``registry``
     (a :class:`Registry`), ``init_params`` (cellvi's), ``state`` (scvi-tools' state dict) and
     ``history`` (a dict of float arrays, or {})."""
     path = Path(dir_path) / MODEL_PT
@@ -63,7 +63,7 @@ def read_folder(dir_path, cls_name: str) -> dict:
         raise ModelFileError(
             f"{dir_path} holds a scvi-tools {name} model; cellvi loads scvi-tools SCVI and SCANVI models only."
         )
-    if name != cls_name:
+    if cls_name is not None and name != cls_name:
         raise ModelFileError(f"{dir_path} holds a scvi-tools {name} model; load it with cellvi.model.{name}.")
     if reg.get("setup_method_name", "setup_anndata") != "setup_anndata":
         raise ModelFileError(f"{dir_path} was set up with {reg['setup_method_name']}; cellvi supports setup_anndata.")

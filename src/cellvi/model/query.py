@@ -35,6 +35,11 @@ def _reference_parts(reference):
     if isinstance(reference, BaseModel):
         return type(reference).__name__, reference.registry, dict(reference.init_params), reference
     if isinstance(reference, (str, os.PathLike)):
+        from . import _scvi_tools_format
+
+        if _scvi_tools_format.is_scvi_tools_folder(reference):  # saved by scvi-tools: read safely, mapped
+            parsed = _scvi_tools_format.read_folder(reference, None)
+            return parsed["registry"].model_name, parsed["registry"], parsed["init_params"], parsed
         meta = _files.read_meta(reference)
         return meta["model_class"], _files.registry_of(meta, reference), dict(meta["init_params"]), meta
     raise InvalidTypeError(
@@ -119,7 +124,11 @@ def load_query_data(
 
     model = cls.__new__(cls)
     model._init(adata, ref_registry, init_params)
-    if isinstance(source, dict):
+    if isinstance(source, dict) and "state" in source:  # a scvi-tools folder
+        from . import _scvi_tools_format
+
+        model.module.load_state_dict(_scvi_tools_format.to_cellvi_state(model.module, source["state"], reference))
+    elif isinstance(source, dict):
         _files.load_weights_into(model.module, reference, source)
     else:
         model.module.load_state_dict(copy.deepcopy(source.module.state_dict()))
