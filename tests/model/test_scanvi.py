@@ -52,12 +52,12 @@ def test_train_predict_and_outputs(small_adata):
     assert np.isfinite(model.history["elbo_train"]).all()
     soft = model.predict(soft=True)
     np.testing.assert_allclose(soft.to_numpy().sum(1), 1.0, rtol=1e-5)
-    hard = model.predict()
+    hard = model.predict(keep_observed=True)
     assert hard.shape == (small_adata.n_obs,)
-    np.testing.assert_array_equal(hard, soft.columns.to_numpy()[soft.to_numpy().argmax(1)])
+    np.testing.assert_array_equal(model.predict(), soft.columns.to_numpy()[soft.to_numpy().argmax(1)])
     # labelled cells keep their observed label (unless asked), and the data's labels are left as they were
     np.testing.assert_array_equal(hard[~hidden], before.to_numpy()[~hidden])
-    guess = model.predict(keep_observed=False)
+    guess = model.predict()  # scvi-tools' default: the classifier for every cell
     np.testing.assert_array_equal(guess[hidden], hard[hidden])
     pd.testing.assert_series_equal(small_adata.obs["labels"], before)
     # the unlabelled cells are predicted far better than chance (3 balanced-ish types: 0.33). On this

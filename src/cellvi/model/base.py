@@ -126,7 +126,8 @@ class BaseModel:
         fused_kernels: bool | None = None,
         callbacks: list | None = None,
         check_val_every_n_epoch: int | None = None,
-        **module_loss_kwargs,
+        loss_kwargs: dict | None = None,
+        **kwargs,
     ) -> "BaseModel":
         """Train the model with Adam on minibatches.
 
@@ -161,9 +162,20 @@ class BaseModel:
             Evaluate the validation cells every this many epochs and after the last. Default: every
             epoch with early stopping, else only after the last epoch (validation is not training: like
             scvi-tools, cellvi does not spend time on it unless asked).
+        loss_kwargs
+            Extra keyword arguments of the module's loss (SCANVI passes its classification weight).
+        **kwargs
+            scvi-tools' extra keywords: ``early_stopping_monitor`` ("elbo_validation"),
+            ``early_stopping_min_delta`` and ``early_stopping_mode`` ("min") are honoured; ``accelerator``,
+            ``devices`` and ``precision`` are checked against what the model uses; Lightning-only ones
+            (``logger``, ``load_sparse_tensor``...) are ignored with a warning. Any other keyword is an
+            error, raised before training starts.
 
         Returns the model; the per-epoch history is in ``model.history`` (a DataFrame).
         """
+        from ._train_kwargs import resolve
+
+        trainer_extra = resolve(kwargs, self.device)
         n = self.adata.n_obs
         if max_epochs is None:
             max_epochs = int(min(400, max(1, round(400 * 20000 / n))))
@@ -202,7 +214,7 @@ class BaseModel:
             early_stopping=early_stopping, early_stopping_patience=early_stopping_patience,
             progress_bar=settings.progress_bar if enable_progress_bar is None else enable_progress_bar,
             checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
-            extra_loss_kwargs=module_loss_kwargs, callbacks=callbacks,
+            extra_loss_kwargs=loss_kwargs, callbacks=callbacks, **trainer_extra,
             compile_loss=fused_kernels, check_val_every_n_epoch=check_val_every_n_epoch,
         )
         try:
@@ -308,10 +320,21 @@ class BaseModel:
         )
 
     # ------------------------------------------------------------------ save and load
-    def save(self, dir_path: str | os.PathLike, overwrite: bool = False, save_anndata: bool = False) -> None:
+    def save(
+        self, dir_path: str | os.PathLike, overwrite: bool = False, save_anndata: bool = False, format: str = "cellvi"
+    ) -> None:
         """Save weights (``model.safetensors``), hyper-parameters and registry (``model.json``) and,
         with ``save_anndata``, the AnnData (``adata.h5ad``). The folder is written next to its final
-        place and renamed at the end, so an interrupted save never leaves a half-written model."""
+        place and renamed at the end, so an interrupted save never leaves a half-written model.
+
+        ``format="scvi-tools"`` writes what scvi-tools 1.x writes (``model.pt``, a pickle), for
+        ``scvi.model.SCVI.load`` / ``SCANVI.load``; see docs/switching.md for what it cannot hold."""
+        if format == "scvi-tools":
+            from . import _scvi_tools_format
+
+            return _scvi_tools_format.save_model(self, dir_path, overwrite, save_anndata)
+        if format != "cellvi":
+            raise InvalidParameterError(f"format must be 'cellvi' or 'scvi-tools', got {format!r}.")
         meta = {
             "format": _files.FORMAT,
             "cellvi_version": __version__,

@@ -47,12 +47,19 @@ def _reference_parts(reference):
     )
 
 
-def prepare_query_anndata(adata, reference) -> anndata.AnnData:
-    """A new AnnData with exactly the reference's genes in the reference's order: genes the query lacks
+def prepare_query_anndata(adata, reference, return_reference_var_names: bool = False, inplace: bool = False):
+    """An AnnData with exactly the reference's genes in the reference's order: genes the query lacks
     are added with zero counts (a warning says how many), genes the reference lacks are dropped.
-    ``X`` and every layer are reordered; obs and obsm are copied. ``reference``: a model or a folder."""
+    ``X`` and every layer are reordered; obs and obsm are copied. ``reference``: a model or a folder.
+    With ``inplace``, ``adata`` itself becomes that AnnData (its uns and obsp kept) and None is returned."""
     _, registry, _, _ = _reference_parts(reference)
     ref = pd.Index(registry.var_names)
+    if return_reference_var_names:
+        return ref
+    if inplace and adata.is_view:
+        raise InvalidTypeError(
+            "prepare_query_anndata cannot change a view in place; pass adata.copy() or inplace=False."
+        )
     if not adata.var_names.is_unique:
         raise InvalidDataError("The query's gene names are duplicated; make them unique first.")
     src = adata.var_names.get_indexer(ref)  # column of each reference gene in the query, -1 if absent
@@ -83,7 +90,13 @@ def prepare_query_anndata(adata, reference) -> anndata.AnnData:
         obsm={k: v.copy() for k, v in adata.obsm.items()},
         layers={k: reorder(count_matrix(adata, k)) for k in adata.layers.keys()},
     )
-    return out
+    if not inplace:
+        return out
+    out.uns = adata.uns
+    for key, value in adata.obsp.items():
+        out.obsp[key] = value
+    adata._init_as_actual(out)  # what scvi-tools does: the same object now holds the padded data
+    return None
 
 
 def load_query_data(

@@ -210,22 +210,32 @@ class SCANVI(SCVI):
                 np.minimum(1.0, n_samples_per_label / np.maximum(counts, 1)), dtype=torch.float32, device=self.device
             )
         return super().train(
-            max_epochs=max_epochs, plan_kwargs=plan, classification_ratio=ratio, class_weights=weights, **kwargs
+            max_epochs=max_epochs, plan_kwargs=plan,
+            loss_kwargs={"classification_ratio": ratio, "class_weights": weights}, **kwargs
         )
 
     # ------------------------------------------------------------------ outputs
     @torch.no_grad()
     def predict(
-        self, adata=None, indices=None, soft: bool = False, batch_size: int | None = None, keep_observed: bool = True
+        self, adata=None, indices=None, soft: bool = False, batch_size: int | None = None,
+        use_posterior_mean: bool = True, ig_interpretability: bool = False, ig_args: dict | None = None,
+        keep_observed: bool = False,
     ) -> np.ndarray | pd.DataFrame:
         """Label of each cell: an array of class names (n_cells,), or with ``soft`` a DataFrame (cells x
-        classes) of class probabilities from the classifier (posterior mean of the latent).
+        classes) of class probabilities from the classifier, at the posterior mean of the latent (or one
+        sample with ``use_posterior_mean=False``).
 
-        keep_observed: a labelled cell keeps its observed label (probability 1 with ``soft``) rather than
-        the classifier's guess; pass False to classify every cell (to check the classifier on labelled
-        cells). The data's labels are never changed.
+        As in scvi-tools, every cell gets the classifier's prediction, labelled ones too.
+        keep_observed=True (a cellvi extra): a labelled cell keeps its observed label (probability 1 with
+        ``soft``) instead. The data's labels are never changed. ``ig_interpretability`` (integrated
+        gradients) is not implemented in cellvi and raises.
         """
-        parts = [torch.softmax(self.module.classify(b), dim=-1).cpu().numpy()
+        if ig_interpretability:
+            raise InvalidParameterError(
+                "predict(ig_interpretability=True) is not implemented in cellvi (integrated-gradients "
+                "attributions); call predict() without it."
+            )
+        parts = [torch.softmax(self.module.classify(b, sample=not use_posterior_mean), dim=-1).cpu().numpy()
                  for b in self._batches(adata, indices, batch_size)]
         n_classes = len(self.classes_)
         probs = np.concatenate(parts) if parts else np.zeros((0, n_classes), dtype=np.float32)

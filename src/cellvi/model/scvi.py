@@ -124,12 +124,15 @@ class SCVI(BaseModel):
 
     # ------------------------------------------------------------------ query mapping (scArches)
     @staticmethod
-    def prepare_query_anndata(adata, reference):
-        """A copy of the query ``adata`` with the reference's genes, in its order; missing genes are
-        zeros (a warning says how many). reference: a model or a saved model folder."""
+    def prepare_query_anndata(adata, reference, return_reference_var_names: bool = False, inplace: bool = True):
+        """Give the query ``adata`` the reference's genes, in its order; missing genes are zeros (a
+        warning says how many). reference: a model or a saved model folder (cellvi's or scvi-tools').
+        As in scvi-tools, ``adata`` is changed in place and None returned; ``inplace=False`` returns a
+        new AnnData and leaves ``adata`` as it was. ``return_reference_var_names``: only return the
+        reference's genes (a pandas Index)."""
         from .query import prepare_query_anndata
 
-        return prepare_query_anndata(adata, reference)
+        return prepare_query_anndata(adata, reference, return_reference_var_names, inplace)
 
     @classmethod
     def load_query_data(

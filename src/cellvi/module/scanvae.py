@@ -81,9 +81,12 @@ class SCANVAE(VAE):
         self.register_buffer("log_y_prior", torch.log(prior / prior.sum()))
 
     # ------------------------------------------------------------------ classification
-    def classify(self, batch: dict) -> torch.Tensor:
-        """Class logits from the posterior mean of z1, (n_cells, C)."""
-        return self._logits(self.inference(batch, sample=False))
+    def classify(self, batch: dict, sample: bool = False) -> torch.Tensor:
+        """Class logits from the posterior mean of z1 (or one sample of it), (n_cells, C)."""
+        inf = self.inference(batch, sample=sample)
+        if sample:
+            return self.classifier(inf["z"])
+        return self._logits(inf)
 
     def _logits(self, inf: dict) -> torch.Tensor:
         return self.classifier(self.z_encoder.transform(inf["qz_m"]))
