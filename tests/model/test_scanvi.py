@@ -50,6 +50,10 @@ def test_train_predict_and_outputs(small_adata):
     model = SCANVI(small_adata, n_latent=5)
     model.train(max_epochs=40, n_samples_per_label=50, plan_kwargs={"classification_ratio": 50})
     assert np.isfinite(model.history["elbo_train"]).all()
+    # per epoch, as scvi-tools: classification loss and accuracy on the labelled cells
+    accuracy = model.history_["train_accuracy"]["train_accuracy"]
+    assert ((accuracy >= 0) & (accuracy <= 1)).all() and accuracy.iloc[-1] > accuracy.iloc[0]
+    assert (model.history["train_classification_loss"] > 0).all()
     soft = model.predict(soft=True)
     np.testing.assert_allclose(soft.to_numpy().sum(1), 1.0, rtol=1e-5)
     hard = model.predict(keep_observed=True)

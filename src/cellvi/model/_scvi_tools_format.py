@@ -482,6 +482,8 @@ def save_model(model, dir_path, overwrite: bool = False, save_anndata: bool = Fa
              "test_indices_": np.array([], dtype=np.int64)}
     if name == "SCANVI":
         attrs["unlabeled_category_"] = model.registry.setup_args["unlabeled_category"]
+    if len(model.history):
+        attrs["history_"] = {k: v.astype("float64") for k, v in model.history_.items()}
     saved = {"model_state_dict": state, "var_names": np.array(model.registry.var_names, dtype=object),
              "attr_dict": attrs}
     with _files.staged_folder(dir_path, overwrite) as tmp:

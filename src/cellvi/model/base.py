@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,7 +172,9 @@ class BaseModel:
             (``logger``, ``load_sparse_tensor``...) are ignored with a warning. Any other keyword is an
             error, raised before training starts.
 
-        Returns the model; the per-epoch history is in ``model.history`` (a DataFrame).
+        Returns the model; the per-epoch history is in ``model.history`` (a DataFrame; the ``elbo_*``
+        columns hold the negative ELBO, as scvi-tools names it) and, in scvi-tools' shape (a dict of
+        one-column DataFrames), in ``model.history_``.
         """
         from ._train_kwargs import resolve
 
@@ -228,32 +231,70 @@ class BaseModel:
         self.is_trained = True
         return self
 
+    @property
+    def history_(self) -> dict[str, pd.DataFrame]:
+        """The training history in scvi-tools' shape: {name: one-column DataFrame indexed by epoch},
+        with its names (``train_loss``, ``elbo_train`` = the negative ELBO, ``reconstruction_loss_train``,
+        ``kl_local_train``, ``kl_global_train`` (0: cellvi has no global latent), the ``_validation``
+        ones, and SCANVI's ``train_classification_loss`` / ``train_accuracy``). ``model.history`` holds
+        the same values (and cellvi's extras: ``kl_weight``, ``epoch_end_s``) as one DataFrame."""
+        hist = self.history
+        if not len(hist):
+            return {}
+        cols = {("train_loss" if c == "loss_train" else c): hist[c] for c in hist.columns}
+        if "elbo_train" in hist.columns:
+            cols.setdefault("kl_global_train", pd.Series(0.0, index=hist.index))
+        return {name: values.to_frame(name) for name, values in cols.items()}
+
     # ------------------------------------------------------------------ shared outputs
     def get_latent_representation(
         self,
         adata=None,
         indices=None,
         give_mean: bool = True,
+        mc_samples: int = 200,
         batch_size: int | None = None,
+        return_dist: bool = False,
         obsm_key: str | None = "default",
-    ) -> np.ndarray:
+    ):
         """Latent representation of each cell, (n_cells, n_latent) float32.
 
-        give_mean: the posterior mean (True) or one posterior sample (False).
+        give_mean: the posterior mean (True) or one posterior sample (False); for a logistic-normal
+        latent the mean is estimated from ``mc_samples`` draws. return_dist: return instead the mean and
+        variance of the Gaussian posterior, a tuple of two (n_cells, n_latent) arrays (as scvi-tools).
         obsm_key: when all cells are asked for (``indices=None``), the result is also stored in
         ``adata.obsm[obsm_key]`` (default ``"X_scvi"`` for SCVI, ``"X_scanvi"`` for SCANVI) so that
-        ``sc.pp.neighbors(adata, use_rep="X_scvi")`` works directly. Pass ``obsm_key=None`` not to store.
+        ``sc.pp.neighbors(adata, use_rep="X_scvi")`` works directly. Pass ``obsm_key=None`` not to
+        store. A view of an AnnData is never written to (that would turn it into a copy): a warning
+        says so, and the result is only returned.
         """
+        _check_positive("mc_samples", mc_samples)
         n = self._n_cells(adata, indices)
         out = np.empty((n, self.module.n_latent), dtype=np.float32)
+        var = np.empty_like(out) if return_dist else None
         pos = 0
         for batch in self._batches(adata, indices, batch_size, sparse_counts=True):
-            z = self.module.latent(batch, give_mean=give_mean).cpu().numpy()
+            if return_dist:
+                m, v = self.module.latent_distribution_parameters(batch)
+                out[pos : pos + len(m)], var[pos : pos + len(m)] = m.cpu().numpy(), v.cpu().numpy()
+                pos += len(m)
+                continue
+            z = self.module.latent(batch, give_mean=give_mean, mc_samples=mc_samples).cpu().numpy()
             out[pos : pos + len(z)] = z
             pos += len(z)
+        if return_dist:
+            return out, var
+        target = self.adata if adata is None else adata
         if obsm_key is not None and indices is None:
             key = self._latent_key if obsm_key == "default" else obsm_key
-            (self.adata if adata is None else adata).obsm[key] = out
+            if target.is_view:
+                warnings.warn(
+                    f"The AnnData is a view: the latent is returned but not stored in obsm[{key!r}] (storing "
+                    "would turn the view into a copy). Store it yourself on the parent, or pass a copy.",
+                    UserWarning, stacklevel=2,
+                )
+            else:
+                target.obsm[key] = out
         return out
 
     def write_latent(

@@ -323,7 +323,7 @@ class SCVI(BaseModel):
         self, adata=None, indices=None, n_samples: int = 1, give_mean: bool = False, batch_size: int | None = None
     ) -> dict[str, np.ndarray]:
         """Parameters of p(x | z) per cell and gene: ``mean`` (expected counts), ``dispersions`` (theta)
-        and, for zinb, ``dropout`` (zero-inflation logits); each (n_cells, n_genes). With
+        and, for zinb, ``dropout`` (zero-inflation probabilities, as in scvi-tools); each (n_cells, n_genes). With
         ``n_samples > 1`` they are computed at posterior samples of z, averaged if ``give_mean``, else
         stacked as (n_samples, n_cells, n_genes)."""
         _check_positive("n_samples", n_samples)

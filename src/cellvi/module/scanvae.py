@@ -138,7 +138,8 @@ class SCANVAE(VAE):
         """Negative bound plus ``classification_ratio`` x the classification loss.
 
         Returns ``loss`` (scalar), per cell (n_cells,) ``reconstruction_loss`` (-log p(x|z1,l)), ``kl_z``
-        (all latent terms: z1, z2 and y) and ``kl_l``, and the scalar ``classification_loss``.
+        (all latent terms: z1, z2 and y) and ``kl_l``, the scalar ``classification_loss`` and the counts
+        ``classification_correct`` / ``classification_n`` of labelled cells classified right / in all.
         As in scvi-tools, the z1 terms are not scaled by the KL warm-up (only the z2 and y KLs are): a
         model initialised from a trained scVI is trained for few epochs, so a warm-up would leave the
         hierarchical prior almost untrained.
@@ -150,12 +151,16 @@ class SCANVAE(VAE):
         z1_part, kl_part = self._z_terms(inf, labels)
         kl_l = self._kl_library(batch, inf)
         loss = torch.mean(rec + z1_part + kl_weight * kl_part + kl_l)
-        ce = self.classification_loss(self._logits(inf), labels, class_weights)
+        logits = self._logits(inf)
+        ce = self.classification_loss(logits, labels, class_weights)
+        labelled = labels < self.n_labels
+        correct = (logits.detach().argmax(-1) == labels) & labelled
         if classification_ratio:
             loss = loss + classification_ratio * ce
         return {
             "loss": loss, "reconstruction_loss": rec, "kl_z": z1_part + kl_part, "kl_l": kl_l,
-            "classification_loss": ce.detach(),
+            "classification_loss": ce.detach(), "classification_correct": correct.sum(),
+            "classification_n": labelled.sum(),
         }
 
     @torch.no_grad()

@@ -242,14 +242,20 @@ class VAE(nn.Module):
 
     # ------------------------------------------------------------------ quantities for the model's outputs
     @torch.no_grad()
-    def latent(self, batch: dict, give_mean: bool = True) -> torch.Tensor:
+    def latent(self, batch: dict, give_mean: bool = True, mc_samples: int = 200) -> torch.Tensor:
         """Posterior mean (or one sample) of z, (n_cells, n_latent). For "ln" the mean is estimated by
-        Monte Carlo (softmax of samples, 200 draws) because softmax(mean) is not the mean."""
+        Monte Carlo (softmax of ``mc_samples`` samples) because softmax(mean) is not the mean."""
         inf = self.inference(batch, sample=not give_mean)
         if give_mean and self.latent_distribution == "ln":
-            eps = torch.randn((200, *inf["qz_m"].shape), device=inf["qz_m"].device)
+            eps = torch.randn((mc_samples, *inf["qz_m"].shape), device=inf["qz_m"].device)
             return torch.softmax(inf["qz_m"] + inf["qz_v"].sqrt() * eps, dim=-1).mean(0)
         return inf["z"] if not give_mean else inf["qz_m"]
+
+    @torch.no_grad()
+    def latent_distribution_parameters(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of the Gaussian q(z | x) (before any softmax), each (n_cells, n_latent)."""
+        inf = self.inference(batch, sample=False)
+        return inf["qz_m"], inf["qz_v"]
 
     @torch.no_grad()
     def expression(
@@ -277,13 +283,14 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def likelihood_parameters(self, batch: dict, sample_z: bool = False) -> dict:
-        """mean, dispersions (theta) and dropout (logits), each (n_cells, n_genes) where they apply."""
+        """mean, dispersions (theta) and dropout (zero-inflation probabilities, as scvi-tools returns them),
+        each (n_cells, n_genes) where they apply."""
         inf = self.inference(batch, sample=sample_z)
         gen = self.generative(inf["z"], inf["library"], batch)
         mean = self.rate(gen)
         out = {"mean": mean, "dispersions": torch.exp(gen["log_theta"]).expand_as(mean)}
         if gen["dropout_logits"] is not None:
-            out["dropout"] = gen["dropout_logits"]
+            out["dropout"] = torch.sigmoid(gen["dropout_logits"])
         return out
 
     @torch.no_grad()

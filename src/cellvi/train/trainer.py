@@ -88,8 +88,9 @@ class Trainer:
     per-cell ``reconstruction_loss``, ``kl_z`` and ``kl_l``.
 
     ``fit()`` returns the history: one row per epoch with, for ``train`` and ``validation``, the mean per
-    cell of ``elbo`` (higher is better), ``reconstruction_loss`` (-log p(x|z)) and ``kl_local``
-    (KL of z and library), plus ``loss_train`` (what was minimised, with the warmed-up KL weight),
+    cell of ``elbo`` (as scvi-tools names it: the *negative* ELBO, lower is better),
+    ``reconstruction_loss`` (-log p(x|z)) and ``kl_local`` (KL of z and library), for a module whose
+    loss reports labelled cells (scANVI) ``<train|validation>_classification_loss`` and ``_accuracy``, plus ``loss_train`` (what was minimised, with the warmed-up KL weight),
     ``kl_weight`` and ``epoch_end_s`` (wall seconds since the start of ``fit``).
     """
 
@@ -133,7 +134,7 @@ class Trainer:
         self.optimizer_step = AdamStep(self.optimizer)
         self.rows: list[dict] = []
         self.step = 0
-        self.best = -math.inf
+        self.best = math.inf
         self.epochs_since_best = 0
 
     # ------------------------------------------------------------------ one pass
@@ -141,6 +142,7 @@ class Trainer:
         self.module.train(train)
         device = next(self.module.parameters()).device
         sums = torch.zeros(3, dtype=torch.float64, device=device)
+        cls_sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss x n, correct, n labelled
         n_cells = 0
         kl_w = 1.0
         with torch.set_grad_enabled(train):
@@ -155,13 +157,21 @@ class Trainer:
                     out = self.loss(batch, kl_weight=kl_w, **self.extra_loss_kwargs)
                 sums += out["totals"]
                 n_cells += len(out["kl_z"])
+                if "classification_n" in out:  # scANVI: classification loss and accuracy on labelled cells
+                    n_lab = out["classification_n"].double()
+                    cls_sums += torch.stack([out["classification_loss"].double() * n_lab,
+                                             out["classification_correct"].double(), n_lab])
         mean = (sums.cpu() / max(n_cells, 1)).tolist()
         tag = "train" if train else "validation"
-        row = {
-            f"elbo_{tag}": -(mean[1] + mean[2]),
+        row = {  # scvi-tools' names and signs: "elbo" is the negative ELBO, lower is better
+            f"elbo_{tag}": mean[1] + mean[2],
             f"reconstruction_loss_{tag}": mean[1],
             f"kl_local_{tag}": mean[2],
         }
+        loss_x_n, correct, n_lab = cls_sums.cpu().tolist()
+        if n_lab > 0:
+            row[f"{tag}_classification_loss"] = loss_x_n / n_lab
+            row[f"{tag}_accuracy"] = correct / n_lab
         if train:
             row["loss_train"] = mean[0]
             row["kl_weight"] = kl_w
@@ -229,7 +239,7 @@ class Trainer:
         if not self.early_stopping:
             return False
         key = "elbo_validation" if "elbo_validation" in row else "elbo_train"
-        if row[key] > self.best + self.min_delta:
+        if row[key] < self.best - self.min_delta:  # the negative ELBO went down
             self.best, self.epochs_since_best = row[key], 0
             return False
         self.epochs_since_best += 1

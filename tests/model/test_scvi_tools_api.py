@@ -1,0 +1,84 @@
+"""scvi-tools call patterns that run unchanged with ``import cellvi as scvi`` (issue #20, section 2)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import cellvi
+from cellvi.errors import InvalidParameterError
+from cellvi.model import SCANVI, SCVI
+
+
+@pytest.fixture
+def adata():
+    a = cellvi.data.simulate(n_cells=120, n_genes=30, n_batches=2, n_cell_types=3, seed=3)
+    SCVI.setup_anndata(a, batch_key="batch")
+    return a
+
+
+def test_scarches_architecture_is_passed_through(adata):
+    model = SCVI(adata, n_hidden=16, n_latent=3, use_layer_norm="both", use_batch_norm="none")
+    norms = [type(m).__name__ for m in model.module.modules()]
+    assert "LayerNorm" in norms and "BatchNorm1d" not in norms
+    enc_only = SCVI(adata, n_hidden=16, n_latent=3, use_batch_norm="encoder")
+    assert any(type(m).__name__ == "BatchNorm1d" for m in enc_only.module.z_encoder.modules())
+    assert not any(type(m).__name__ == "BatchNorm1d" for m in enc_only.module.decoder.modules())
+    with pytest.raises(InvalidParameterError, match="use_layer_norm"):
+        SCVI(adata, use_layer_norm="sometimes")
+
+
+def test_train_keywords_of_scvi_tools(adata):
+    model = SCVI(adata, n_hidden=16, n_latent=3)
+    with pytest.warns(UserWarning, match="load_sparse_tensor"):
+        model.train(max_epochs=2, accelerator="cpu", devices=1, early_stopping=True,
+                    early_stopping_monitor="elbo_validation", early_stopping_min_delta=0.0,
+                    load_sparse_tensor=True)
+    assert len(model.history) == 2
+    fresh = SCVI(adata, n_hidden=16, n_latent=3)
+    before = {k: v.clone() for k, v in fresh.module.state_dict().items()}
+    for bad, match in [({"not_a_keyword": 1}, "not_a_keyword"), ({"lr": 1e-3}, "plan_kwargs"),
+                       ({"early_stopping_monitor": "reconstruction_loss_validation"}, "early_stopping_monitor"),
+                       ({"devices": 2}, "devices"), ({"accelerator": "gpu"}, "settings.device")]:
+        with pytest.raises(InvalidParameterError, match=match):
+            fresh.train(max_epochs=1, **bad)
+    assert not fresh.is_trained and len(fresh.history) == 0  # refused before any step
+    for k, v in fresh.module.state_dict().items():
+        assert np.array_equal(v.numpy(), before[k].numpy()), k
+
+
+def test_latent_outputs_like_scvi_tools(adata):
+    model = SCVI(adata, n_hidden=16, n_latent=3, gene_likelihood="zinb")
+    model.train(max_epochs=1)
+    mean, var = model.get_latent_representation(return_dist=True, give_mean=False)
+    assert mean.shape == var.shape == (adata.n_obs, 3) and (var > 0).all()
+    np.testing.assert_allclose(mean, model.get_latent_representation(obsm_key=None), rtol=1e-6)
+    view = adata[:50]
+    with pytest.warns(UserWarning, match="view"):
+        z = model.get_latent_representation(view)
+    assert view.is_view and z.shape == (50, 3)  # still a view: nothing written to it
+    dropout = model.get_likelihood_parameters(indices=np.arange(10))["dropout"]
+    assert dropout.shape == (10, 30) and (dropout > 0).all() and (dropout < 1).all()  # probabilities
+
+
+def test_scanvi_from_scvi_model_with_classifier_options(adata):
+    adata.obs["labels"] = adata.obs["cell_type"].astype(str)
+    adata.obs.loc[adata.obs_names[::3], "labels"] = "Unknown"
+    SCVI.setup_anndata(adata, batch_key="batch", labels_key="labels")
+    vae = SCVI(adata, n_hidden=16, n_latent=3)
+    vae.train(max_epochs=1)
+    lin = SCANVI.from_scvi_model(vae, "Unknown", linear_classifier=True)
+    assert lin.module.classifier.hidden is None
+    mlp = SCANVI.from_scvi_model(vae, "Unknown", classifier_parameters={"n_hidden": 8, "n_layers": 2})
+    assert len(mlp.module.classifier.hidden.linears) == 2 and mlp.module.classifier.out.in_features == 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp.train(max_epochs=1)
+    labelled = adata.obs["labels"].to_numpy() != "Unknown"
+    soft = mlp.predict(soft=True)
+    hard = mlp.predict()  # the classifier for every cell, labelled ones too (scvi-tools' default)
+    np.testing.assert_array_equal(hard, soft.columns.to_numpy()[soft.to_numpy().argmax(1)])
+    kept = mlp.predict(keep_observed=True)
+    np.testing.assert_array_equal(kept[labelled], adata.obs["labels"].to_numpy()[labelled])
