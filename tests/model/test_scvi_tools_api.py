@@ -82,3 +82,40 @@ def test_scanvi_from_scvi_model_with_classifier_options(adata):
     np.testing.assert_array_equal(hard, soft.columns.to_numpy()[soft.to_numpy().argmax(1)])
     kept = mlp.predict(keep_observed=True)
     np.testing.assert_array_equal(kept[labelled], adata.obs["labels"].to_numpy()[labelled])
+
+
+def test_poisson_gene_selection_matches_scvi_tools():
+    import anndata
+    import pandas as pd
+
+    from tests.model.test_scvi_tools_format import FIXTURES
+
+    a = anndata.read_h5ad(FIXTURES / "data.h5ad")
+    ref = pd.read_csv(FIXTURES / "poisson_gene_selection.csv", index_col=0)
+    df = cellvi.data.poisson_gene_selection(a, n_top_genes=10, inplace=False, batch_key="batch")
+    for col in ["observed_fraction_zeros", "expected_fraction_zeros"]:
+        np.testing.assert_allclose(df[col], ref[col], atol=1e-6)
+    # scvi-tools estimates the enrichment from 10,000 Bernoulli draws; cellvi computes its expectation
+    np.testing.assert_allclose(df["prob_zero_enrichment"], ref["prob_zero_enrichment"], atol=0.02)
+    assert (df["highly_variable"] == ref["highly_variable"]).mean() >= 0.9
+    cellvi.data.poisson_gene_selection(a, n_top_genes=10, batch_key="batch", subset=True)
+    assert a.n_vars == 10 and a.uns["hvg"] == {"flavor": "poisson_zeros"}
+
+
+def test_de_weights_and_logging_dir(adata, tmp_path):
+    cellvi.settings.logging_dir = tmp_path / "logs"
+    try:
+        model = SCVI(adata, n_hidden=16, n_latent=3)
+        model.train(max_epochs=2)
+    finally:
+        cellvi.settings.logging_dir = None
+    logs = list((tmp_path / "logs").glob("SCVI_*/history.csv"))
+    assert len(logs) == 1 and len(logs[0].read_text().splitlines()) == 3
+    with pytest.raises(cellvi.errors.InvalidTypeError):
+        cellvi.settings.logging_dir = 3
+    de = model.differential_expression(groupby="cell_type", group1="type0", weights="uniform",
+                                       filter_outlier_cells=False, n_samples=50)
+    assert len(de) == adata.n_vars
+    for bad in ({"weights": "importance"}, {"filter_outlier_cells": True}):
+        with pytest.raises(InvalidParameterError, match="not implemented"):
+            model.differential_expression(groupby="cell_type", group1="type0", **bad)

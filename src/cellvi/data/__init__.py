@@ -1,10 +1,12 @@
 """Data: the registry that ``setup_anndata`` records, minibatch loaders, and the simulator."""
 
+from .genes import poisson_gene_selection
 from .loaders import MinibatchLoader, minibatch_slices, prefetch
 from .ondisk import OnDiskLoader, open_zarr
 from .registry import CellData, Registry
 from .simulate import simulate
 
 __all__ = [
-    "CellData", "MinibatchLoader", "OnDiskLoader", "Registry", "minibatch_slices", "open_zarr", "prefetch", "simulate",
+    "CellData", "MinibatchLoader", "OnDiskLoader", "Registry", "minibatch_slices", "open_zarr", "poisson_gene_selection", "prefetch",
+    "simulate",
 ]

@@ -229,6 +229,8 @@ class BaseModel:
         finally:
             self.module.eval()
         self.is_trained = True
+        if settings.logging_dir is not None:
+            _write_log(self)
         return self
 
     @property
@@ -433,6 +435,16 @@ class BaseModel:
         if meta.get("history"):
             model.history = pd.DataFrame(meta["history"]).set_index("epoch")
         return model
+
+
+def _write_log(model) -> None:
+    """The run's history as ``<settings.logging_dir>/<Model>_<UTC time>/history.csv``."""
+    from datetime import datetime, timezone
+
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S-%f")
+    folder = Path(settings.logging_dir) / f"{type(model).__name__}_{stamp}"
+    folder.mkdir(parents=True, exist_ok=True)
+    model.history.to_csv(folder / "history.csv")
 
 
 def _check_positive(name: str, value) -> None:

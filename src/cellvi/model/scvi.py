@@ -357,6 +357,9 @@ class SCVI(BaseModel):
         pseudocounts: float | None = None,
         test_mode: str = "three",
         n_samples_overall: int | None = None,
+        weights: str | None = "uniform",
+        filter_outlier_cells: bool = False,
+        importance_weighting_kwargs: dict | None = None,
     ) -> pd.DataFrame:
         """Bayesian differential expression (Lopez et al. 2018 "vanilla"; Boyeau et al. 2019 "change").
 
@@ -377,9 +380,23 @@ class SCVI(BaseModel):
         ``all_stats``, raw_mean1/2, non_zeros_proportion1/2, raw_normalized_mean1/2 (counts per
         10,000) over all cells of each group. With ``groupby``: comparison, group1, group2 columns.
         ``silent`` is accepted for compatibility; ``n_samples_overall`` is an alias of ``n_samples``.
+        ``weights="uniform"`` (every sampled cell counts the same, scvi-tools' default) is what cellvi
+        computes; scvi-tools' ``weights="importance"`` and ``filter_outlier_cells=True`` are not
+        implemented and raise.
         Returns one DataFrame indexed by gene, comparisons stacked.
         """
         from ._de import differential_expression
+
+        if weights not in (None, "uniform"):
+            raise InvalidParameterError(
+                f"differential_expression(weights={weights!r}) is not implemented in cellvi: only 'uniform' "
+                "(scvi-tools' default). Drop the argument to get the uniform-weight result."
+            )
+        if filter_outlier_cells or importance_weighting_kwargs:
+            raise InvalidParameterError(
+                "filter_outlier_cells=True and importance_weighting_kwargs are not implemented in cellvi "
+                "(they belong to scvi-tools' importance weighting); drop them."
+            )
 
         return differential_expression(
             self, adata, groupby, group1, group2, idx1, idx2, mode, delta, batch_size, all_stats,
