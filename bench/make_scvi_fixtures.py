@@ -22,9 +22,8 @@ import anndata
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import torch
-
 import scvi
+import torch
 
 N_CELLS, N_GENES, EPOCHS = 60, 30, 3
 

@@ -168,13 +168,13 @@ def main() -> None:
     lines += [f"| {k} | {v['max_abs_diff']:.2e} |" for k, v in result["export"].items()]
     q = result["query_mapping"]
     lines += ["", "## Query mapping onto a scvi-tools reference folder", "",
-              f"Reference {q['n_ref']} cells (scvi-tools SCVI, 400 genes), query {q['n_query']} cells, "
-              f"load_query_data + {q['epochs']} epochs, median of {N_REPEATS}.", "",
+              (f"Reference {q['n_ref']} cells (scvi-tools SCVI, 400 genes), query {q['n_query']} cells, "
+               f"load_query_data + {q['epochs']} epochs, median of {N_REPEATS}."), "",
               "| | seconds (median) |", "|---|---|",
               f"| scvi-tools | {q['scvi_tools_median_s']:.2f} |", f"| cellvi | {q['cellvi_median_s']:.2f} |", "",
-              f"cellvi / scvi-tools speed: {q['speedup']:.2f}x. Reference latent moved by at most "
-              f"{q['reference_latent_max_abs_change']:.1e} in cellvi. Load averages {result['load']} "
-              "(shared machine, noisy)."]
+              (f"cellvi / scvi-tools speed: {q['speedup']:.2f}x. Reference latent moved by at most "
+               f"{q['reference_latent_max_abs_change']:.1e} in cellvi. Load averages {result['load']} "
+               "(shared machine, noisy).")]
     (RESULTS / "scvi_tools_interop.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

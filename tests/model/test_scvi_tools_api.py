@@ -119,3 +119,28 @@ def test_de_weights_and_logging_dir(adata, tmp_path):
     for bad in ({"weights": "importance"}, {"filter_outlier_cells": True}):
         with pytest.raises(InvalidParameterError, match="not implemented"):
             model.differential_expression(groupby="cell_type", group1="type0", **bad)
+
+
+def test_minify_adata_keeps_outputs_without_counts(adata, tmp_path):
+    model = SCVI(adata, n_hidden=16, n_latent=3)
+    model.train(max_epochs=2)
+    latent = model.get_latent_representation(obsm_key=None)
+    expr = model.get_normalized_expression(return_numpy=True)
+    full = model.adata
+    model.minify_adata()
+    assert model.minified_data_type == "latent_posterior_parameters"
+    mini = model.adata
+    assert mini is not full and mini.X.nnz == 0 and full.X.nnz > 0  # the user's AnnData keeps its counts
+    np.testing.assert_allclose(mini.obs["observed_lib_size"], np.asarray(full.X.sum(1)).ravel())
+    np.testing.assert_array_equal(model.get_latent_representation(obsm_key=None), latent)
+    np.testing.assert_allclose(model.get_normalized_expression(return_numpy=True), expr, rtol=1e-5, atol=1e-7)
+    assert model.get_normalized_expression(n_samples=3, return_numpy=True).shape == expr.shape
+    with pytest.raises(InvalidParameterError, match="minified"):
+        model.train(max_epochs=1)
+    with pytest.raises(InvalidParameterError, match="minified"):
+        model.get_elbo()
+    assert np.isfinite(model.get_elbo(adata=full))  # the full data still works with the same model
+    model.save(tmp_path / "mini", save_anndata=True)
+    loaded = SCVI.load(tmp_path / "mini")
+    assert loaded.minified_data_type == "latent_posterior_parameters" and loaded.adata.X.nnz == 0
+    np.testing.assert_array_equal(loaded.get_latent_representation(obsm_key=None), latent)

@@ -51,7 +51,7 @@ class Opaque:
 
     name = "Opaque"
     args: tuple = ()
-    kwargs: dict = {}
+    kwargs: dict | None = None
     state = None
 
     def __init__(self, *args, **kwargs) -> None:
@@ -191,5 +191,5 @@ def opaque_frame_columns(obj) -> dict[str, np.ndarray] | None:
             for i, pos in enumerate(rows):
                 out[str(columns[pos])] = np.asarray(values[i], dtype=np.float64)
         return out
-    except Exception:  # another layout: the history is left out, nothing else depends on it
+    except Exception:  # noqa: BLE001 (another layout: the history is left out, nothing depends on it)
         return None

@@ -458,6 +458,8 @@ def save_model(model, dir_path, overwrite: bool = False, save_anndata: bool = Fa
     if name not in SUPPORTED:
         raise ModelFileError(f"Only SCVI and SCANVI models can be written in the scvi-tools format, not {name}.")
     module = model.module
+    if model.minified_data_type is not None:
+        raise ModelFileError("A model with a minified AnnData cannot be written for scvi-tools; save it before minifying.")
     if name == "SCANVI" and module.dispersion == "gene-label":
         raise ModelFileError("A SCANVI with dispersion='gene-label' cannot be written for scvi-tools.")
     s = model.registry.summary

@@ -12,7 +12,6 @@ import math
 import os
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,16 +23,21 @@ from ..data import CellData, MinibatchLoader, Registry
 from ..data.matrix import counts_checked
 from ..data.ondisk import OnDiskLoader, chunk_split, is_on_disk
 from ..data.writers import write_rows
-from ..errors import InvalidParameterError, ModelFileError, NotSetUpError, TrainingDivergedError
+from ..errors import (
+    InvalidParameterError,
+    ModelFileError,
+    NotSetUpError,
+    TrainingDivergedError,
+)
 from ..train import Trainer, TrainingPlan
 from ..train.heap import freed_memory_kept
 from . import _files
-
+from ._compat import ScviToolsCompat, write_log
 
 FUSED_KERNELS_MIN_CELL_EPOCHS = 1_000_000
 
 
-class BaseModel:
+class BaseModel(ScviToolsCompat):
     """Base class of SCVI and SCANVI. Not used directly."""
 
     _model_name = "Base"
@@ -176,8 +180,10 @@ class BaseModel:
         columns hold the negative ELBO, as scvi-tools names it) and, in scvi-tools' shape (a dict of
         one-column DataFrames), in ``model.history_``.
         """
+        from ._minify import refuse_if_minified
         from ._train_kwargs import resolve
 
+        refuse_if_minified(self, "train()")
         trainer_extra = resolve(kwargs, self.device)
         n = self.adata.n_obs
         if max_epochs is None:
@@ -230,23 +236,8 @@ class BaseModel:
             self.module.eval()
         self.is_trained = True
         if settings.logging_dir is not None:
-            _write_log(self)
+            write_log(self, settings.logging_dir)
         return self
-
-    @property
-    def history_(self) -> dict[str, pd.DataFrame]:
-        """The training history in scvi-tools' shape: {name: one-column DataFrame indexed by epoch},
-        with its names (``train_loss``, ``elbo_train`` = the negative ELBO, ``reconstruction_loss_train``,
-        ``kl_local_train``, ``kl_global_train`` (0: cellvi has no global latent), the ``_validation``
-        ones, and SCANVI's ``train_classification_loss`` / ``train_accuracy``). ``model.history`` holds
-        the same values (and cellvi's extras: ``kl_weight``, ``epoch_end_s``) as one DataFrame."""
-        hist = self.history
-        if not len(hist):
-            return {}
-        cols = {("train_loss" if c == "loss_train" else c): hist[c] for c in hist.columns}
-        if "elbo_train" in hist.columns:
-            cols.setdefault("kl_global_train", pd.Series(0.0, index=hist.index))
-        return {name: values.to_frame(name) for name, values in cols.items()}
 
     # ------------------------------------------------------------------ shared outputs
     def get_latent_representation(
@@ -329,6 +320,10 @@ class BaseModel:
         return write_rows(path, group, key, blocks, n_cols, obs, self.registry.var_names, source, overwrite)
 
     def _mean_over_cells(self, per_batch, adata, indices, batch_size) -> float:
+        from ._minify import refuse_if_minified
+
+        if adata is None:
+            refuse_if_minified(self, "The ELBO, reconstruction error and marginal likelihood")
         total, n = 0.0, 0
         for batch in self._batches(adata, indices, batch_size, likelihood_terms=True):
             values = per_batch(batch)
@@ -435,16 +430,6 @@ class BaseModel:
         if meta.get("history"):
             model.history = pd.DataFrame(meta["history"]).set_index("epoch")
         return model
-
-
-def _write_log(model) -> None:
-    """The run's history as ``<settings.logging_dir>/<Model>_<UTC time>/history.csv``."""
-    from datetime import datetime, timezone
-
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S-%f")
-    folder = Path(settings.logging_dir) / f"{type(model).__name__}_{stamp}"
-    folder.mkdir(parents=True, exist_ok=True)
-    model.history.to_csv(folder / "history.csv")
 
 
 def _check_positive(name: str, value) -> None:

@@ -67,7 +67,7 @@ class SCANVAE(VAE):
         dropout = vae_kwargs.get("dropout_rate", 0.1)
         bn_enc, bn_dec = norm_parts("use_batch_norm", vae_kwargs.get("use_batch_norm", True))
         ln_enc, ln_dec = norm_parts("use_layer_norm", vae_kwargs.get("use_layer_norm", False))
-        norm = dict(use_batch_norm=bn_enc, use_layer_norm=ln_enc)  # as scvi-tools: the encoder's setting
+        norm = {"use_batch_norm": bn_enc, "use_layer_norm": ln_enc}  # as scvi-tools: the encoder's setting
         cls_params = {"n_hidden": n_hidden, "n_layers": n_layers, "dropout_rate": dropout}
         if linear_classifier:
             cls_params.update(n_hidden=0, n_layers=0)

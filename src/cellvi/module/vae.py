@@ -155,7 +155,13 @@ class VAE(nn.Module):
     def inference(self, batch: dict, sample: bool = True) -> dict:
         """Posterior q(z, l | x). Returns qz_m, qz_v (n_cells, n_latent), z, and library (n_cells, 1) in
         log space (plus ql_m, ql_v when the library is latent). The counts may come dense (``X``) or
-        sparse (``X_csr``, see :meth:`_log_counts`)."""
+        sparse (``X_csr``, see :meth:`_log_counts`). A minified minibatch carries ``qz_m``, ``qz_v``
+        and ``observed_lib_size`` (n_cells,) instead, which are used as they are."""
+        if "qz_m" in batch:  # minified data: the posterior saved by minify_adata replaces the encoder
+            qz_m, qz_v = batch["qz_m"], batch["qz_v"]
+            z = qz_m + qz_v.sqrt() * torch.randn_like(qz_m) if sample else qz_m
+            library = torch.log(batch["observed_lib_size"].clamp_min(1.0)).unsqueeze(1)
+            return {"qz_m": qz_m, "qz_v": qz_v, "z": self.z_encoder.transform(z), "library": library}
         enc_codes, enc_cont = self._encoder_covariates(batch)
         x_in = self._log_counts(batch)
         qz_m, qz_v, z = self.z_encoder(x_in, enc_codes, enc_cont, sample=sample)
