@@ -144,3 +144,30 @@ def test_minify_adata_keeps_outputs_without_counts(adata, tmp_path):
     loaded = SCVI.load(tmp_path / "mini")
     assert loaded.minified_data_type == "latent_posterior_parameters" and loaded.adata.X.nnz == 0
     np.testing.assert_array_equal(loaded.get_latent_representation(obsm_key=None), latent)
+
+
+def test_temperature_scaling_of_scanvi():
+    from cellvi.analysis.calibration import expected_calibration_error, fit_temperature
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 2000)
+    logits = rng.normal(size=(2000, 3))
+    logits[np.arange(2000), labels] += 1.0
+    over = logits * 4  # an over-confident classifier: the true temperature is 4
+    assert abs(fit_temperature(over, labels) - 4.0) < 0.4
+    p = np.exp(over) / np.exp(over).sum(1, keepdims=True)
+    assert expected_calibration_error(p, labels) > 0.1
+
+    a = cellvi.data.simulate(n_cells=300, n_genes=30, n_batches=2, n_cell_types=3, seed=4)
+    a.obs["labels"] = a.obs["cell_type"].astype(str)
+    a.obs.loc[a.obs_names[::4], "labels"] = "Unknown"
+    SCANVI.setup_anndata(a, labels_key="labels", unlabeled_category="Unknown", batch_key="batch")
+    model = SCANVI(a, n_hidden=16, n_latent=3)
+    with pytest.raises(InvalidParameterError, match="held-out"):
+        SCANVI(a, n_hidden=16, n_latent=3).calibrate()
+    model.train(max_epochs=5, train_size=0.7)
+    hard = model.predict()
+    report = model.calibrate()
+    assert report["n_cells"] > 10 and report["temperature"] > 0
+    assert report["nll_after"] <= report["nll_before"] + 1e-9  # the fitted temperature minimises it
+    np.testing.assert_array_equal(model.predict(), hard)  # labels unchanged, probabilities rescaled
