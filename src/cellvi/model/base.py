@@ -368,9 +368,9 @@ class BaseModel(ScviToolsCompat):
         ``format="scvi-tools"`` writes what scvi-tools 1.x writes (``model.pt``, a pickle), for
         ``scvi.model.SCVI.load`` / ``SCANVI.load``; see docs/switching.md for what it cannot hold."""
         if format == "scvi-tools":
-            from . import _scvi_tools_format
+            from ._scvi_tools_export import save_model
 
-            return _scvi_tools_format.save_model(self, dir_path, overwrite, save_anndata)
+            return save_model(self, dir_path, overwrite, save_anndata)
         if format != "cellvi":
             raise InvalidParameterError(f"format must be 'cellvi' or 'scvi-tools', got {format!r}.")
         meta = {

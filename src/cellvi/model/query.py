@@ -165,6 +165,8 @@ def load_query_data(
     registry.attach(adata)
     model._data_cache = None
     model._plan_defaults = {"weight_decay": 0.0}  # L2 would move the frozen reference rows
+    if getattr(reference, "temperature_", None) is not None:  # SCANVI.calibrate() of the reference
+        model.temperature_ = reference.temperature_
     return model
 
 
