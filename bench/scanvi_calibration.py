@@ -9,7 +9,9 @@ For each dataset, held-out batch and seed: SCVI on the other batches, SCANVI fro
 ``load_query_data`` for the held-out batch (labels hidden), trained; ECE (15 bins) and accuracy of the
 query predictions against the annotation, with the temperature fitted on the reference (the query is
 never used to fit it). Results: bench/results/scanvi_calibration.{json,md} (medians over seeds).
-scvi-tools is not run here (its ECE is the "before" column's protocol without calibration).
+``--scvi-tools`` (run with the scvi-tools env's python after the cellvi run) adds scvi-tools 1.4.2's
+query ECE, confidence and accuracy under the same protocol (scvi-tools has no calibration step);
+``--report`` rewrites the table.
 """
 
 from __future__ import annotations
@@ -62,7 +64,90 @@ def one_split(adata, held, seed: int) -> dict:
     return out
 
 
+def one_split_scvi_tools(adata, held, seed: int) -> dict:
+    """The same protocol in scvi-tools 1.4.2 (run in its env): no calibration there, ECE as it comes."""
+    import scvi
+    from cellvi_ece import expected_calibration_error
+
+    scvi.settings.seed = seed
+    ref = adata[adata.obs["batch"] != held].copy()
+    query = adata[adata.obs["batch"] == held].copy()
+    truth = query.obs["cell_type"].astype(str).to_numpy()
+    ref.obs["labels"] = ref.obs["cell_type"].astype(str)
+    scvi.model.SCVI.setup_anndata(ref, batch_key="batch", labels_key="labels")
+    vae = scvi.model.SCVI(ref, n_latent=10, encode_covariates=True)
+    vae.train(max_epochs=EPOCHS["scvi"], enable_progress_bar=False)
+    lvae = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="Unknown")
+    lvae.train(max_epochs=EPOCHS["scanvi"], train_size=0.9, enable_progress_bar=False)
+    query.obs["labels"] = "Unknown"
+    qm = scvi.model.SCANVI.load_query_data(query, lvae)
+    qm.train(max_epochs=EPOCHS["query"], plan_kwargs={"weight_decay": 0.0}, enable_progress_bar=False)
+    soft = qm.predict(soft=True)
+    classes = list(soft.columns)
+    known = np.isin(truth, classes)
+    codes = np.array([classes.index(t) if t in classes else -1 for t in truth])
+    probs = soft.to_numpy()
+    return {"query_ece_before": expected_calibration_error(probs[known], codes[known]),
+            "query_mean_confidence_before": float(probs[known].max(1).mean()),
+            "query_accuracy": float((probs[known].argmax(1) == codes[known]).mean())}
+
+
+def scvi_tools_main() -> None:
+    """``bench/.venv-scvi/bin/python bench/scanvi_calibration.py --scvi-tools``: adds scvi-tools' rows to
+    the JSON written by the cellvi run (rerun the cellvi run's report with ``--report``)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("cellvi_ece", REPO / "src" / "cellvi" / "analysis" / "calibration.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["cellvi_ece"] = module
+    warnings.simplefilter("ignore")
+    path = REPO / "bench" / "results" / "scanvi_calibration.json"
+    out = json.loads(path.read_text())
+    for row in out["rows"]:
+        adata = anndata.read_h5ad(DATA / row["dataset"])
+        runs = [one_split_scvi_tools(adata, row["held_out_batch"], s) for s in SEEDS]
+        row["scvi_tools"] = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+        print(row["dataset"], row["held_out_batch"], row["scvi_tools"], flush=True)
+    path.write_text(json.dumps(out, indent=1))
+
+
+def report(out: dict) -> None:
+    rows, peak = out["rows"], out["peak_rss_mib"]
+    lines = ["# SCANVI calibration (temperature scaling), leave-one-batch-out", "",
+             (f"Medians over seeds {SEEDS}; epochs {EPOCHS}. cellvi: `PYTHONPATH=src python "
+              "bench/scanvi_calibration.py`; scvi-tools 1.4.2 (same protocol, no calibration): "
+              "`bench/.venv-scvi/bin/python bench/scanvi_calibration.py --scvi-tools`, then `--report`."), "",
+             ("| dataset | held-out batch | T | query ECE before | query ECE after | query confidence before / after "
+              "| query accuracy | reference (calibration cells) ECE before / after | scvi-tools query ECE | "
+              "scvi-tools confidence | scvi-tools accuracy |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sv = r.get("scvi_tools")
+        tail = (f"{sv['query_ece_before']:.3f} | {sv['query_mean_confidence_before']:.3f} | {sv['query_accuracy']:.3f}"
+                if sv else "not run | | ")
+        lines.append(
+            f"| {r['dataset'].removesuffix('.h5ad')} | {r['held_out_batch']} | {r['temperature']:.2f} | "
+            f"{r['query_ece_before']:.3f} | {r['query_ece_after']:.3f} | {r['query_mean_confidence_before']:.3f} / "
+            f"{r['query_mean_confidence_after']:.3f} | {r['query_accuracy']:.3f} | "
+            f"{r['reference_ece_before']:.3f} / {r['reference_ece_after']:.3f} | {tail} |"
+        )
+    lines += ["", (f"Peak RSS {peak:.0f} MiB (cellvi run). ECE: 15 equal-width confidence bins, on query cells of "
+                   "types the reference knows. Load averages during the cellvi run: "
+                   f"{[round(x, 1) for x in out['load']]} (shared machine).")]
+    (REPO / "bench" / "results" / "scanvi_calibration.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
+    import sys
+
+    if "--scvi-tools" in sys.argv:
+        scvi_tools_main()
+        return
+    if "--report" in sys.argv:
+        report(json.loads((REPO / "bench" / "results" / "scanvi_calibration.json").read_text()))
+        return
     warnings.simplefilter("ignore")
     import cellvi
 
@@ -80,21 +165,7 @@ def main() -> None:
     out = {"seeds": SEEDS, "epochs": EPOCHS, "rows": rows, "peak_rss_mib": peak, "load": os.getloadavg()}
     results = REPO / "bench" / "results"
     (results / "scanvi_calibration.json").write_text(json.dumps(out, indent=1))
-    lines = ["# SCANVI calibration (temperature scaling), leave-one-batch-out", "",
-             f"Medians over seeds {SEEDS}; epochs {EPOCHS}; `PYTHONPATH=src python bench/scanvi_calibration.py`.", "",
-             ("| dataset | held-out batch | T | query ECE before | query ECE after | query confidence before / after "
-              "| query accuracy | reference (calibration cells) ECE before / after |"), "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['dataset'].removesuffix('.h5ad')} | {r['held_out_batch']} | {r['temperature']:.2f} | "
-            f"{r['query_ece_before']:.3f} | {r['query_ece_after']:.3f} | {r['query_mean_confidence_before']:.3f} / "
-            f"{r['query_mean_confidence_after']:.3f} | {r['query_accuracy']:.3f} | "
-            f"{r['reference_ece_before']:.3f} / {r['reference_ece_after']:.3f} |"
-        )
-    lines += ["", (f"Peak RSS {peak:.0f} MiB. ECE: 15 equal-width confidence bins, on query cells of types the "
-                   "reference knows.")]
-    (results / "scanvi_calibration.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    report(out)
 
 
 if __name__ == "__main__":
