@@ -54,6 +54,7 @@ def test_train_predict_and_outputs(small_adata):
     accuracy = model.history_["train_accuracy"]["train_accuracy"]
     assert ((accuracy >= 0) & (accuracy <= 1)).all() and accuracy.iloc[-1] > accuracy.iloc[0]
     assert (model.history["train_classification_loss"] > 0).all()
+    assert model.history["train_calibration_error"].between(0, 1).all()
     soft = model.predict(soft=True)
     np.testing.assert_allclose(soft.to_numpy().sum(1), 1.0, rtol=1e-5)
     hard = model.predict(keep_observed=True)

@@ -22,6 +22,9 @@ from ..nn import Encoder, FCLayers
 from .vae import VAE, kl_normal, log_normal_density, norm_parts
 
 
+CALIBRATION_BINS = 15
+
+
 class Classifier(nn.Module):
     """``q(y | z1)``: (n_cells, n_latent) -> logits (n_cells, n_classes). With ``n_layers=0`` a linear map."""
 
@@ -139,7 +142,9 @@ class SCANVAE(VAE):
 
         Returns ``loss`` (scalar), per cell (n_cells,) ``reconstruction_loss`` (-log p(x|z1,l)), ``kl_z``
         (all latent terms: z1, z2 and y) and ``kl_l``, the scalar ``classification_loss`` and the counts
-        ``classification_correct`` / ``classification_n`` of labelled cells classified right / in all.
+        ``classification_correct`` / ``classification_n`` of labelled cells classified right / in all,
+        and ``calibration_bins`` (3, 15): per confidence bin the labelled cells' count, summed confidence
+        and number correct (the trainer turns them into the epoch's expected calibration error).
         As in scvi-tools, the z1 terms are not scaled by the KL warm-up (only the z2 and y KLs are): a
         model initialised from a trained scVI is trained for few epochs, so a warm-up would leave the
         hierarchical prior almost untrained.
@@ -154,13 +159,22 @@ class SCANVAE(VAE):
         logits = self._logits(inf)
         ce = self.classification_loss(logits, labels, class_weights)
         labelled = labels < self.n_labels
-        correct = (logits.detach().argmax(-1) == labels) & labelled
+        probs = torch.softmax(logits.detach(), dim=-1)
+        conf, pred = probs.max(-1)
+        correct = (pred == labels) & labelled
+        # per confidence bin (15 equal-width, as torchmetrics' ECE): labelled cells, their confidence, correct
+        bins = torch.clamp((conf * CALIBRATION_BINS).long(), max=CALIBRATION_BINS - 1)[labelled]
+        calib = torch.stack([
+            torch.bincount(bins, minlength=CALIBRATION_BINS).to(conf.dtype),
+            torch.bincount(bins, weights=conf[labelled], minlength=CALIBRATION_BINS),
+            torch.bincount(bins, weights=correct[labelled].to(conf.dtype), minlength=CALIBRATION_BINS),
+        ])
         if classification_ratio:
             loss = loss + classification_ratio * ce
         return {
             "loss": loss, "reconstruction_loss": rec, "kl_z": z1_part + kl_part, "kl_l": kl_l,
             "classification_loss": ce.detach(), "classification_correct": correct.sum(),
-            "classification_n": labelled.sum(),
+            "classification_n": labelled.sum(), "calibration_bins": calib,
         }
 
     @torch.no_grad()

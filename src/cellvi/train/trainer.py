@@ -90,7 +90,8 @@ class Trainer:
     ``fit()`` returns the history: one row per epoch with, for ``train`` and ``validation``, the mean per
     cell of ``elbo`` (as scvi-tools names it: the *negative* ELBO, lower is better),
     ``reconstruction_loss`` (-log p(x|z)) and ``kl_local`` (KL of z and library), for a module whose
-    loss reports labelled cells (scANVI) ``<train|validation>_classification_loss`` and ``_accuracy``, plus ``loss_train`` (what was minimised, with the warmed-up KL weight),
+    loss reports labelled cells (scANVI) ``<train|validation>_classification_loss``, ``_accuracy`` and
+    ``_calibration_error`` (ECE), plus ``loss_train`` (what was minimised, with the warmed-up KL weight),
     ``kl_weight`` and ``epoch_end_s`` (wall seconds since the start of ``fit``).
     """
 
@@ -143,6 +144,7 @@ class Trainer:
         device = next(self.module.parameters()).device
         sums = torch.zeros(3, dtype=torch.float64, device=device)
         cls_sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss x n, correct, n labelled
+        calib = None  # (3, n_bins): cells, summed confidence, correct per confidence bin
         n_cells = 0
         kl_w = 1.0
         with torch.set_grad_enabled(train):
@@ -161,6 +163,9 @@ class Trainer:
                     n_lab = out["classification_n"].double()
                     cls_sums += torch.stack([out["classification_loss"].double() * n_lab,
                                              out["classification_correct"].double(), n_lab])
+                    if "calibration_bins" in out:
+                        bins = out["calibration_bins"].double()
+                        calib = bins if calib is None else calib + bins
         mean = (sums.cpu() / max(n_cells, 1)).tolist()
         tag = "train" if train else "validation"
         row = {  # scvi-tools' names and signs: "elbo" is the negative ELBO, lower is better
@@ -172,6 +177,9 @@ class Trainer:
         if n_lab > 0:
             row[f"{tag}_classification_loss"] = loss_x_n / n_lab
             row[f"{tag}_accuracy"] = correct / n_lab
+            if calib is not None:  # expected calibration error: |accuracy - confidence| per bin, weighted
+                cells, conf, right = calib.cpu()
+                row[f"{tag}_calibration_error"] = float((conf - right).abs().sum() / n_lab)
         if train:
             row["loss_train"] = mean[0]
             row["kl_weight"] = kl_w
