@@ -178,7 +178,7 @@ class Trainer:
             row[f"{tag}_classification_loss"] = loss_x_n / n_lab
             row[f"{tag}_accuracy"] = correct / n_lab
             if calib is not None:  # expected calibration error: |accuracy - confidence| per bin, weighted
-                cells, conf, right = calib.cpu()
+                _, conf, right = calib.cpu()
                 row[f"{tag}_calibration_error"] = float((conf - right).abs().sum() / n_lab)
         if train:
             row["loss_train"] = mean[0]
