@@ -23,6 +23,23 @@ class Settings:
         self.device: str | None = None  # None: CUDA when available, else CPU
         # keep the memory that training frees for its next steps (see cellvi.train.heap)
         self.keep_freed_memory: bool = True
+        self._logging_dir: str | None = None
+
+    @property
+    def logging_dir(self) -> str | None:
+        """A folder for training logs, as in scvi-tools (default None: none written). When set, each
+        ``train()`` writes its per-epoch history as ``<logging_dir>/<Model>_<time>/history.csv``."""
+        return self._logging_dir
+
+    @logging_dir.setter
+    def logging_dir(self, value) -> None:
+        import os
+
+        from .errors import InvalidTypeError
+
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise InvalidTypeError(f"settings.logging_dir must be a folder path or None, not {type(value).__name__}.")
+        self._logging_dir = None if value is None else os.fspath(value)
 
     @property
     def seed(self) -> int | None:

@@ -46,13 +46,20 @@ def test_prepare_query_anndata_reorders_and_pads(split):
     sub = ad.concat([sub, extra], axis=1, merge="first")
     sub.obs = query.obs.copy()
     with pytest.warns(UserWarning, match="5 of the reference's 60 genes"):
-        out = SCVI.prepare_query_anndata(sub, model)
+        out = SCVI.prepare_query_anndata(sub, model, inplace=False)
     assert list(out.var_names) == genes
     dense, orig = out.X.toarray(), query.X.toarray()
     np.testing.assert_array_equal(dense[:, :5], 0)
     np.testing.assert_array_equal(dense[:, 5:], orig[:, 5:])
     np.testing.assert_array_equal(out.layers["counts"].toarray(), dense)
     assert sub.n_vars == 56  # the input is untouched
+    # scvi-tools' default: in place, returning None; the user's uns is kept
+    sub.uns["note"] = "kept"
+    with pytest.warns(UserWarning):
+        assert SCVI.prepare_query_anndata(sub, model) is None
+    assert list(sub.var_names) == genes and sub.uns["note"] == "kept"
+    np.testing.assert_array_equal(sub.X.toarray(), dense)
+    assert list(SCVI.prepare_query_anndata(sub, model, return_reference_var_names=True)) == genes
 
 
 def test_query_extends_categories_and_keeps_reference_latent(split):
@@ -140,7 +147,7 @@ def test_pbmc_label_transfer_to_a_held_out_chemistry():
     model.train(max_epochs=60)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # same genes: nothing to pad
-        query = SCANVI.prepare_query_anndata(query, model)
+        query = SCANVI.prepare_query_anndata(query, model, inplace=False)
     qm = SCANVI.load_query_data(query, model)
     qm.train(max_epochs=40)
     truth = adata.obs["cell_type"].astype(str).to_numpy()[is_q]

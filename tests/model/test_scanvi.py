@@ -50,14 +50,19 @@ def test_train_predict_and_outputs(small_adata):
     model = SCANVI(small_adata, n_latent=5)
     model.train(max_epochs=40, n_samples_per_label=50, plan_kwargs={"classification_ratio": 50})
     assert np.isfinite(model.history["elbo_train"]).all()
+    # per epoch, as scvi-tools: classification loss and accuracy on the labelled cells
+    accuracy = model.history_["train_accuracy"]["train_accuracy"]
+    assert ((accuracy >= 0) & (accuracy <= 1)).all() and accuracy.iloc[-1] > accuracy.iloc[0]
+    assert (model.history["train_classification_loss"] > 0).all()
+    assert model.history["train_calibration_error"].between(0, 1).all()
     soft = model.predict(soft=True)
     np.testing.assert_allclose(soft.to_numpy().sum(1), 1.0, rtol=1e-5)
-    hard = model.predict()
+    hard = model.predict(keep_observed=True)
     assert hard.shape == (small_adata.n_obs,)
-    np.testing.assert_array_equal(hard, soft.columns.to_numpy()[soft.to_numpy().argmax(1)])
+    np.testing.assert_array_equal(model.predict(), soft.columns.to_numpy()[soft.to_numpy().argmax(1)])
     # labelled cells keep their observed label (unless asked), and the data's labels are left as they were
     np.testing.assert_array_equal(hard[~hidden], before.to_numpy()[~hidden])
-    guess = model.predict(keep_observed=False)
+    guess = model.predict()  # scvi-tools' default: the classifier for every cell
     np.testing.assert_array_equal(guess[hidden], hard[hidden])
     pd.testing.assert_series_equal(small_adata.obs["labels"], before)
     # the unlabelled cells are predicted far better than chance (3 balanced-ish types: 0.33). On this

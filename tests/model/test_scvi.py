@@ -27,7 +27,11 @@ def test_workflow_stores_latent_and_history(small_adata):
     # validation runs after the last epoch unless asked for more often (or early stopping is on)
     for col in ["elbo_validation", "reconstruction_loss_validation", "kl_local_validation"]:
         assert hist[col].isna().tolist() == [True, True, False]
-    assert hist["elbo_train"].iloc[-1] > hist["elbo_train"].iloc[0]
+    assert hist["elbo_train"].iloc[-1] < hist["elbo_train"].iloc[0]  # scvi-tools' sign: the negative ELBO
+    # scvi-tools' shape: a dict of one-column DataFrames indexed by epoch
+    assert model.history_["elbo_train"].columns.tolist() == ["elbo_train"]
+    np.testing.assert_array_equal(model.history_["elbo_train"]["elbo_train"], hist["elbo_train"])
+    assert model.history_["train_loss"].index.name == "epoch"
 
 
 def test_check_val_every_n_epoch(small_adata):

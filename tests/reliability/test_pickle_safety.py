@@ -4,6 +4,7 @@ as a training checkpoint, is refused with a ModelFileError and never runs."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 import pickle
 import shutil
 
@@ -108,3 +109,41 @@ def test_checkpoint_from_another_model_is_refused(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFileError, match="Delete it"):
         SCVI(a, n_hidden=8, n_latent=3).train(max_epochs=2, checkpoint_dir=str(tmp_path), resume=True)
+
+
+SCVI_TOOLS_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "scvi_tools" / "scvi_zinb_gene"
+
+
+def _scvi_tools_folder_with(tmp_path, where: str, marker) -> Path:
+    """A copy of a real scvi-tools 1.4.2 folder whose model.pt carries the payload at ``where``."""
+    folder = tmp_path / "scvi_tools_model"
+    folder.mkdir()
+    if where == "whole file":
+        (folder / "model.pt").write_bytes(payloads(marker)["torch"])
+        return folder
+    saved = torch.load(SCVI_TOOLS_FIXTURE / "model.pt", weights_only=False)  # our own trusted fixture
+    if where == "history":
+        saved["attr_dict"]["history_"]["elbo_train"] = Payload(str(marker))
+    elif where == "object array":
+        saved["attr_dict"]["registry_"]["field_registries"]["batch"]["state_registry"]["categorical_mapping"] = (
+            np.array(["b0", Payload(str(marker))], dtype=object)
+        )
+    else:
+        saved["model_state_dict"]["px_r"] = Payload(str(marker))
+    torch.save(saved, folder / "model.pt")
+    return folder
+
+
+@pytest.mark.parametrize("where", ["whole file", "history", "object array", "state dict"])
+def test_payload_in_scvi_tools_model_pt_is_refused(tmp_path, where):
+    """scvi-tools' model.pt is a pickle: a payload anywhere in it is refused by name and never runs."""
+    marker = tmp_path / "ran"
+    folder = _scvi_tools_folder_with(tmp_path, where, marker)
+    a = make_adata(n_genes=30)
+    for load in (lambda: SCVI.load(folder, adata=a), lambda: SCVI.load_query_data(a.copy(), folder),
+                 lambda: SCVI.prepare_query_anndata(a.copy(), folder)):
+        with pytest.raises(ModelFileError, match=r"open.*not load|not load.*open") as info:
+            load()
+        assert "io.open" in str(info.value) or "builtins.open" in str(info.value)
+    assert not marker.exists()
+    assert "_cellvi_registry" not in a.uns

@@ -1,5 +1,6 @@
 """Data: the registry that ``setup_anndata`` records, minibatch loaders, and the simulator."""
 
+from .genes import poisson_gene_selection
 from .loaders import MinibatchLoader, minibatch_slices, prefetch
 from .ondisk import OnDiskLoader, open_zarr
 from .registry import CellData, Registry
@@ -8,6 +9,6 @@ from .simulate_grn import simulate_grn
 from .trajectory import simulate_trajectory
 
 __all__ = [
-    "CellData", "MinibatchLoader", "OnDiskLoader", "Registry", "minibatch_slices", "open_zarr", "prefetch", "simulate",
-    "simulate_grn", "simulate_trajectory",
+    "CellData", "MinibatchLoader", "OnDiskLoader", "Registry", "minibatch_slices", "open_zarr", "poisson_gene_selection",
+    "prefetch", "simulate", "simulate_grn", "simulate_trajectory",
 ]

@@ -159,6 +159,8 @@ class MinibatchLoader:
             per_cell["cont_covs"] = torch.from_numpy(d.cont_covs[rows])
         if d.size_factor is not None:
             per_cell["size_factor"] = torch.from_numpy(d.size_factor[rows])
+        for key, values in (d.cached or {}).items():  # minified data (see cellvi.model._minify)
+            per_cell[key] = torch.from_numpy(values[rows])
         if self.sparse_counts:
             indptr, cols, values = (torch.from_numpy(a) for a in gather_csr(d.X, rows))
         else:

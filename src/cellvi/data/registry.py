@@ -24,6 +24,7 @@ from .matrix import (
 
 REGISTRY_KEY = "_cellvi_registry"
 REGISTRY_VERSION = 1
+MINIFIED_KEY = "_cellvi_minified"  # in uns of an AnnData made by minify_adata
 
 
 @dataclass
@@ -43,6 +44,7 @@ class CellData:
     cont_covs: np.ndarray | None = None
     size_factor: np.ndarray | None = None
     obs_names: pd.Index | None = None
+    cached: dict | None = None  # minified data: per-cell qz_m, qz_v (n_cells, n_latent), observed_lib_size
 
     @property
     def n_cells(self) -> int:
@@ -262,7 +264,15 @@ class Registry:
         sf = None
         if args["size_factor_key"] is not None:
             sf = _continuous(obs, args["size_factor_key"]).astype(np.float32)
-        return CellData(X, batch, labels, cat, cont, sf, adata.obs_names)
+        cached = None
+        if adata.uns.get(MINIFIED_KEY) is not None:  # minified: the latent posterior stands in for the counts
+            if args.get("minified_data_type") is None:
+                raise NotSetUpError("This AnnData is minified but the model was not: use the model that minified it.")
+            cached = {
+                "qz_m": _obsm(adata, args["latent_qzm_key"]), "qz_v": _obsm(adata, args["latent_qzv_key"]),
+                "observed_lib_size": _continuous(obs, args["observed_lib_size_key"]).astype(np.float32),
+            }
+        return CellData(X, batch, labels, cat, cont, sf, adata.obs_names, cached)
 
 
 def _category_codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
@@ -313,6 +323,12 @@ def _encode(obs: pd.DataFrame, key: str | None, categories: list[str], name: str
             "To map new batches onto a trained model use Model.load_query_data."
         )
     return codes
+
+
+def _obsm(adata, key: str) -> np.ndarray:
+    if key not in adata.obsm:
+        raise MissingKeyError(f"adata.obsm[{key!r}] (the minified latent posterior) is missing.")
+    return np.ascontiguousarray(adata.obsm[key], dtype=np.float32)
 
 
 def _continuous(obs: pd.DataFrame, key: str) -> np.ndarray:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,17 +23,22 @@ from ..data import CellData, MinibatchLoader, Registry
 from ..data.matrix import counts_checked
 from ..data.ondisk import OnDiskLoader, chunk_split, is_on_disk
 from ..data.writers import write_rows
-from ..errors import InvalidParameterError, ModelFileError, NotSetUpError, TrainingDivergedError
+from ..errors import (
+    InvalidParameterError,
+    ModelFileError,
+    NotSetUpError,
+    TrainingDivergedError,
+)
 from ..train import Trainer, TrainingPlan
 from ..train import distributed
 from ..train.heap import freed_memory_kept
 from . import _files
-
+from ._compat import ScviToolsCompat, write_log
 
 FUSED_KERNELS_MIN_CELL_EPOCHS = 1_000_000
 
 
-class BaseModel:
+class BaseModel(ScviToolsCompat):
     """Base class of SCVI and SCANVI. Not used directly."""
 
     _model_name = "Base"
@@ -144,7 +149,8 @@ class BaseModel:
         fused_kernels: bool | None = None,
         callbacks: list | None = None,
         check_val_every_n_epoch: int | None = None,
-        **module_loss_kwargs,
+        loss_kwargs: dict | None = None,
+        **kwargs,
     ) -> "BaseModel":
         """Train the model with Adam on minibatches.
 
@@ -183,9 +189,24 @@ class BaseModel:
             Evaluate the validation cells every this many epochs and after the last. Default: every
             epoch with early stopping, else only after the last epoch (validation is not training: like
             scvi-tools, cellvi does not spend time on it unless asked).
+        loss_kwargs
+            Extra keyword arguments of the module's loss (SCANVI passes its classification weight).
+        **kwargs
+            scvi-tools' extra keywords: ``early_stopping_monitor`` ("elbo_validation"),
+            ``early_stopping_min_delta`` and ``early_stopping_mode`` ("min") are honoured; ``accelerator``,
+            ``devices`` and ``precision`` are checked against what the model uses; Lightning-only ones
+            (``logger``, ``load_sparse_tensor``...) are ignored with a warning. Any other keyword is an
+            error, raised before training starts.
 
-        Returns the model; the per-epoch history is in ``model.history`` (a DataFrame).
+        Returns the model; the per-epoch history is in ``model.history`` (a DataFrame; the ``elbo_*``
+        columns hold the negative ELBO, as scvi-tools names it) and, in scvi-tools' shape (a dict of
+        one-column DataFrames), in ``model.history_``.
         """
+        from ._minify import refuse_if_minified
+        from ._train_kwargs import resolve
+
+        refuse_if_minified(self, "train()")
+        trainer_extra = resolve(kwargs, self.device)
         n = self.adata.n_obs
         if max_epochs is None:
             max_epochs = int(min(400, max(1, round(400 * 20000 / n))))
@@ -229,7 +250,7 @@ class BaseModel:
             early_stopping=early_stopping, early_stopping_patience=early_stopping_patience,
             progress_bar=settings.progress_bar if enable_progress_bar is None else enable_progress_bar,
             checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
-            extra_loss_kwargs=module_loss_kwargs, callbacks=callbacks,
+            extra_loss_kwargs=loss_kwargs, callbacks=callbacks, **trainer_extra,
             compile_loss=fused_kernels, check_val_every_n_epoch=check_val_every_n_epoch,
         )
         try:
@@ -241,6 +262,8 @@ class BaseModel:
         finally:
             self.module.eval()
         self.is_trained = True
+        if settings.logging_dir is not None:
+            write_log(self, settings.logging_dir)
         return self
 
     # ------------------------------------------------------------------ shared outputs
@@ -249,36 +272,67 @@ class BaseModel:
         adata=None,
         indices=None,
         give_mean: bool = True,
+        mc_samples: int = 200,
         batch_size: int | None = None,
+        return_dist: bool = False,
         obsm_key: str | None = "default",
-    ) -> np.ndarray:
+    ):
         """Latent representation of each cell, (n_cells, n_latent) float32.
 
-        give_mean: the posterior mean (True) or one posterior sample (False).
+        give_mean: the posterior mean (True) or one posterior sample (False); for a logistic-normal
+        latent the mean is estimated from ``mc_samples`` draws. return_dist: return instead the mean and
+        variance of the Gaussian posterior, a tuple of two (n_cells, n_latent) arrays (as scvi-tools).
         obsm_key: when all cells are asked for (``indices=None``), the result is also stored in
         ``adata.obsm[obsm_key]`` (default ``"X_scvi"`` for SCVI, ``"X_scanvi"`` for SCANVI) so that
-        ``sc.pp.neighbors(adata, use_rep="X_scvi")`` works directly. Pass ``obsm_key=None`` not to store.
+        ``sc.pp.neighbors(adata, use_rep="X_scvi")`` works directly. Pass ``obsm_key=None`` not to
+        store. A view of an AnnData is never written to (that would turn it into a copy): a warning
+        says so, and the result is only returned.
         """
+        _check_positive("mc_samples", mc_samples)
         mine = self._my_cells(adata, indices)
         if mine is not None:  # under torchrun: each rank its share, then all of them, in order, on every rank
             with distributed.local():
-                local = self.get_latent_representation(adata, mine, give_mean, batch_size, obsm_key=None)
+                local = self.get_latent_representation(
+                    adata, mine, give_mean=give_mean, mc_samples=mc_samples, batch_size=batch_size,
+                    return_dist=return_dist, obsm_key=None,
+                )
+            if return_dist:
+                return tuple(distributed.gather_rows(part) for part in local)
             out = distributed.gather_rows(local)
-            if obsm_key is not None and indices is None:
-                key = self._latent_key if obsm_key == "default" else obsm_key
-                (self.adata if adata is None else adata).obsm[key] = out
+            self._store_latent(adata, indices, obsm_key, out)
             return out
         n = self._n_cells(adata, indices)
         out = np.empty((n, self.module.n_latent), dtype=np.float32)
+        var = np.empty_like(out) if return_dist else None
         pos = 0
         for batch in self._batches(adata, indices, batch_size, sparse_counts=True):
-            z = self.module.latent(batch, give_mean=give_mean).cpu().numpy()
+            if return_dist:
+                m, v = self.module.latent_distribution_parameters(batch)
+                out[pos : pos + len(m)], var[pos : pos + len(m)] = m.cpu().numpy(), v.cpu().numpy()
+                pos += len(m)
+                continue
+            z = self.module.latent(batch, give_mean=give_mean, mc_samples=mc_samples).cpu().numpy()
             out[pos : pos + len(z)] = z
             pos += len(z)
-        if obsm_key is not None and indices is None:
-            key = self._latent_key if obsm_key == "default" else obsm_key
-            (self.adata if adata is None else adata).obsm[key] = out
+        if return_dist:
+            return out, var
+        self._store_latent(adata, indices, obsm_key, out)
         return out
+
+    def _store_latent(self, adata, indices, obsm_key, out: np.ndarray) -> None:
+        """Store a latent of all cells in ``obsm`` (see get_latent_representation); never on a view."""
+        if obsm_key is None or indices is not None:
+            return
+        target = self.adata if adata is None else adata
+        key = self._latent_key if obsm_key == "default" else obsm_key
+        if target.is_view:
+            warnings.warn(
+                f"The AnnData is a view: the latent is returned but not stored in obsm[{key!r}] (storing "
+                "would turn the view into a copy). Store it yourself on the parent, or pass a copy.",
+                UserWarning, stacklevel=3,
+            )
+        else:
+            target.obsm[key] = out
 
     def write_latent(
         self,
@@ -319,6 +373,10 @@ class BaseModel:
         return str(path)
 
     def _mean_over_cells(self, per_batch, adata, indices, batch_size) -> float:
+        from ._minify import refuse_if_minified
+
+        if adata is None:
+            refuse_if_minified(self, "The ELBO, reconstruction error and marginal likelihood")
         mine = self._my_cells(adata, indices)  # under torchrun: each rank its share, summed over ranks
         total, n = 0.0, 0
         for batch in self._batches(adata, indices if mine is None else mine, batch_size, likelihood_terms=True):
@@ -355,11 +413,22 @@ class BaseModel:
         )
 
     # ------------------------------------------------------------------ save and load
-    def save(self, dir_path: str | os.PathLike, overwrite: bool = False, save_anndata: bool = False) -> None:
+    def save(
+        self, dir_path: str | os.PathLike, overwrite: bool = False, save_anndata: bool = False, format: str = "cellvi"
+    ) -> None:
         """Save weights (``model.safetensors``), hyper-parameters and registry (``model.json``) and,
         with ``save_anndata``, the AnnData (``adata.h5ad``). The folder is written next to its final
         place and renamed at the end, so an interrupted save never leaves a half-written model. Under
-        torchrun, rank 0 writes while the other ranks wait (call it on every rank)."""
+        torchrun, rank 0 writes while the other ranks wait (call it on every rank).
+
+        ``format="scvi-tools"`` writes what scvi-tools 1.x writes (``model.pt``, a pickle), for
+        ``scvi.model.SCVI.load`` / ``SCANVI.load``; see docs/switching.md for what it cannot hold."""
+        if format == "scvi-tools":
+            from ._scvi_tools_export import save_model
+
+            return distributed.on_main(lambda: save_model(self, dir_path, overwrite, save_anndata))
+        if format != "cellvi":
+            raise InvalidParameterError(f"format must be 'cellvi' or 'scvi-tools', got {format!r}.")
         meta = {
             "format": _files.FORMAT,
             "cellvi_version": __version__,
@@ -385,7 +454,14 @@ class BaseModel:
     def load(cls, dir_path: str | os.PathLike, adata=None, device: str | None = None) -> "BaseModel":
         """Load a model saved with :meth:`save`. ``adata`` must have the saved genes (in order) and
         known categories; when None, the AnnData saved in the folder is used. Loading only reads JSON and
-        safetensors: no code from the folder is ever executed."""
+        safetensors: no code from the folder is ever executed.
+
+        A folder saved by scvi-tools 1.x (``model.pt``) is read too, without executing anything from it
+        (see :mod:`cellvi.model._scvi_tools_format` and docs/switching.md)."""
+        from . import _scvi_tools_format
+
+        if _scvi_tools_format.is_scvi_tools_folder(dir_path):
+            return _scvi_tools_format.load_model(cls, dir_path, adata, device)
         meta = _files.read_meta(dir_path)
         if meta["model_class"] != cls.__name__:
             raise ModelFileError(

@@ -35,6 +35,11 @@ def _reference_parts(reference):
     if isinstance(reference, BaseModel):
         return type(reference).__name__, reference.registry, dict(reference.init_params), reference
     if isinstance(reference, (str, os.PathLike)):
+        from . import _scvi_tools_format
+
+        if _scvi_tools_format.is_scvi_tools_folder(reference):  # saved by scvi-tools: read safely, mapped
+            parsed = _scvi_tools_format.read_folder(reference, None)
+            return parsed["registry"].model_name, parsed["registry"], parsed["init_params"], parsed
         meta = _files.read_meta(reference)
         return meta["model_class"], _files.registry_of(meta, reference), dict(meta["init_params"]), meta
     raise InvalidTypeError(
@@ -42,12 +47,19 @@ def _reference_parts(reference):
     )
 
 
-def prepare_query_anndata(adata, reference) -> anndata.AnnData:
-    """A new AnnData with exactly the reference's genes in the reference's order: genes the query lacks
+def prepare_query_anndata(adata, reference, return_reference_var_names: bool = False, inplace: bool = False):
+    """An AnnData with exactly the reference's genes in the reference's order: genes the query lacks
     are added with zero counts (a warning says how many), genes the reference lacks are dropped.
-    ``X`` and every layer are reordered; obs and obsm are copied. ``reference``: a model or a folder."""
+    ``X`` and every layer are reordered; obs and obsm are copied. ``reference``: a model or a folder.
+    With ``inplace``, ``adata`` itself becomes that AnnData (its uns and obsp kept) and None is returned."""
     _, registry, _, _ = _reference_parts(reference)
     ref = pd.Index(registry.var_names)
+    if return_reference_var_names:
+        return ref
+    if inplace and adata.is_view:
+        raise InvalidTypeError(
+            "prepare_query_anndata cannot change a view in place; pass adata.copy() or inplace=False."
+        )
     if not adata.var_names.is_unique:
         raise InvalidDataError("The query's gene names are duplicated; make them unique first.")
     src = adata.var_names.get_indexer(ref)  # column of each reference gene in the query, -1 if absent
@@ -78,7 +90,13 @@ def prepare_query_anndata(adata, reference) -> anndata.AnnData:
         obsm={k: v.copy() for k, v in adata.obsm.items()},
         layers={k: reorder(count_matrix(adata, k)) for k in adata.layers.keys()},
     )
-    return out
+    if not inplace:
+        return out
+    out.uns = adata.uns
+    for key, value in adata.obsp.items():
+        out.obsp[key] = value
+    adata._init_as_actual(out)  # what scvi-tools does: the same object now holds the padded data
+    return None
 
 
 def load_query_data(
@@ -119,7 +137,11 @@ def load_query_data(
 
     model = cls.__new__(cls)
     model._init(adata, ref_registry, init_params)
-    if isinstance(source, dict):
+    if isinstance(source, dict) and "state" in source:  # a scvi-tools folder
+        from . import _scvi_tools_format
+
+        model.module.load_state_dict(_scvi_tools_format.to_cellvi_state(model.module, source["state"], reference))
+    elif isinstance(source, dict):
         _files.load_weights_into(model.module, reference, source)
     else:
         model.module.load_state_dict(copy.deepcopy(source.module.state_dict()))
@@ -143,6 +165,8 @@ def load_query_data(
     registry.attach(adata)
     model._data_cache = None
     model._plan_defaults = {"weight_decay": 0.0}  # L2 would move the frozen reference rows
+    if getattr(reference, "temperature_", None) is not None:  # SCANVI.calibrate() of the reference
+        model.temperature_ = reference.temperature_
     return model
 
 

@@ -13,7 +13,7 @@ from ..errors import InvalidDataError, InvalidParameterError, MissingKeyError, R
 from ..module import SCANVAE
 from ..module.vae import DISPERSIONS, LIKELIHOODS
 from .base import _check_positive
-from .scvi import SCVI, _check_choice
+from .scvi import SCVI, _check_choice, _check_norms
 
 
 class SCANVI(SCVI):
@@ -37,6 +37,8 @@ class SCANVI(SCVI):
         ``n_hidden``, ``n_layers``, ``dropout_rate`` of the classifier MLP.
     y_prior
         Prior class probabilities, in the order of :attr:`classes_` (default uniform).
+    use_batch_norm, use_layer_norm
+        As for :class:`~cellvi.model.SCVI`.
 
     Examples
     --------
@@ -67,6 +69,8 @@ class SCANVI(SCVI):
         linear_classifier: bool = False,
         classifier_parameters: dict | None = None,
         y_prior: Sequence[float] | None = None,
+        use_batch_norm: str = "both",
+        use_layer_norm: str = "none",
     ) -> None:
         super(SCVI, self).__init__(
             adata, n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers, dropout_rate=dropout_rate,
@@ -74,6 +78,7 @@ class SCANVI(SCVI):
             encode_covariates=encode_covariates, deeply_inject_covariates=deeply_inject_covariates,
             linear_classifier=linear_classifier, classifier_parameters=classifier_parameters,
             y_prior=None if y_prior is None else [float(p) for p in y_prior],
+            use_batch_norm=use_batch_norm, use_layer_norm=use_layer_norm,
         )
         self.was_pretrained = False
 
@@ -117,6 +122,7 @@ class SCANVI(SCVI):
     def _build_module(self, registry: Registry, **p) -> SCANVAE:
         _check_choice("dispersion", p["dispersion"], DISPERSIONS)
         _check_choice("gene_likelihood", p["gene_likelihood"], LIKELIHOODS)
+        _check_norms(p)
         for name in ("n_hidden", "n_latent", "n_layers"):
             _check_positive(name, p[name])
         if not 0 <= p["dropout_rate"] < 1:
@@ -205,23 +211,76 @@ class SCANVI(SCVI):
                 np.minimum(1.0, n_samples_per_label / np.maximum(counts, 1)), dtype=torch.float32, device=self.device
             )
         return super().train(
-            max_epochs=max_epochs, plan_kwargs=plan, classification_ratio=ratio, class_weights=weights, **kwargs
+            max_epochs=max_epochs, plan_kwargs=plan,
+            loss_kwargs={"classification_ratio": ratio, "class_weights": weights}, **kwargs
         )
 
     # ------------------------------------------------------------------ outputs
     @torch.no_grad()
+    def calibrate(self, adata=None, indices=None, batch_size: int | None = None) -> dict:
+        """Fit a temperature to the classifier on labelled cells it was not trained on, so that
+        ``predict(soft=True)`` gives probabilities whose confidence matches their accuracy.
+
+        Default cells: the labelled cells among the validation cells of the last ``train()`` (train with
+        ``train_size < 1``); or pass ``adata``/``indices`` of held-out labelled cells. Returns the
+        temperature, the number of cells and the expected calibration error (15 bins) and NLL on those
+        cells before and after. Not saved with the model: calibrate again after loading."""
+        from ..analysis.calibration import expected_calibration_error, fit_temperature, nll
+
+        if adata is None and indices is None:
+            indices = self.validation_indices
+            if len(indices) == 0:
+                raise InvalidParameterError(
+                    "No held-out cells to calibrate on: train with train_size < 1, or pass indices (or adata) "
+                    "of labelled cells the model was not trained on."
+                )
+        codes = self._cell_data(adata).labels
+        codes = codes if indices is None else codes[np.asarray(indices)]
+        logits = np.concatenate([self.module.classify(b).cpu().numpy().astype(np.float64)
+                                 for b in self._batches(adata, indices, batch_size)])
+        labelled = codes < len(self.classes_)
+        if labelled.sum() < 10:
+            raise InvalidDataError(f"Only {int(labelled.sum())} labelled cells to calibrate on; need at least 10.")
+        logits, codes = logits[labelled], codes[labelled].astype(np.int64)
+        temperature = fit_temperature(logits, codes)
+
+        def probs(t):
+            z = logits / t
+            e = np.exp(z - z.max(1, keepdims=True))
+            return e / e.sum(1, keepdims=True)
+
+        self.temperature_ = temperature
+        return {
+            "temperature": temperature, "n_cells": int(len(codes)),
+            "ece_before": expected_calibration_error(probs(1.0), codes),
+            "ece_after": expected_calibration_error(probs(temperature), codes),
+            "nll_before": nll(logits, codes), "nll_after": nll(logits, codes, temperature),
+        }
+
+    @torch.no_grad()
     def predict(
-        self, adata=None, indices=None, soft: bool = False, batch_size: int | None = None, keep_observed: bool = True
+        self, adata=None, indices=None, soft: bool = False, batch_size: int | None = None,
+        use_posterior_mean: bool = True, ig_interpretability: bool = False, ig_args: dict | None = None,
+        keep_observed: bool = False,
     ) -> np.ndarray | pd.DataFrame:
         """Label of each cell: an array of class names (n_cells,), or with ``soft`` a DataFrame (cells x
-        classes) of class probabilities from the classifier (posterior mean of the latent).
+        classes) of class probabilities from the classifier, at the posterior mean of the latent (or one
+        sample with ``use_posterior_mean=False``).
 
-        keep_observed: a labelled cell keeps its observed label (probability 1 with ``soft``) rather than
-        the classifier's guess; pass False to classify every cell (to check the classifier on labelled
-        cells). The data's labels are never changed.
+        As in scvi-tools, every cell gets the classifier's prediction, labelled ones too. After
+        :meth:`calibrate` the probabilities are temperature-scaled (the labels are the same).
+        keep_observed=True (a cellvi extra): a labelled cell keeps its observed label (probability 1 with
+        ``soft``) instead. The data's labels are never changed. ``ig_interpretability`` (integrated
+        gradients) is not implemented in cellvi and raises.
         """
-        parts = [torch.softmax(self.module.classify(b), dim=-1).cpu().numpy()
-                 for b in self._batches(adata, indices, batch_size)]
+        if ig_interpretability:
+            raise InvalidParameterError(
+                "predict(ig_interpretability=True) is not implemented in cellvi (integrated-gradients "
+                "attributions); call predict() without it."
+            )
+        temperature = getattr(self, "temperature_", 1.0)
+        parts = [torch.softmax(self.module.classify(b, sample=not use_posterior_mean) / temperature, dim=-1)
+                 .cpu().numpy() for b in self._batches(adata, indices, batch_size)]
         n_classes = len(self.classes_)
         probs = np.concatenate(parts) if parts else np.zeros((0, n_classes), dtype=np.float32)
         if keep_observed:

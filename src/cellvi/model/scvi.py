@@ -11,7 +11,7 @@ import torch
 from ..data import Registry
 from ..errors import InvalidParameterError, MissingKeyError
 from ..module import VAE
-from ..module.vae import DISPERSIONS, LATENT_DISTRIBUTIONS, LIKELIHOODS
+from ..module.vae import DISPERSIONS, LATENT_DISTRIBUTIONS, LIKELIHOODS, NORM_PLACES
 from ..train import distributed
 from .base import BaseModel, _check_positive
 
@@ -41,6 +41,10 @@ class SCVI(BaseModel):
         Also give the covariates to the encoder.
     deeply_inject_covariates
         Give covariates to every hidden layer, not only the first.
+    use_batch_norm, use_layer_norm
+        Where to normalise hidden layers, as in scvi-tools: "both", "encoder", "decoder" or "none"
+        (defaults "both" and "none"). The scArches tutorial's ``use_layer_norm="both",
+        use_batch_norm="none"`` works.
 
     Examples
     --------
@@ -67,12 +71,15 @@ class SCVI(BaseModel):
         use_observed_lib_size: bool = True,
         encode_covariates: bool = False,
         deeply_inject_covariates: bool = True,
+        use_batch_norm: str = "both",
+        use_layer_norm: str = "none",
     ) -> None:
         super().__init__(
             adata, n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers, dropout_rate=dropout_rate,
             dispersion=dispersion, gene_likelihood=gene_likelihood, latent_distribution=latent_distribution,
             use_observed_lib_size=use_observed_lib_size, encode_covariates=encode_covariates,
-            deeply_inject_covariates=deeply_inject_covariates,
+            deeply_inject_covariates=deeply_inject_covariates, use_batch_norm=use_batch_norm,
+            use_layer_norm=use_layer_norm,
         )
 
     @classmethod
@@ -105,6 +112,7 @@ class SCVI(BaseModel):
         _check_choice("dispersion", p["dispersion"], DISPERSIONS)
         _check_choice("gene_likelihood", p["gene_likelihood"], LIKELIHOODS)
         _check_choice("latent_distribution", p["latent_distribution"], LATENT_DISTRIBUTIONS)
+        _check_norms(p)
         for name in ("n_hidden", "n_latent", "n_layers"):
             _check_positive(name, p[name])
         if not 0 <= p["dropout_rate"] < 1:
@@ -118,12 +126,15 @@ class SCVI(BaseModel):
 
     # ------------------------------------------------------------------ query mapping (scArches)
     @staticmethod
-    def prepare_query_anndata(adata, reference):
-        """A copy of the query ``adata`` with the reference's genes, in its order; missing genes are
-        zeros (a warning says how many). reference: a model or a saved model folder."""
+    def prepare_query_anndata(adata, reference, return_reference_var_names: bool = False, inplace: bool = True):
+        """Give the query ``adata`` the reference's genes, in its order; missing genes are zeros (a
+        warning says how many). reference: a model or a saved model folder (cellvi's or scvi-tools').
+        As in scvi-tools, ``adata`` is changed in place and None returned; ``inplace=False`` returns a
+        new AnnData and leaves ``adata`` as it was. ``return_reference_var_names``: only return the
+        reference's genes (a pandas Index)."""
         from .query import prepare_query_anndata
 
-        return prepare_query_anndata(adata, reference)
+        return prepare_query_anndata(adata, reference, return_reference_var_names, inplace)
 
     @classmethod
     def load_query_data(
@@ -326,7 +337,7 @@ class SCVI(BaseModel):
         self, adata=None, indices=None, n_samples: int = 1, give_mean: bool = False, batch_size: int | None = None
     ) -> dict[str, np.ndarray]:
         """Parameters of p(x | z) per cell and gene: ``mean`` (expected counts), ``dispersions`` (theta)
-        and, for zinb, ``dropout`` (zero-inflation logits); each (n_cells, n_genes). With
+        and, for zinb, ``dropout`` (zero-inflation probabilities, as in scvi-tools); each (n_cells, n_genes). With
         ``n_samples > 1`` they are computed at posterior samples of z, averaged if ``give_mean``, else
         stacked as (n_samples, n_cells, n_genes)."""
         _check_positive("n_samples", n_samples)
@@ -361,6 +372,9 @@ class SCVI(BaseModel):
         test_mode: str = "three",
         n_samples_overall: int | None = None,
         mc_error: float | None = 0.01,
+        weights: str | None = "uniform",
+        filter_outlier_cells: bool = False,
+        importance_weighting_kwargs: dict | None = None,
     ) -> pd.DataFrame:
         """Bayesian differential expression (Lopez et al. 2018 "vanilla"; Boyeau et al. 2019 "change").
 
@@ -386,15 +400,35 @@ class SCVI(BaseModel):
         ``all_stats``, raw_mean1/2, non_zeros_proportion1/2, raw_normalized_mean1/2 (counts per
         10,000) over all cells of each group. With ``groupby``: comparison, group1, group2 columns.
         ``silent`` is accepted for compatibility; ``n_samples_overall`` is an alias of ``n_samples``.
+        ``weights="uniform"`` (every sampled cell counts the same, scvi-tools' default) is what cellvi
+        computes; scvi-tools' ``weights="importance"`` and ``filter_outlier_cells=True`` are not
+        implemented and raise.
         Returns one DataFrame indexed by gene, comparisons stacked.
         """
         from ._de import differential_expression
+
+        if weights not in (None, "uniform"):
+            raise InvalidParameterError(
+                f"differential_expression(weights={weights!r}) is not implemented in cellvi: only 'uniform' "
+                "(scvi-tools' default). Drop the argument to get the uniform-weight result."
+            )
+        if filter_outlier_cells or importance_weighting_kwargs:
+            raise InvalidParameterError(
+                "filter_outlier_cells=True and importance_weighting_kwargs are not implemented in cellvi "
+                "(they belong to scvi-tools' importance weighting); drop them."
+            )
 
         return differential_expression(
             self, adata, groupby, group1, group2, idx1, idx2, mode, delta, batch_size, all_stats,
             batch_correction, fdr_target, n_samples if n_samples_overall is None else n_samples_overall,
             pseudocounts, test_mode, mc_error,
         )
+
+
+def _check_norms(p: dict) -> None:
+    for name in ("use_batch_norm", "use_layer_norm"):
+        if name in p and not isinstance(p[name], bool):
+            _check_choice(name, p[name], NORM_PLACES)
 
 
 def _check_choice(name: str, value, choices) -> None:

@@ -19,7 +19,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..nn import Encoder, FCLayers
-from .vae import VAE, kl_normal, log_normal_density
+from .vae import VAE, kl_normal, log_normal_density, norm_parts
+
+
+CALIBRATION_BINS = 15
 
 
 class Classifier(nn.Module):
@@ -65,8 +68,9 @@ class SCANVAE(VAE):
         self.n_labels = n_labels
         n_hidden, n_layers = vae_kwargs.get("n_hidden", 128), vae_kwargs.get("n_layers", 1)
         dropout = vae_kwargs.get("dropout_rate", 0.1)
-        norm = dict(use_batch_norm=vae_kwargs.get("use_batch_norm", True),
-                    use_layer_norm=vae_kwargs.get("use_layer_norm", False))
+        bn_enc, bn_dec = norm_parts("use_batch_norm", vae_kwargs.get("use_batch_norm", True))
+        ln_enc, ln_dec = norm_parts("use_layer_norm", vae_kwargs.get("use_layer_norm", False))
+        norm = {"use_batch_norm": bn_enc, "use_layer_norm": ln_enc}  # as scvi-tools: the encoder's setting
         cls_params = {"n_hidden": n_hidden, "n_layers": n_layers, "dropout_rate": dropout}
         if linear_classifier:
             cls_params.update(n_hidden=0, n_layers=0)
@@ -74,14 +78,18 @@ class SCANVAE(VAE):
         self.classifier = Classifier(self.n_latent, n_labels, **cls_params, **norm)
         # q(z2 | z1, y) and p(z1 | z2, y): both Gaussian heads over an MLP with y injected as a category
         self.encoder_z2_z1 = Encoder(self.n_latent, self.n_latent, [n_labels], 0, n_layers, n_hidden, dropout, **norm)
-        self.decoder_z1_z2 = Encoder(self.n_latent, self.n_latent, [n_labels], 0, n_layers, n_hidden, 0.0, **norm)
+        self.decoder_z1_z2 = Encoder(self.n_latent, self.n_latent, [n_labels], 0, n_layers, n_hidden, 0.0,
+                                     use_batch_norm=bn_dec, use_layer_norm=ln_dec)
         prior = torch.full((n_labels,), 1.0 / n_labels) if y_prior is None else torch.as_tensor(y_prior).float()
         self.register_buffer("log_y_prior", torch.log(prior / prior.sum()))
 
     # ------------------------------------------------------------------ classification
-    def classify(self, batch: dict) -> torch.Tensor:
-        """Class logits from the posterior mean of z1, (n_cells, C)."""
-        return self._logits(self.inference(batch, sample=False))
+    def classify(self, batch: dict, sample: bool = False) -> torch.Tensor:
+        """Class logits from the posterior mean of z1 (or one sample of it), (n_cells, C)."""
+        inf = self.inference(batch, sample=sample)
+        if sample:
+            return self.classifier(inf["z"])
+        return self._logits(inf)
 
     def _logits(self, inf: dict) -> torch.Tensor:
         return self.classifier(self.z_encoder.transform(inf["qz_m"]))
@@ -133,7 +141,10 @@ class SCANVAE(VAE):
         """Negative bound plus ``classification_ratio`` x the classification loss.
 
         Returns ``loss`` (scalar), per cell (n_cells,) ``reconstruction_loss`` (-log p(x|z1,l)), ``kl_z``
-        (all latent terms: z1, z2 and y) and ``kl_l``, and the scalar ``classification_loss``.
+        (all latent terms: z1, z2 and y) and ``kl_l``, the scalar ``classification_loss`` and the counts
+        ``classification_correct`` / ``classification_n`` of labelled cells classified right / in all,
+        and ``calibration_bins`` (3, 15): per confidence bin the labelled cells' count, summed confidence
+        and number correct (the trainer turns them into the epoch's expected calibration error).
         As in scvi-tools, the z1 terms are not scaled by the KL warm-up (only the z2 and y KLs are): a
         model initialised from a trained scVI is trained for few epochs, so a warm-up would leave the
         hierarchical prior almost untrained.
@@ -145,12 +156,25 @@ class SCANVAE(VAE):
         z1_part, kl_part = self._z_terms(inf, labels)
         kl_l = self._kl_library(batch, inf)
         loss = torch.mean(rec + z1_part + kl_weight * kl_part + kl_l)
-        ce = self.classification_loss(self._logits(inf), labels, class_weights)
+        logits = self._logits(inf)
+        ce = self.classification_loss(logits, labels, class_weights)
+        labelled = labels < self.n_labels
+        probs = torch.softmax(logits.detach(), dim=-1)
+        conf, pred = probs.max(-1)
+        correct = (pred == labels) & labelled
+        # per confidence bin (15 equal-width, as torchmetrics' ECE): labelled cells, their confidence, correct
+        bins = torch.clamp((conf * CALIBRATION_BINS).long(), max=CALIBRATION_BINS - 1)[labelled]
+        calib = torch.stack([
+            torch.bincount(bins, minlength=CALIBRATION_BINS).to(conf.dtype),
+            torch.bincount(bins, weights=conf[labelled], minlength=CALIBRATION_BINS),
+            torch.bincount(bins, weights=correct[labelled].to(conf.dtype), minlength=CALIBRATION_BINS),
+        ])
         if classification_ratio:
             loss = loss + classification_ratio * ce
         return {
             "loss": loss, "reconstruction_loss": rec, "kl_z": z1_part + kl_part, "kl_l": kl_l,
-            "classification_loss": ce.detach(),
+            "classification_loss": ce.detach(), "classification_correct": correct.sum(),
+            "classification_n": labelled.sum(), "calibration_bins": calib,
         }
 
     @torch.no_grad()

@@ -43,11 +43,25 @@ def log_normal_density(x, m, v) -> torch.Tensor:
     return (-0.5 * (np.log(2 * np.pi) + torch.log(v) + (x - m) ** 2 / v)).sum(-1)
 
 
+NORM_PLACES = ("both", "encoder", "decoder", "none")
+
+
+def norm_parts(name: str, value: bool | str) -> tuple[bool, bool]:
+    """(in the encoders, in the decoder) for a normalisation option given as scvi-tools does ("both",
+    "encoder", "decoder", "none") or as a bool (True: both)."""
+    if isinstance(value, bool):
+        return value, value
+    if value not in NORM_PLACES:
+        raise ValueError(f"{name} must be a bool or one of {list(NORM_PLACES)}, got {value!r}.")
+    return value in ("both", "encoder"), value in ("both", "decoder")
+
+
 class VAE(nn.Module):
     """scVI. See :class:`cellvi.model.SCVI` for the meaning of the hyper-parameters.
 
     ``library_log_means`` / ``library_log_vars``: (n_batch,) mean and variance of the log library size per
-    batch, the prior used when ``use_observed_lib_size=False``.
+    batch, the prior used when ``use_observed_lib_size=False``. ``use_batch_norm`` / ``use_layer_norm``:
+    a bool (both parts) or, as in scvi-tools, "both", "encoder", "decoder" or "none".
     """
 
     def __init__(
@@ -69,10 +83,12 @@ class VAE(nn.Module):
         deeply_inject_covariates: bool = True,
         library_log_means: Sequence[float] | None = None,
         library_log_vars: Sequence[float] | None = None,
-        use_batch_norm: bool = True,
-        use_layer_norm: bool = False,
+        use_batch_norm: bool | str = True,
+        use_layer_norm: bool | str = False,
     ) -> None:
         super().__init__()
+        bn_enc, bn_dec = norm_parts("use_batch_norm", use_batch_norm)
+        ln_enc, ln_dec = norm_parts("use_layer_norm", use_layer_norm)
         self.n_input, self.n_batch, self.n_labels, self.n_latent = n_input, n_batch, n_labels, n_latent
         self.dispersion = dispersion
         self.gene_likelihood = gene_likelihood
@@ -85,13 +101,12 @@ class VAE(nn.Module):
         enc_cont = n_continuous_cov if encode_covariates else 0
         self.z_encoder = Encoder(
             n_input, n_latent, enc_cats, enc_cont, n_layers, n_hidden, dropout_rate,
-            latent_distribution, deeply_inject_covariates, use_batch_norm=use_batch_norm,
-            use_layer_norm=use_layer_norm,
+            latent_distribution, deeply_inject_covariates, use_batch_norm=bn_enc, use_layer_norm=ln_enc,
         )
         if not use_observed_lib_size:
             self.l_encoder = Encoder(
                 n_input, 1, enc_cats, enc_cont, 1, n_hidden, dropout_rate, "normal",
-                deeply_inject_covariates, use_batch_norm=use_batch_norm, use_layer_norm=use_layer_norm,
+                deeply_inject_covariates, use_batch_norm=bn_enc, use_layer_norm=ln_enc,
             )
             means = torch.as_tensor(library_log_means if library_log_means is not None else [0.0] * n_batch)
             lvars = torch.as_tensor(library_log_vars if library_log_vars is not None else [1.0] * n_batch)
@@ -99,7 +114,7 @@ class VAE(nn.Module):
             self.register_buffer("library_log_vars", lvars.float().reshape(-1))
         self.decoder = Decoder(
             n_latent, n_input, cats, n_continuous_cov, n_layers, n_hidden, deeply_inject_covariates,
-            use_batch_norm, use_layer_norm, need_r=dispersion == "gene-cell",
+            bn_dec, ln_dec, need_r=dispersion == "gene-cell",
             need_dropout=gene_likelihood == "zinb",
         )
         n_rows = {"gene": 1, "gene-batch": n_batch, "gene-label": n_labels, "gene-cell": 0}[dispersion]
@@ -140,7 +155,13 @@ class VAE(nn.Module):
     def inference(self, batch: dict, sample: bool = True) -> dict:
         """Posterior q(z, l | x). Returns qz_m, qz_v (n_cells, n_latent), z, and library (n_cells, 1) in
         log space (plus ql_m, ql_v when the library is latent). The counts may come dense (``X``) or
-        sparse (``X_csr``, see :meth:`_log_counts`)."""
+        sparse (``X_csr``, see :meth:`_log_counts`). A minified minibatch carries ``qz_m``, ``qz_v``
+        and ``observed_lib_size`` (n_cells,) instead, which are used as they are."""
+        if "qz_m" in batch:  # minified data: the posterior saved by minify_adata replaces the encoder
+            qz_m, qz_v = batch["qz_m"], batch["qz_v"]
+            z = qz_m + qz_v.sqrt() * torch.randn_like(qz_m) if sample else qz_m
+            library = torch.log(batch["observed_lib_size"].clamp_min(1.0)).unsqueeze(1)
+            return {"qz_m": qz_m, "qz_v": qz_v, "z": self.z_encoder.transform(z), "library": library}
         enc_codes, enc_cont = self._encoder_covariates(batch)
         x_in = self._log_counts(batch)
         qz_m, qz_v, z = self.z_encoder(x_in, enc_codes, enc_cont, sample=sample)
@@ -227,14 +248,20 @@ class VAE(nn.Module):
 
     # ------------------------------------------------------------------ quantities for the model's outputs
     @torch.no_grad()
-    def latent(self, batch: dict, give_mean: bool = True) -> torch.Tensor:
+    def latent(self, batch: dict, give_mean: bool = True, mc_samples: int = 200) -> torch.Tensor:
         """Posterior mean (or one sample) of z, (n_cells, n_latent). For "ln" the mean is estimated by
-        Monte Carlo (softmax of samples, 200 draws) because softmax(mean) is not the mean."""
+        Monte Carlo (softmax of ``mc_samples`` samples) because softmax(mean) is not the mean."""
         inf = self.inference(batch, sample=not give_mean)
         if give_mean and self.latent_distribution == "ln":
-            eps = torch.randn((200, *inf["qz_m"].shape), device=inf["qz_m"].device)
+            eps = torch.randn((mc_samples, *inf["qz_m"].shape), device=inf["qz_m"].device)
             return torch.softmax(inf["qz_m"] + inf["qz_v"].sqrt() * eps, dim=-1).mean(0)
         return inf["z"] if not give_mean else inf["qz_m"]
+
+    @torch.no_grad()
+    def latent_distribution_parameters(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of the Gaussian q(z | x) (before any softmax), each (n_cells, n_latent)."""
+        inf = self.inference(batch, sample=False)
+        return inf["qz_m"], inf["qz_v"]
 
     @torch.no_grad()
     def expression(
@@ -262,13 +289,14 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def likelihood_parameters(self, batch: dict, sample_z: bool = False) -> dict:
-        """mean, dispersions (theta) and dropout (logits), each (n_cells, n_genes) where they apply."""
+        """mean, dispersions (theta) and dropout (zero-inflation probabilities, as scvi-tools returns them),
+        each (n_cells, n_genes) where they apply."""
         inf = self.inference(batch, sample=sample_z)
         gen = self.generative(inf["z"], inf["library"], batch)
         mean = self.rate(gen)
         out = {"mean": mean, "dispersions": torch.exp(gen["log_theta"]).expand_as(mean)}
         if gen["dropout_logits"] is not None:
-            out["dropout"] = gen["dropout_logits"]
+            out["dropout"] = torch.sigmoid(gen["dropout_logits"])
         return out
 
     @torch.no_grad()

@@ -92,8 +92,10 @@ class Trainer:
     per-cell ``reconstruction_loss``, ``kl_z`` and ``kl_l``.
 
     ``fit()`` returns the history: one row per epoch with, for ``train`` and ``validation``, the mean per
-    cell of ``elbo`` (higher is better), ``reconstruction_loss`` (-log p(x|z)) and ``kl_local``
-    (KL of z and library), plus ``loss_train`` (what was minimised, with the warmed-up KL weight),
+    cell of ``elbo`` (as scvi-tools names it: the *negative* ELBO, lower is better),
+    ``reconstruction_loss`` (-log p(x|z)) and ``kl_local`` (KL of z and library), for a module whose
+    loss reports labelled cells (scANVI) ``<train|validation>_classification_loss``, ``_accuracy`` and
+    ``_calibration_error`` (ECE), plus ``loss_train`` (what was minimised, with the warmed-up KL weight),
     ``kl_weight`` and ``epoch_end_s`` (wall seconds since the start of ``fit``).
     """
 
@@ -140,7 +142,7 @@ class Trainer:
         self.optimizer_step = AdamStep(self.optimizer)
         self.rows: list[dict] = []
         self.step = 0
-        self.best = -math.inf
+        self.best = math.inf
         self.epochs_since_best = 0
 
     # ------------------------------------------------------------------ one pass
@@ -148,6 +150,8 @@ class Trainer:
         self.module.train(train)
         device = next(self.module.parameters()).device
         sums = torch.zeros(3, dtype=torch.float64, device=device)
+        cls_sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss x n, correct, n labelled
+        calib = None  # (3, n_bins): cells, summed confidence, correct per confidence bin
         n_cells = 0
         kl_w = 1.0
         with torch.set_grad_enabled(train):
@@ -162,16 +166,32 @@ class Trainer:
                     out = self.loss(batch, kl_weight=kl_w, **self.extra_loss_kwargs)
                 sums += out["totals"]
                 n_cells += len(out["kl_z"])
+                if "classification_n" in out:  # scANVI: classification loss and accuracy on labelled cells
+                    n_lab = out["classification_n"].double()
+                    cls_sums += torch.stack([out["classification_loss"].double() * n_lab,
+                                             out["classification_correct"].double(), n_lab])
+                    if "calibration_bins" in out:
+                        bins = out["calibration_bins"].double()
+                        calib = bins if calib is None else calib + bins
         if train:
             distributed.sync_buffers(self.module)
-        totals = distributed.sum_over_ranks(torch.cat([sums, sums.new_tensor([n_cells])])).cpu()
+        # one all-reduce for the epoch's sums (a no-op on one process); the calibration bins stay per rank
+        totals = distributed.sum_over_ranks(torch.cat([sums, sums.new_tensor([n_cells]), cls_sums])).cpu()
         mean = (totals[:3] / max(float(totals[3]), 1.0)).tolist()
+        cls_sums = totals[4:7]
         tag = "train" if train else "validation"
-        row = {
-            f"elbo_{tag}": -(mean[1] + mean[2]),
+        row = {  # scvi-tools' names and signs: "elbo" is the negative ELBO, lower is better
+            f"elbo_{tag}": mean[1] + mean[2],
             f"reconstruction_loss_{tag}": mean[1],
             f"kl_local_{tag}": mean[2],
         }
+        loss_x_n, correct, n_lab = cls_sums.cpu().tolist()
+        if n_lab > 0:
+            row[f"{tag}_classification_loss"] = loss_x_n / n_lab
+            row[f"{tag}_accuracy"] = correct / n_lab
+            if calib is not None:  # expected calibration error: |accuracy - confidence| per bin, weighted
+                _, conf, right = calib.cpu()
+                row[f"{tag}_calibration_error"] = float((conf - right).abs().sum() / n_lab)
         if train:
             row["loss_train"] = mean[0]
             row["kl_weight"] = kl_w
@@ -242,7 +262,7 @@ class Trainer:
         if not self.early_stopping:
             return False
         key = "elbo_validation" if "elbo_validation" in row else "elbo_train"
-        if row[key] > self.best + self.min_delta:
+        if row[key] < self.best - self.min_delta:  # the negative ELBO went down
             self.best, self.epochs_since_best = row[key], 0
             return False
         self.epochs_since_best += 1

@@ -1,0 +1,173 @@
+"""scvi-tools call patterns that run unchanged with ``import cellvi as scvi`` (issue #20, section 2)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import cellvi
+from cellvi.errors import InvalidParameterError
+from cellvi.model import SCANVI, SCVI
+
+
+@pytest.fixture
+def adata():
+    a = cellvi.data.simulate(n_cells=120, n_genes=30, n_batches=2, n_cell_types=3, seed=3)
+    SCVI.setup_anndata(a, batch_key="batch")
+    return a
+
+
+def test_scarches_architecture_is_passed_through(adata):
+    model = SCVI(adata, n_hidden=16, n_latent=3, use_layer_norm="both", use_batch_norm="none")
+    norms = [type(m).__name__ for m in model.module.modules()]
+    assert "LayerNorm" in norms and "BatchNorm1d" not in norms
+    enc_only = SCVI(adata, n_hidden=16, n_latent=3, use_batch_norm="encoder")
+    assert any(type(m).__name__ == "BatchNorm1d" for m in enc_only.module.z_encoder.modules())
+    assert not any(type(m).__name__ == "BatchNorm1d" for m in enc_only.module.decoder.modules())
+    with pytest.raises(InvalidParameterError, match="use_layer_norm"):
+        SCVI(adata, use_layer_norm="sometimes")
+
+
+def test_train_keywords_of_scvi_tools(adata):
+    model = SCVI(adata, n_hidden=16, n_latent=3)
+    with pytest.warns(UserWarning, match="load_sparse_tensor"):
+        model.train(max_epochs=2, accelerator="cpu", devices=1, early_stopping=True,
+                    early_stopping_monitor="elbo_validation", early_stopping_min_delta=0.0,
+                    load_sparse_tensor=True)
+    assert len(model.history) == 2
+    fresh = SCVI(adata, n_hidden=16, n_latent=3)
+    before = {k: v.clone() for k, v in fresh.module.state_dict().items()}
+    for bad, match in [({"not_a_keyword": 1}, "not_a_keyword"), ({"lr": 1e-3}, "plan_kwargs"),
+                       ({"early_stopping_monitor": "reconstruction_loss_validation"}, "early_stopping_monitor"),
+                       ({"devices": 2}, "devices"), ({"accelerator": "gpu"}, "settings.device")]:
+        with pytest.raises(InvalidParameterError, match=match):
+            fresh.train(max_epochs=1, **bad)
+    assert not fresh.is_trained and len(fresh.history) == 0  # refused before any step
+    for k, v in fresh.module.state_dict().items():
+        assert np.array_equal(v.numpy(), before[k].numpy()), k
+
+
+def test_latent_outputs_like_scvi_tools(adata):
+    model = SCVI(adata, n_hidden=16, n_latent=3, gene_likelihood="zinb")
+    model.train(max_epochs=1)
+    mean, var = model.get_latent_representation(return_dist=True, give_mean=False)
+    assert mean.shape == var.shape == (adata.n_obs, 3) and (var > 0).all()
+    np.testing.assert_allclose(mean, model.get_latent_representation(obsm_key=None), rtol=1e-6)
+    view = adata[:50]
+    with pytest.warns(UserWarning, match="view"):
+        z = model.get_latent_representation(view)
+    assert view.is_view and z.shape == (50, 3)  # still a view: nothing written to it
+    dropout = model.get_likelihood_parameters(indices=np.arange(10))["dropout"]
+    assert dropout.shape == (10, 30) and (dropout > 0).all() and (dropout < 1).all()  # probabilities
+
+
+def test_scanvi_from_scvi_model_with_classifier_options(adata):
+    adata.obs["labels"] = adata.obs["cell_type"].astype(str)
+    adata.obs.loc[adata.obs_names[::3], "labels"] = "Unknown"
+    SCVI.setup_anndata(adata, batch_key="batch", labels_key="labels")
+    vae = SCVI(adata, n_hidden=16, n_latent=3)
+    vae.train(max_epochs=1)
+    lin = SCANVI.from_scvi_model(vae, "Unknown", linear_classifier=True)
+    assert lin.module.classifier.hidden is None
+    mlp = SCANVI.from_scvi_model(vae, "Unknown", classifier_parameters={"n_hidden": 8, "n_layers": 2})
+    assert len(mlp.module.classifier.hidden.linears) == 2 and mlp.module.classifier.out.in_features == 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp.train(max_epochs=1)
+    labelled = adata.obs["labels"].to_numpy() != "Unknown"
+    soft = mlp.predict(soft=True)
+    hard = mlp.predict()  # the classifier for every cell, labelled ones too (scvi-tools' default)
+    np.testing.assert_array_equal(hard, soft.columns.to_numpy()[soft.to_numpy().argmax(1)])
+    kept = mlp.predict(keep_observed=True)
+    np.testing.assert_array_equal(kept[labelled], adata.obs["labels"].to_numpy()[labelled])
+
+
+def test_poisson_gene_selection_matches_scvi_tools():
+    import anndata
+    import pandas as pd
+
+    from tests.model.test_scvi_tools_format import FIXTURES
+
+    a = anndata.read_h5ad(FIXTURES / "data.h5ad")
+    ref = pd.read_csv(FIXTURES / "poisson_gene_selection.csv", index_col=0)
+    df = cellvi.data.poisson_gene_selection(a, n_top_genes=10, inplace=False, batch_key="batch")
+    for col in ["observed_fraction_zeros", "expected_fraction_zeros"]:
+        np.testing.assert_allclose(df[col], ref[col], atol=1e-6)
+    # scvi-tools estimates the enrichment from 10,000 Bernoulli draws; cellvi computes its expectation
+    np.testing.assert_allclose(df["prob_zero_enrichment"], ref["prob_zero_enrichment"], atol=0.02)
+    assert (df["highly_variable"] == ref["highly_variable"]).mean() >= 0.9
+    cellvi.data.poisson_gene_selection(a, n_top_genes=10, batch_key="batch", subset=True)
+    assert a.n_vars == 10 and a.uns["hvg"] == {"flavor": "poisson_zeros"}
+
+
+def test_de_weights_and_logging_dir(adata, tmp_path):
+    cellvi.settings.logging_dir = tmp_path / "logs"
+    try:
+        model = SCVI(adata, n_hidden=16, n_latent=3)
+        model.train(max_epochs=2)
+    finally:
+        cellvi.settings.logging_dir = None
+    logs = list((tmp_path / "logs").glob("SCVI_*/history.csv"))
+    assert len(logs) == 1 and len(logs[0].read_text().splitlines()) == 3
+    with pytest.raises(cellvi.errors.InvalidTypeError):
+        cellvi.settings.logging_dir = 3
+    de = model.differential_expression(groupby="cell_type", group1="type0", weights="uniform",
+                                       filter_outlier_cells=False, n_samples=50)
+    assert len(de) == adata.n_vars
+    for bad in ({"weights": "importance"}, {"filter_outlier_cells": True}):
+        with pytest.raises(InvalidParameterError, match="not implemented"):
+            model.differential_expression(groupby="cell_type", group1="type0", **bad)
+
+
+def test_minify_adata_keeps_outputs_without_counts(adata, tmp_path):
+    model = SCVI(adata, n_hidden=16, n_latent=3)
+    model.train(max_epochs=2)
+    latent = model.get_latent_representation(obsm_key=None)
+    expr = model.get_normalized_expression(return_numpy=True)
+    full = model.adata
+    model.minify_adata()
+    assert model.minified_data_type == "latent_posterior_parameters"
+    mini = model.adata
+    assert mini is not full and mini.X.nnz == 0 and full.X.nnz > 0  # the user's AnnData keeps its counts
+    np.testing.assert_allclose(mini.obs["observed_lib_size"], np.asarray(full.X.sum(1)).ravel())
+    np.testing.assert_array_equal(model.get_latent_representation(obsm_key=None), latent)
+    np.testing.assert_allclose(model.get_normalized_expression(return_numpy=True), expr, rtol=1e-5, atol=1e-7)
+    assert model.get_normalized_expression(n_samples=3, return_numpy=True).shape == expr.shape
+    with pytest.raises(InvalidParameterError, match="minified"):
+        model.train(max_epochs=1)
+    with pytest.raises(InvalidParameterError, match="minified"):
+        model.get_elbo()
+    assert np.isfinite(model.get_elbo(adata=full))  # the full data still works with the same model
+    model.save(tmp_path / "mini", save_anndata=True)
+    loaded = SCVI.load(tmp_path / "mini")
+    assert loaded.minified_data_type == "latent_posterior_parameters" and loaded.adata.X.nnz == 0
+    np.testing.assert_array_equal(loaded.get_latent_representation(obsm_key=None), latent)
+
+
+def test_temperature_scaling_of_scanvi():
+    from cellvi.analysis.calibration import expected_calibration_error, fit_temperature
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 2000)
+    logits = rng.normal(size=(2000, 3))
+    logits[np.arange(2000), labels] += 1.0
+    over = logits * 4  # an over-confident classifier: the true temperature is 4
+    assert abs(fit_temperature(over, labels) - 4.0) < 0.4
+    p = np.exp(over) / np.exp(over).sum(1, keepdims=True)
+    assert expected_calibration_error(p, labels) > 0.1
+
+    a = cellvi.data.simulate(n_cells=300, n_genes=30, n_batches=2, n_cell_types=3, seed=4)
+    a.obs["labels"] = a.obs["cell_type"].astype(str)
+    a.obs.loc[a.obs_names[::4], "labels"] = "Unknown"
+    SCANVI.setup_anndata(a, labels_key="labels", unlabeled_category="Unknown", batch_key="batch")
+    model = SCANVI(a, n_hidden=16, n_latent=3)
+    with pytest.raises(InvalidParameterError, match="held-out"):
+        SCANVI(a, n_hidden=16, n_latent=3).calibrate()
+    model.train(max_epochs=5, train_size=0.7)
+    hard = model.predict()
+    report = model.calibrate()
+    assert report["n_cells"] > 10 and report["temperature"] > 0
+    assert report["nll_after"] <= report["nll_before"] + 1e-9  # the fitted temperature minimises it
+    np.testing.assert_array_equal(model.predict(), hard)  # labels unchanged, probabilities rescaled
