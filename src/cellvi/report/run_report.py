@@ -53,11 +53,11 @@ def _training(report: Report, model) -> None:
         if col in hist and hist[col].notna().any():
             ax.plot(hist.index, hist[col], label=label, marker="." if len(hist) < 30 else None)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("ELBO per cell (higher is better)")
+    ax.set_ylabel("negative ELBO per cell (lower is better)")
     ax.legend()
     ax.grid(alpha=0.3)
-    report.add_figure("Training curves", fig, f"{len(hist)} epochs; evidence lower bound per cell on the training "
-                      "cells and on the held-out validation cells (10%). The KL warm-up lasts half the epochs.")
+    report.add_figure("Training curves", fig, f"{len(hist)} epochs; negative evidence lower bound per cell (scvi-tools' sign) on the "
+                      "training cells and on the held-out validation cells (10%). The KL warm-up lasts half the epochs.")
 
 
 def _integration(report: Report, tdata, summary, args) -> None:
