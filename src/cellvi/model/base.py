@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from ..data.writers import write_rows
 from ..errors import InvalidParameterError, ModelFileError, NotSetUpError, TrainingDivergedError
 from ..train import Trainer, TrainingPlan
 from ..train.heap import freed_memory_kept
-from . import _files
+from . import _archive, _files
 
 
 FUSED_KERNELS_MIN_CELL_EPOCHS = 1_000_000
@@ -308,10 +309,23 @@ class BaseModel:
         )
 
     # ------------------------------------------------------------------ save and load
-    def save(self, dir_path: str | os.PathLike, overwrite: bool = False, save_anndata: bool = False) -> None:
+    def save(
+        self, dir_path: str | os.PathLike, overwrite: bool = False, save_anndata: bool = False, archive: bool = False
+    ) -> None:
         """Save weights (``model.safetensors``), hyper-parameters and registry (``model.json``) and,
         with ``save_anndata``, the AnnData (``adata.h5ad``). The folder is written next to its final
-        place and renamed at the end, so an interrupted save never leaves a half-written model."""
+        place and renamed at the end, so an interrupted save never leaves a half-written model.
+        ``archive=True`` writes those files instead into one zip file ``dir_path`` (e.g. ``model.zip``)
+        with a manifest of their SHA-256 (docs/archives.md); :meth:`load` and ``load_query_data``
+        accept it."""
+        if archive:
+            final = Path(dir_path)
+            if final.exists() and not overwrite:
+                raise ModelFileError(f"{final} already exists. Pass overwrite=True to replace it.")
+            with tempfile.TemporaryDirectory(prefix=f".{final.name}.saving-") as tmp:
+                self.save(Path(tmp) / "model", save_anndata=save_anndata)
+                _archive.write_archive(final, Path(tmp) / "model", overwrite)
+            return
         meta = {
             "format": _files.FORMAT,
             "cellvi_version": __version__,
@@ -333,8 +347,12 @@ class BaseModel:
     @classmethod
     def load(cls, dir_path: str | os.PathLike, adata=None, device: str | None = None) -> "BaseModel":
         """Load a model saved with :meth:`save`. ``adata`` must have the saved genes (in order) and
-        known categories; when None, the AnnData saved in the folder is used. Loading only reads JSON and
-        safetensors: no code from the folder is ever executed."""
+        known categories; when None, the AnnData saved in the folder is used. ``dir_path`` may also be an
+        archive written by ``save(..., archive=True)`` (checked against its manifest first). Loading only
+        reads JSON and safetensors: no code from the folder is ever executed."""
+        if _archive.is_archive(dir_path):
+            with _archive.opened(dir_path) as folder:
+                return cls.load(folder, adata=adata, device=device)
         meta = _files.read_meta(dir_path)
         if meta["model_class"] != cls.__name__:
             raise ModelFileError(

@@ -100,13 +100,7 @@ class SCVI(BaseModel):
         registry.attach(adata)
 
     def _build_module(self, registry: Registry, **p) -> VAE:
-        _check_choice("dispersion", p["dispersion"], DISPERSIONS)
-        _check_choice("gene_likelihood", p["gene_likelihood"], LIKELIHOODS)
-        _check_choice("latent_distribution", p["latent_distribution"], LATENT_DISTRIBUTIONS)
-        for name in ("n_hidden", "n_latent", "n_layers"):
-            _check_positive(name, p[name])
-        if not 0 <= p["dropout_rate"] < 1:
-            raise InvalidParameterError(f"dropout_rate must be in [0, 1), got {p['dropout_rate']}.")
+        _check_vae_params(p)
         s = registry.summary
         return VAE(
             n_input=s["n_vars"], n_batch=s["n_batch"], n_labels=s["n_labels"],
@@ -118,7 +112,7 @@ class SCVI(BaseModel):
     @staticmethod
     def prepare_query_anndata(adata, reference):
         """A copy of the query ``adata`` with the reference's genes, in its order; missing genes are
-        zeros (a warning says how many). reference: a model or a saved model folder."""
+        zeros (a warning says how many). reference: a model, a saved model folder or archive."""
         from .query import prepare_query_anndata
 
         return prepare_query_anndata(adata, reference)
@@ -136,7 +130,7 @@ class SCVI(BaseModel):
         freeze_classifier: bool = True,
         unfrozen: bool = False,
     ):
-        """A model of the query ``adata`` built from a trained ``reference`` (a model or a saved folder),
+        """A model of the query ``adata`` built from a trained ``reference`` (a model, a saved folder or archive),
         to be trained on the query (scArches). The query needs the reference's genes (see
         :meth:`prepare_query_anndata`) and its setup columns (a missing SCANVI labels column is filled
         with the unlabeled category); new batches and categories get new weights, which are all that
@@ -380,3 +374,14 @@ class SCVI(BaseModel):
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise InvalidParameterError(f"{name} must be one of {list(choices)}, got {value!r}.")
+
+
+def _check_vae_params(p: dict) -> None:
+    """Check the hyper-parameters SCVI's module shares with its variants (raises InvalidParameterError)."""
+    _check_choice("dispersion", p["dispersion"], DISPERSIONS)
+    _check_choice("gene_likelihood", p["gene_likelihood"], LIKELIHOODS)
+    _check_choice("latent_distribution", p["latent_distribution"], LATENT_DISTRIBUTIONS)
+    for name in ("n_hidden", "n_latent", "n_layers"):
+        _check_positive(name, p[name])
+    if not 0 <= p["dropout_rate"] < 1:
+        raise InvalidParameterError(f"dropout_rate must be in [0, 1), got {p['dropout_rate']}.")
