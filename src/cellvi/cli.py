@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-cells", type=int, default=10_000, help="cells of the simulated data")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from cellvi.autotune import cli as tune_cli
+
+    tune_cli.register(sub)
     return parser
 
 
@@ -101,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             run_demo(args)
+        elif args.command == "tune":
+            from cellvi.autotune import cli as tune_cli
+
+            return tune_cli.run(args)
     except CellviError as exc:
         print(f"cellvi: error: {exc}", file=sys.stderr)
         return 2
