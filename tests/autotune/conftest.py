@@ -57,5 +57,5 @@ def postgres_url():
         conn.close()
         yield f"postgresql://{name}@127.0.0.1:{port}/optuna"
     finally:
-        subprocess.run([*prefix, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run([*prefix, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True, check=False)
         shutil.rmtree(folder, ignore_errors=True)

@@ -45,7 +45,7 @@ def test_diverging_trial_is_failed_and_search_goes_on(small_adata, tmp_path):
 def test_both_objectives_give_a_pareto_front(small_adata, monkeypatch):
     """The scIB side is cellvi.analysis.benchmark_integration's "Total"; stood in for here by kNN label
     accuracy (scib-metrics' own test lives with benchmark_integration)."""
-    import cellvi.analysis as analysis
+    from cellvi import analysis
     from cellvi.analysis import knn_label_accuracy
 
     def fake_benchmark(adata, keys, batch_key, label_key, **kwargs):

@@ -62,7 +62,7 @@ def storage_of(url):
         url = "postgresql+psycopg2://" + url.split("://", 1)[1]  # SQLAlchemy 2.1's default driver is psycopg 3
     if "://" in url and not url.startswith("journal:"):
         return optuna.storages.RDBStorage(url)
-    path = url[len("journal:"):] if url.startswith("journal:") else url
+    path = url.removeprefix("journal:")
     return JournalStorage(JournalFileBackend(path))
 
 
