@@ -66,7 +66,10 @@ def main() -> None:
             name = f"{lib}-{loadings or 'default'}"
             jobs.append((seed, name, py, lib, path, tmp / f"{name}-{seed}", loadings))
     t0 = time.time()
+    pbmc = DATA / "pbmc_3chemistries.h5ad"
     with ThreadPoolExecutor(args.jobs) as pool:
+        pbmc_future = pool.submit(run_worker, CELLVI_PY, "cellvi", pbmc, tmp / "pbmc", args.pbmc_epochs, 0) \
+            if pbmc.exists() else None
         futures = [(j, pool.submit(run_worker, j[2], j[3], j[4], j[5], args.epochs, j[0], j[6])) for j in jobs]
         rows = []
         for (seed, name, *_), fut in futures:
@@ -80,10 +83,9 @@ def main() -> None:
     summary = table.groupby("model").agg(median_mean=("mean", "median"), median_min=("min", "median"),
                                          worst_min=("min", "min")).reset_index()
 
-    pbmc = DATA / "pbmc_3chemistries.h5ad"
     pbmc_top = None
-    if pbmc.exists():
-        loadings, info = run_worker(CELLVI_PY, "cellvi", pbmc, tmp / "pbmc", args.pbmc_epochs, 0)
+    if pbmc_future is not None:
+        loadings, _ = pbmc_future.result()
         pbmc_top = top_genes(loadings, n_top=10)
         fig = plot_loadings(loadings, n_top=10)
         fig.savefig(HERE / "results" / "linear_decoder_pbmc_loadings.png", dpi=100)
