@@ -59,7 +59,9 @@ def param_importances(study, objective_names) -> pd.DataFrame:
 
     cols = {}
     for i, name in enumerate(objective_names):
-        target = None if len(objective_names) == 1 else (lambda t, i=i: t.values[i])
+        # one objective: Optuna follows the study's direction; with a target it assumes lower is better,
+        # and every objective here is maximised
+        target = None if len(objective_names) == 1 else (lambda t, i=i: -t.values[i])
         try:
             cols[name] = optuna.importance.get_param_importances(study, target=target)
         except (RuntimeError, ValueError):

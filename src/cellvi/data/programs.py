@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..errors import InvalidParameterError
+
 __all__ = ["simulate_programs"]
 
 
@@ -45,9 +47,9 @@ def simulate_programs(
     ``uns["programs"]`` a dict programme name -> list of its genes. Depends only on the arguments.
     """
     if n_programs * genes_per_program > n_genes:
-        raise ValueError("n_programs * genes_per_program must not exceed n_genes")
+        raise InvalidParameterError("n_programs * genes_per_program must not exceed n_genes")
     if min(n_cells, n_genes, n_programs, genes_per_program, n_batches) < 1:
-        raise ValueError("every size must be a positive integer")
+        raise InvalidParameterError("every size must be a positive integer")
     rng = np.random.default_rng(seed)
     genes = np.array([f"gene{g}" for g in range(n_genes)])
     chosen = rng.permutation(n_genes)[: n_programs * genes_per_program].reshape(n_programs, genes_per_program)
