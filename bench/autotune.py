@@ -104,7 +104,8 @@ def main() -> None:
            "n_trials": args.n_trials, "max_epochs": args.max_epochs, "n_jobs": args.n_jobs, "runs": rows,
            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
            "note": ("small budget (few trials, few epochs) on a shared, loaded 2-core machine: times are noisy; "
-                    "tuned for held-out ELBO only, scIB total measured afterwards")}
+                    "tuned for held-out ELBO only; " + ("scIB total skipped (--no-scib)" if args.no_scib
+                                                       else "scIB total measured afterwards"))}
     (HERE / "results" / "autotune.json").write_text(json.dumps(res, indent=1, default=str))
     md = ["# cellvi.autotune: tuned vs defaults", "", (f"`{res['command']}`: {args.n_trials} trials x "
           f"{args.max_epochs} epochs per data set, {args.n_jobs} process(es). {res['note']}."), "",
