@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,7 +34,7 @@ from ..errors import (
 from ..train import Trainer, TrainingPlan
 from ..train import distributed
 from ..train.heap import freed_memory_kept
-from . import _files
+from . import _archive, _files
 from ._compat import ScviToolsCompat, write_log
 
 FUSED_KERNELS_MIN_CELL_EPOCHS = 1_000_000
@@ -414,21 +416,32 @@ class BaseModel(ScviToolsCompat):
 
     # ------------------------------------------------------------------ save and load
     def save(
-        self, dir_path: str | os.PathLike, overwrite: bool = False, save_anndata: bool = False, format: str = "cellvi"
+        self,
+        dir_path: str | os.PathLike,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        format: str = "cellvi",
+        archive: bool = False,
     ) -> None:
         """Save weights (``model.safetensors``), hyper-parameters and registry (``model.json``) and,
         with ``save_anndata``, the AnnData (``adata.h5ad``). The folder is written next to its final
         place and renamed at the end, so an interrupted save never leaves a half-written model. Under
         torchrun, rank 0 writes while the other ranks wait (call it on every rank).
 
-        ``format="scvi-tools"`` writes what scvi-tools 1.x writes (``model.pt``, a pickle), for
-        ``scvi.model.SCVI.load`` / ``SCANVI.load``; see docs/switching.md for what it cannot hold."""
+        ``archive=True`` writes those files instead into one zip file ``dir_path`` (e.g. ``model.zip``)
+        with a manifest of their SHA-256 (docs/archives.md); :meth:`load` and ``load_query_data``
+        accept it. ``format="scvi-tools"`` writes what scvi-tools 1.x writes (``model.pt``, a pickle),
+        for ``scvi.model.SCVI.load`` / ``SCANVI.load``; see docs/switching.md for what it cannot hold."""
         if format == "scvi-tools":
+            if archive:
+                raise InvalidParameterError("archive=True writes cellvi's format only; drop format= or archive=.")
             from ._scvi_tools_export import save_model
 
             return distributed.on_main(lambda: save_model(self, dir_path, overwrite, save_anndata))
         if format != "cellvi":
             raise InvalidParameterError(f"format must be 'cellvi' or 'scvi-tools', got {format!r}.")
+        if archive:
+            return distributed.on_main(lambda: self._save_archive(Path(dir_path), overwrite, save_anndata))
         meta = {
             "format": _files.FORMAT,
             "cellvi_version": __version__,
@@ -450,16 +463,28 @@ class BaseModel(ScviToolsCompat):
             meta["sha256"] = {name: _files.sha256(tmp / name) for name in names}
             (tmp / _files.META_NAME).write_text(json.dumps(meta, indent=1))
 
+    def _save_archive(self, final: Path, overwrite: bool, save_anndata: bool) -> None:
+        """Write the model as one checksummed zip (see ``save(archive=True)``)."""
+        if final.exists() and not overwrite:
+            raise ModelFileError(f"{final} already exists. Pass overwrite=True to replace it.")
+        with distributed.local(), tempfile.TemporaryDirectory(prefix=f".{final.name}.saving-") as tmp:
+            self.save(Path(tmp) / "model", save_anndata=save_anndata)
+            _archive.write_archive(final, Path(tmp) / "model", overwrite)
+
     @classmethod
     def load(cls, dir_path: str | os.PathLike, adata=None, device: str | None = None) -> "BaseModel":
         """Load a model saved with :meth:`save`. ``adata`` must have the saved genes (in order) and
-        known categories; when None, the AnnData saved in the folder is used. Loading only reads JSON and
-        safetensors: no code from the folder is ever executed.
+        known categories; when None, the AnnData saved in the folder is used. ``dir_path`` may also be an
+        archive written by ``save(..., archive=True)`` (checked against its manifest first). Loading only
+        reads JSON and safetensors: no code from the folder is ever executed.
 
         A folder saved by scvi-tools 1.x (``model.pt``) is read too, without executing anything from it
         (see :mod:`cellvi.model._scvi_tools_format` and docs/switching.md)."""
         from . import _scvi_tools_format
 
+        if _archive.is_archive(dir_path):
+            with _archive.opened(dir_path) as folder:
+                return cls.load(folder, adata=adata, device=device)
         if _scvi_tools_format.is_scvi_tools_folder(dir_path):
             return _scvi_tools_format.load_model(cls, dir_path, adata, device)
         meta = _files.read_meta(dir_path)

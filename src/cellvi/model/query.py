@@ -23,7 +23,7 @@ from ..data import Registry
 from ..data.matrix import count_matrix
 from ..errors import InvalidDataError, InvalidTypeError, ModelFileError, RegistryMismatchError
 from ..module.surgery import extend_categories, freeze_for_query
-from . import _files
+from . import _archive, _files
 
 MIN_GENE_FRACTION = 0.8
 
@@ -50,9 +50,11 @@ def _reference_parts(reference):
 def prepare_query_anndata(adata, reference, return_reference_var_names: bool = False, inplace: bool = False):
     """An AnnData with exactly the reference's genes in the reference's order: genes the query lacks
     are added with zero counts (a warning says how many), genes the reference lacks are dropped.
-    ``X`` and every layer are reordered; obs and obsm are copied. ``reference``: a model or a folder.
-    With ``inplace``, ``adata`` itself becomes that AnnData (its uns and obsp kept) and None is returned."""
-    _, registry, _, _ = _reference_parts(reference)
+    ``X`` and every layer are reordered; obs and obsm are copied. ``reference``: a model, a folder or an
+    archive. With ``inplace``, ``adata`` itself becomes that AnnData (its uns and obsp kept) and None is
+    returned."""
+    with _archive.opened(reference) as folder:
+        _, registry, _, _ = _reference_parts(folder)
     ref = pd.Index(registry.var_names)
     if return_reference_var_names:
         return ref
@@ -112,7 +114,13 @@ def load_query_data(
     unfrozen: bool = False,
 ):
     """A model of class ``cls`` for the query ``adata``, initialised from ``reference`` (see
-    :meth:`cellvi.model.SCVI.load_query_data`)."""
+    :meth:`cellvi.model.SCVI.load_query_data`); a saved archive is checked and read from a temporary copy."""
+    if _archive.is_archive(reference):
+        with _archive.opened(reference) as folder:
+            return load_query_data(
+                cls, adata, folder, freeze_expression, freeze_decoder_first_layer, freeze_batchnorm_encoder,
+                freeze_batchnorm_decoder, freeze_dropout, freeze_classifier, unfrozen,
+            )
     name, ref_registry, init_params, source = _reference_parts(reference)
     if name != cls.__name__:
         raise ModelFileError(f"The reference is a {name} model; map the query with cellvi.model.{name}.")

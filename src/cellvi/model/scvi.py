@@ -109,14 +109,8 @@ class SCVI(BaseModel):
         registry.attach(adata)
 
     def _build_module(self, registry: Registry, **p) -> VAE:
-        _check_choice("dispersion", p["dispersion"], DISPERSIONS)
-        _check_choice("gene_likelihood", p["gene_likelihood"], LIKELIHOODS)
-        _check_choice("latent_distribution", p["latent_distribution"], LATENT_DISTRIBUTIONS)
+        _check_vae_params(p)
         _check_norms(p)
-        for name in ("n_hidden", "n_latent", "n_layers"):
-            _check_positive(name, p[name])
-        if not 0 <= p["dropout_rate"] < 1:
-            raise InvalidParameterError(f"dropout_rate must be in [0, 1), got {p['dropout_rate']}.")
         s = registry.summary
         return VAE(
             n_input=s["n_vars"], n_batch=s["n_batch"], n_labels=s["n_labels"],
@@ -128,7 +122,7 @@ class SCVI(BaseModel):
     @staticmethod
     def prepare_query_anndata(adata, reference, return_reference_var_names: bool = False, inplace: bool = True):
         """Give the query ``adata`` the reference's genes, in its order; missing genes are zeros (a
-        warning says how many). reference: a model or a saved model folder (cellvi's or scvi-tools').
+        warning says how many). reference: a model, a saved model folder (cellvi's or scvi-tools') or archive.
         As in scvi-tools, ``adata`` is changed in place and None returned; ``inplace=False`` returns a
         new AnnData and leaves ``adata`` as it was. ``return_reference_var_names``: only return the
         reference's genes (a pandas Index)."""
@@ -149,7 +143,7 @@ class SCVI(BaseModel):
         freeze_classifier: bool = True,
         unfrozen: bool = False,
     ):
-        """A model of the query ``adata`` built from a trained ``reference`` (a model or a saved folder),
+        """A model of the query ``adata`` built from a trained ``reference`` (a model, a saved folder or archive),
         to be trained on the query (scArches). The query needs the reference's genes (see
         :meth:`prepare_query_anndata`) and its setup columns (a missing SCANVI labels column is filled
         with the unlabeled category); new batches and categories get new weights, which are all that
@@ -434,3 +428,14 @@ def _check_norms(p: dict) -> None:
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise InvalidParameterError(f"{name} must be one of {list(choices)}, got {value!r}.")
+
+
+def _check_vae_params(p: dict) -> None:
+    """Check the hyper-parameters SCVI's module shares with its variants (raises InvalidParameterError)."""
+    _check_choice("dispersion", p["dispersion"], DISPERSIONS)
+    _check_choice("gene_likelihood", p["gene_likelihood"], LIKELIHOODS)
+    _check_choice("latent_distribution", p["latent_distribution"], LATENT_DISTRIBUTIONS)
+    for name in ("n_hidden", "n_latent", "n_layers"):
+        _check_positive(name, p[name])
+    if not 0 <= p["dropout_rate"] < 1:
+        raise InvalidParameterError(f"dropout_rate must be in [0, 1), got {p['dropout_rate']}.")

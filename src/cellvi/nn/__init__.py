@@ -2,5 +2,6 @@
 
 from .layers import CovariateInjection, FCLayers
 from .encoder_decoder import Decoder, Encoder
+from .linear_decoder import LinearDecoder
 
-__all__ = ["CovariateInjection", "FCLayers", "Encoder", "Decoder"]
+__all__ = ["CovariateInjection", "FCLayers", "Encoder", "Decoder", "LinearDecoder"]
