@@ -49,8 +49,20 @@ def gene_sets(path=HERE / "genesets" / "msigdb_hallmark_interferon.txt") -> dict
 
 
 def run_worker(lib, task, data, out, args, **extra):
-    cmd = [PYTHONS[lib], str(HERE / "de_worker.py"), "--lib", lib, "--task", task, "--data", str(data),
-           "--out", str(out), "--threads", str(args.threads)]
+    cmd = [
+        PYTHONS[lib],
+        str(HERE / "de_worker.py"),
+        "--lib",
+        lib,
+        "--task",
+        task,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--threads",
+        str(args.threads),
+    ]
     for k, v in extra.items():
         if v is not None:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
@@ -86,23 +98,39 @@ def part_ifnb(args):
     both = alpha | sets["HALLMARK_INTERFERON_GAMMA_RESPONSE"]
     rankings = {}
     for lib in ("cellvi", "scvi"):
-        info = run_worker(lib, "de", path, DATA / f"de_ifnb_{lib}", args, epochs=args.epochs,
-                          groupby="condition", group1="stim", group2="ctrl")
+        info = run_worker(
+            lib,
+            "de",
+            path,
+            DATA / f"de_ifnb_{lib}",
+            args,
+            epochs=args.epochs,
+            groupby="condition",
+            group1="stim",
+            group2="ctrl",
+        )
         res = pd.read_csv(DATA / f"de_ifnb_{lib}.csv", index_col=0)
         up = res[res["lfc_mean"] > 0].sort_values(["proba_de", "lfc_mean"], ascending=False)
         rankings[lib] = (list(up.index), {k: info[k] for k in ("train_s", "de_s")})
     w = wilcoxon(adata, "condition", "stim", "ctrl")
     rankings["wilcoxon"] = (list(w[w["lfc"] > 0].sort_values("score", ascending=False).index), {})
-    out = {"data": path.name, "n_cells": adata.n_obs, "n_genes": adata.n_vars, "epochs": args.epochs,
-           "top": TOP, "alpha_in_data": len(alpha & set(adata.var_names)),
-           "alpha_gamma_in_data": len(both & set(adata.var_names))}
+    out = {
+        "data": path.name,
+        "n_cells": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "epochs": args.epochs,
+        "top": TOP,
+        "alpha_in_data": len(alpha & set(adata.var_names)),
+        "alpha_gamma_in_data": len(both & set(adata.var_names)),
+    }
     for name, (order, times) in rankings.items():
         top = order[:TOP]
         out[name] = {
             "frac_top_in_hallmark_ifn_alpha": np.mean([g in alpha for g in top]),
             "frac_top_in_hallmark_ifn_alpha_or_gamma": np.mean([g in both for g in top]),
             "rank_of_named_isgs": {g: (order.index(g) if g in order else None) for g in NAMED_ISGS},
-            "top10": top[:10], **times,
+            "top10": top[:10],
+            **times,
         }
     return out
 
@@ -114,14 +142,24 @@ def part_sim(args):
     path = DATA / f"de_sim_{n_cells}x{n_genes}.h5ad"
     adata = cellvi.data.simulate(n_cells=n_cells, n_genes=n_genes, n_batches=2, n_cell_types=3, seed=0)
     adata.write_h5ad(path)
-    truth = (adata.var["de_lfc_type0"] != adata.var["de_lfc_type1"])
+    truth = adata.var["de_lfc_type0"] != adata.var["de_lfc_type1"]
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     scores = {}
     out = {"n_cells": n_cells, "n_genes": n_genes, "epochs": args.epochs, "n_positive": int(truth.sum())}
     for lib in ("cellvi", "scvi"):
-        info = run_worker(lib, "de", path, DATA / f"de_sim_{lib}", args, epochs=args.epochs,
-                          batch_key="batch", groupby="cell_type", group1="type0", group2="type1")
+        info = run_worker(
+            lib,
+            "de",
+            path,
+            DATA / f"de_sim_{lib}",
+            args,
+            epochs=args.epochs,
+            batch_key="batch",
+            groupby="cell_type",
+            group1="type0",
+            group2="type1",
+        )
         res = bayes_order(pd.read_csv(DATA / f"de_sim_{lib}.csv", index_col=0))
         scores[lib] = pd.Series(np.arange(len(res))[::-1], index=res.index, dtype=float)  # rank as score
         out[lib] = {k: info[k] for k in ("train_s", "de_s")}
@@ -147,38 +185,58 @@ def part_speed(args):
 
 
 def write_markdown(res: dict, path: Path):
-    lines = ["# Differential expression benchmark", "",
-             "cellvi vs scvi-tools 1.4.2 vs Wilcoxon (scanpy). Command: `python bench/de_benchmark.py`. "
-             f"Threads: {res['threads']}. Timings were taken on a shared, busy 2-core machine: noisy.", ""]
+    lines = [
+        "# Differential expression benchmark",
+        "",
+        "cellvi vs scvi-tools 1.4.2 vs Wilcoxon (scanpy). Command: `python bench/de_benchmark.py`. "
+        f"Threads: {res['threads']}. Timings were taken on a shared, busy 2-core machine: noisy.",
+        "",
+    ]
     if "ifnb" in res:
         r = res["ifnb"]
-        lines += [f"## IFN-beta stimulation ({r['n_cells']} cells x {r['n_genes']} genes, {r['epochs']} epochs)", "",
-                  f"Fraction of the top {r['top']} up-regulated genes (stim vs ctrl) in MSigDB Hallmark sets "
-                  f"(Liberzon et al. 2015; {r['alpha_in_data']} IFN-alpha and {r['alpha_gamma_in_data']} "
-                  "IFN-alpha-or-gamma genes are in the data).", "",
-                  "| method | IFN-alpha | IFN-alpha or gamma | ranks of " + ", ".join(NAMED_ISGS) + " | train s | DE s |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"## IFN-beta stimulation ({r['n_cells']} cells x {r['n_genes']} genes, {r['epochs']} epochs)",
+            "",
+            f"Fraction of the top {r['top']} up-regulated genes (stim vs ctrl) in MSigDB Hallmark sets "
+            f"(Liberzon et al. 2015; {r['alpha_in_data']} IFN-alpha and {r['alpha_gamma_in_data']} "
+            "IFN-alpha-or-gamma genes are in the data).",
+            "",
+            "| method | IFN-alpha | IFN-alpha or gamma | ranks of " + ", ".join(NAMED_ISGS) + " | train s | DE s |",
+            "|---|---|---|---|---|---|",
+        ]
         for m in ("cellvi", "scvi", "wilcoxon"):
             x = r[m]
             ranks = ", ".join(str(v) for v in x["rank_of_named_isgs"].values())
-            lines.append(f"| {m} | {x['frac_top_in_hallmark_ifn_alpha']:.2f} | "
-                         f"{x['frac_top_in_hallmark_ifn_alpha_or_gamma']:.2f} | {ranks} | "
-                         f"{x.get('train_s', float('nan')):.1f} | {x.get('de_s', float('nan')):.1f} |")
+            lines.append(
+                f"| {m} | {x['frac_top_in_hallmark_ifn_alpha']:.2f} | "
+                f"{x['frac_top_in_hallmark_ifn_alpha_or_gamma']:.2f} | {ranks} | "
+                f"{x.get('train_s', float('nan')):.1f} | {x.get('de_s', float('nan')):.1f} |"
+            )
         lines.append("")
     if "sim" in res:
         r = res["sim"]
-        lines += [f"## Simulated ({r['n_cells']} cells x {r['n_genes']} genes, type0 vs type1, "
-                  f"{r['n_positive']} true DE genes, {r['epochs']} epochs)", "",
-                  "| method | AUROC | AUPRC |", "|---|---|---|"]
+        lines += [
+            f"## Simulated ({r['n_cells']} cells x {r['n_genes']} genes, type0 vs type1, "
+            f"{r['n_positive']} true DE genes, {r['epochs']} epochs)",
+            "",
+            "| method | AUROC | AUPRC |",
+            "|---|---|---|",
+        ]
         lines += [f"| {m} | {r[m]['auroc']:.3f} | {r[m]['auprc']:.3f} |" for m in ("cellvi", "scvi", "wilcoxon")]
         lines.append("")
     if "speed" in res:
         r = res["speed"]
-        lines += [f"## Speed: one-vs-all, {r['n_groups']} groups, {r['n_cells']} cells x {r['n_genes']} genes "
-                  f"({r['n_samples_per_group']} posterior samples per group)", "",
-                  "| library | change mode s | vanilla mode s |", "|---|---|---|"]
-        lines += [f"| {m} | {r[m]['one_vs_all_change_s']:.1f} | {r[m]['one_vs_all_vanilla_s']:.1f} |"
-                  for m in ("cellvi", "scvi")]
+        lines += [
+            f"## Speed: one-vs-all, {r['n_groups']} groups, {r['n_cells']} cells x {r['n_genes']} genes "
+            f"({r['n_samples_per_group']} posterior samples per group)",
+            "",
+            "| library | change mode s | vanilla mode s |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {m} | {r[m]['one_vs_all_change_s']:.1f} | {r[m]['one_vs_all_vanilla_s']:.1f} |"
+            for m in ("cellvi", "scvi")
+        ]
         lines.append("")
     path.write_text("\n".join(lines))
 

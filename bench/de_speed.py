@@ -89,8 +89,10 @@ def ranked(table, by_group: bool):
     if groups is None:
         up = t[t["lfc_mean"] > 0].sort_values(["proba_de", "lfc_mean"], ascending=False)
         return {"all": list(t.sort_values(["proba_de", "_abs"], ascending=False).index), "up": list(up.index)}
-    return {g: list(t[groups == g].sort_values(["proba_de", "_abs"], ascending=False).index[:max(TOPS)])
-            for g in groups.unique()}
+    return {
+        g: list(t[groups == g].sort_values(["proba_de", "_abs"], ascending=False).index[: max(TOPS)])
+        for g in groups.unique()
+    }
 
 
 def worker(a):
@@ -114,8 +116,14 @@ def worker(a):
     model = lib.model.SCVI(adata, **SAME)
     t = time.perf_counter()
     model.train(max_epochs=a.epochs, batch_size=a.train_batch, train_size=1.0, enable_progress_bar=False)
-    info = {"lib": a.lib, "task": a.task, "train_s": time.perf_counter() - t, "n_cells": adata.n_obs,
-            "n_genes": adata.n_vars, "epochs": a.epochs}
+    info = {
+        "lib": a.lib,
+        "task": a.task,
+        "train_s": time.perf_counter() - t,
+        "n_cells": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "epochs": a.epochs,
+    }
     kw = {"groupby": a.groupby, "mode": "change"}
     if a.group1:
         kw.update(group1=a.group1, group2=a.group2)
@@ -153,24 +161,44 @@ def worker(a):
 
         ref = []
         for i in range(a.ref_runs):
-            res, r = run(lambda: _de.differential_expression_per_comparison(
-                model, None, a.groupby, kw.get("group1"), kw.get("group2"), None, None, "change", 0.25, None,
-                True, False, 0.05, 5000, None, "three"), 100 + i)
+            res, r = run(
+                lambda: _de.differential_expression_per_comparison(
+                    model,
+                    None,
+                    a.groupby,
+                    kw.get("group1"),
+                    kw.get("group2"),
+                    None,
+                    None,
+                    "change",
+                    0.25,
+                    None,
+                    True,
+                    False,
+                    0.05,
+                    5000,
+                    None,
+                    "three",
+                ),
+                100 + i,
+            )
             ref.append(r)
             orders[f"reference{i}"] = ranked(res, by_group)
             if a.task == "fdr" and i == 0:
                 orders["reference_table"] = res
         info["reference_runs"] = ref
     if a.task == "fdr":
-        truth = (adata.var["de_lfc_type0"] != adata.var["de_lfc_type1"])
+        truth = adata.var["de_lfc_type0"] != adata.var["de_lfc_type1"]
         from sklearn.metrics import roc_auc_score
 
         for name in ("default", "reference"):
             t = orders.pop(f"{name}_table")
             called = t.index[t["is_de_fdr_0.05"].to_numpy()]
-            info[f"fdr_{name}"] = {"n_called": len(called),
-                                   "false_discovery_share": float((~truth.loc[called]).mean()) if len(called) else 0.0,
-                                   "auroc": float(roc_auc_score(truth.loc[t.index], t["proba_de"] + 1e-6 * t["lfc_mean"].abs()))}
+            info[f"fdr_{name}"] = {
+                "n_called": len(called),
+                "false_discovery_share": float((~truth.loc[called]).mean()) if len(called) else 0.0,
+                "auroc": float(roc_auc_score(truth.loc[t.index], t["proba_de"] + 1e-6 * t["lfc_mean"].abs())),
+            }
     Path(a.out + ".orders.json").write_text(json.dumps(orders))
     Path(a.out + ".json").write_text(json.dumps(info, indent=1))
     print(json.dumps({k: v for k, v in info.items() if k != "runs"})[:800], flush=True)
@@ -178,13 +206,30 @@ def worker(a):
 
 # ---------------------------------------------------------------------------------------- driver side
 def call(lib, task, data, out, args, **extra):
-    cmd = [PYTHONS[lib], str(Path(__file__).resolve()), "--worker", "--lib", lib, "--task", task,
-           "--data", str(data), "--out", str(out), "--threads", str(args.threads)]
+    cmd = [
+        PYTHONS[lib],
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--lib",
+        lib,
+        "--task",
+        task,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--threads",
+        str(args.threads),
+    ]
     for k, v in extra.items():
         if v is not None:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": "PASSIVE",
-           "PYTHONPATH": str(HERE.parent / "src") if lib == "cellvi" else ""}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "PYTHONPATH": str(HERE.parent / "src") if lib == "cellvi" else "",
+    }
     subprocess.run(cmd, check=True, env=env)
     info = json.loads(Path(str(out) + ".json").read_text())
     info["orders"] = json.loads(Path(str(out) + ".orders.json").read_text())
@@ -200,19 +245,27 @@ def summary(info: dict) -> dict:
     def med(rs, key):
         return float(np.median([r[key] for r in rs]))
 
-    out = {"train_s": info["train_s"], "runs": len(info["runs"]), "median_s": med(info["runs"], "s"),
-           "all_s": [r["s"] for r in info["runs"]],
-           "peak_rss_mib": max(r["rss_peak_mib"] for r in info["runs"]),
-           "rss_before_mib": info["runs"][0]["rss_before_mib"],
-           "de_rss_increase_mib": max(r["rss_peak_mib"] - r["rss_before_mib"] for r in info["runs"]),
-           "other_cpu": med(info["runs"], "other_cpu")}
+    out = {
+        "train_s": info["train_s"],
+        "runs": len(info["runs"]),
+        "median_s": med(info["runs"], "s"),
+        "all_s": [r["s"] for r in info["runs"]],
+        "peak_rss_mib": max(r["rss_peak_mib"] for r in info["runs"]),
+        "rss_before_mib": info["runs"][0]["rss_before_mib"],
+        "de_rss_increase_mib": max(r["rss_peak_mib"] - r["rss_before_mib"] for r in info["runs"]),
+        "other_cpu": med(info["runs"], "other_cpu"),
+    }
     for k in ("n_pairs", "mc_error_max"):
         if k in info:
             out[k] = info[k]
     if "reference_runs" in info:
         ref = info["reference_runs"]
-        out["reference"] = {"runs": len(ref), "median_s": med(ref, "s"), "all_s": [r["s"] for r in ref],
-                            "de_rss_increase_mib": max(r["rss_peak_mib"] - r["rss_before_mib"] for r in ref)}
+        out["reference"] = {
+            "runs": len(ref),
+            "median_s": med(ref, "s"),
+            "all_s": [r["s"] for r in ref],
+            "de_rss_increase_mib": max(r["rss_peak_mib"] - r["rss_before_mib"] for r in ref),
+        }
         o = info["orders"]
         out["exact_5000_pairs_s"] = info["exact_runs"][0]["s"]
         for k in TOPS:
@@ -232,8 +285,18 @@ def part_onevsall(args):
         cellvi.data.simulate(n_cells=n, n_genes=2000, n_batches=1, n_cell_types=20, seed=1).write_h5ad(path)
     out = {"n_cells": n, "n_genes": 2000, "n_groups": 20, "train_epochs": 1}
     for lib in ("cellvi", "scvi"):
-        info = call(lib, "onevsall", path, DATA / f"de_speed_onevsall_{lib}", args, epochs=1, train_batch=1024,
-                    groupby="cell_type", runs=args.runs, ref_runs=2 if lib == "cellvi" else 0)
+        info = call(
+            lib,
+            "onevsall",
+            path,
+            DATA / f"de_speed_onevsall_{lib}",
+            args,
+            epochs=1,
+            train_batch=1024,
+            groupby="cell_type",
+            runs=args.runs,
+            ref_runs=2 if lib == "cellvi" else 0,
+        )
         out[lib] = summary(info)
     out["speedup_vs_scvi"] = out["scvi"]["median_s"] / out["cellvi"]["median_s"]
     out["reference_speedup_vs_scvi"] = out["scvi"]["median_s"] / out["cellvi"]["reference"]["median_s"]
@@ -248,9 +311,20 @@ def part_ifnb(args):
     path = SHARED / "pbmc_ifnb_stimulation.h5ad"
     out = {"data": path.name, "epochs": args.ifnb_epochs}
     for lib in ("cellvi", "scvi"):
-        info = call(lib, "pairwise", path, DATA / f"de_speed_ifnb_{lib}", args, epochs=args.ifnb_epochs,
-                    train_batch=128, groupby="condition", group1="stim", group2="ctrl", runs=args.runs,
-                    ref_runs=2 if lib == "cellvi" else 0)
+        info = call(
+            lib,
+            "pairwise",
+            path,
+            DATA / f"de_speed_ifnb_{lib}",
+            args,
+            epochs=args.ifnb_epochs,
+            train_batch=128,
+            groupby="condition",
+            group1="stim",
+            group2="ctrl",
+            runs=args.runs,
+            ref_runs=2 if lib == "cellvi" else 0,
+        )
         s = summary(info)
         for name, order in info["orders"].items():
             up = order["up"]
@@ -267,53 +341,98 @@ def part_fdr(args):
 
     path = DATA / "de_speed_fdr_3000x1000.h5ad"
     cellvi.data.simulate(n_cells=3000, n_genes=1000, n_batches=2, n_cell_types=3, seed=0).write_h5ad(path)
-    info = call("cellvi", "fdr", path, DATA / "de_speed_fdr_cellvi", args, epochs=args.ifnb_epochs, train_batch=128,
-                groupby="cell_type", group1="type0", group2="type1", runs=1, ref_runs=1, batch_key="batch")
-    return {"n_cells": 3000, "n_genes": 1000, "epochs": args.ifnb_epochs,
-            **{k: info[k] for k in ("fdr_default", "fdr_reference")}}
+    info = call(
+        "cellvi",
+        "fdr",
+        path,
+        DATA / "de_speed_fdr_cellvi",
+        args,
+        epochs=args.ifnb_epochs,
+        train_batch=128,
+        groupby="cell_type",
+        group1="type0",
+        group2="type1",
+        runs=1,
+        ref_runs=1,
+        batch_key="batch",
+    )
+    return {
+        "n_cells": 3000,
+        "n_genes": 1000,
+        "epochs": args.ifnb_epochs,
+        **{k: info[k] for k in ("fdr_default", "fdr_reference")},
+    }
 
 
 def write_markdown(res: dict, path: Path):
-    lines = ["# Differential expression speed", "",
-             f"cellvi vs scvi-tools 1.4.2, same run, {res['threads']} torch thread(s). Command: `{res['command']}`. "
-             f"Machine: {res['machine']}. \"other CPU\": share of the machine's CPU other processes took "
-             "while DE ran (a shared machine: seconds noisy, ratios less so).", ""]
-    for part, title in (("onevsall", "One-vs-all, {n_groups} clusters, {n_cells} simulated cells x {n_genes} genes"),
-                        ("ifnb", "Pairwise, IFN-beta stimulation ({n_cells} cells x {n_genes} genes, stim vs ctrl, "
-                                 "{epochs} epochs)")):
+    lines = [
+        "# Differential expression speed",
+        "",
+        f"cellvi vs scvi-tools 1.4.2, same run, {res['threads']} torch thread(s). Command: `{res['command']}`. "
+        f'Machine: {res["machine"]}. "other CPU": share of the machine\'s CPU other processes took '
+        "while DE ran (a shared machine: seconds noisy, ratios less so).",
+        "",
+    ]
+    for part, title in (
+        ("onevsall", "One-vs-all, {n_groups} clusters, {n_cells} simulated cells x {n_genes} genes"),
+        ("ifnb", "Pairwise, IFN-beta stimulation ({n_cells} cells x {n_genes} genes, stim vs ctrl, {epochs} epochs)"),
+    ):
         if part not in res:
             continue
         r = res[part]
         c, s, ref = r["cellvi"], r["scvi"], r["cellvi"]["reference"]
         if part == "onevsall" and r["n_cells"] < 200_000:
-            lines += [f"Scaled down: {r['n_cells']:,} cells instead of the issue's 200,000 (a shared, busy machine).", ""]
-        lines += [f"## {title.format(**r)}", "",
-                  "| | median s (runs) | peak RSS MiB (DE increase) | other CPU |", "|---|---|---|---|",
-                  f"| cellvi (shared rounds, default) | {c['median_s']:.2f} ({c['runs']}) | {c['peak_rss_mib']:.0f} "
-                  f"(+{c['de_rss_increase_mib']:.0f}) | {c['other_cpu']:.2f} |",
-                  f"| cellvi shared rounds, mc_error=None (5000 pairs) | {c['exact_5000_pairs_s']:.2f} (1) | | |",
-                  f"| cellvi reference (per comparison, the previous code) | {ref['median_s']:.2f} ({ref['runs']}) | | |",
-                  f"| scvi-tools 1.4.2 | {s['median_s']:.2f} ({s['runs']}) | {s['peak_rss_mib']:.0f} "
-                  f"(+{s['de_rss_increase_mib']:.0f}) | {s['other_cpu']:.2f} |", "",
-                  f"Speed-up vs scvi-tools: **{r['speedup_vs_scvi']:.2f}x** (reference path: "
-                  f"{r['reference_speedup_vs_scvi']:.2f}x). Pairs per comparison: {c.get('n_pairs')}, largest "
-                  f"Monte-Carlo error of proba_de over all genes: {c.get('mc_error_max', float('nan')):.4f}.", "",
-                  "| top genes agreeing | default vs reference | mc_error=None vs reference | "
-                  "reference vs reference (noise floor) |", "|---|---|---|---|"]
-        lines += [f"| top {k} | {c[f'overlap{k}_default_vs_reference']:.3f} | {c[f'overlap{k}_exact_vs_reference']:.3f} | "
-                  f"{c.get(f'overlap{k}_reference_vs_reference', float('nan')):.3f} |" for k in TOPS]
+            lines += [
+                f"Scaled down: {r['n_cells']:,} cells instead of the issue's 200,000 (a shared, busy machine).",
+                "",
+            ]
+        lines += [
+            f"## {title.format(**r)}",
+            "",
+            "| | median s (runs) | peak RSS MiB (DE increase) | other CPU |",
+            "|---|---|---|---|",
+            f"| cellvi (shared rounds, default) | {c['median_s']:.2f} ({c['runs']}) | {c['peak_rss_mib']:.0f} "
+            f"(+{c['de_rss_increase_mib']:.0f}) | {c['other_cpu']:.2f} |",
+            f"| cellvi shared rounds, mc_error=None (5000 pairs) | {c['exact_5000_pairs_s']:.2f} (1) | | |",
+            f"| cellvi reference (per comparison, the previous code) | {ref['median_s']:.2f} ({ref['runs']}) | | |",
+            f"| scvi-tools 1.4.2 | {s['median_s']:.2f} ({s['runs']}) | {s['peak_rss_mib']:.0f} "
+            f"(+{s['de_rss_increase_mib']:.0f}) | {s['other_cpu']:.2f} |",
+            "",
+            f"Speed-up vs scvi-tools: **{r['speedup_vs_scvi']:.2f}x** (reference path: "
+            f"{r['reference_speedup_vs_scvi']:.2f}x). Pairs per comparison: {c.get('n_pairs')}, largest "
+            f"Monte-Carlo error of proba_de over all genes: {c.get('mc_error_max', float('nan')):.4f}.",
+            "",
+            "| top genes agreeing | default vs reference | mc_error=None vs reference | "
+            "reference vs reference (noise floor) |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| top {k} | {c[f'overlap{k}_default_vs_reference']:.3f} | {c[f'overlap{k}_exact_vs_reference']:.3f} | "
+            f"{c.get(f'overlap{k}_reference_vs_reference', float('nan')):.3f} |"
+            for k in TOPS
+        ]
         if part == "ifnb":
-            lines += ["", "ISG precision (share of the top 30 up-regulated genes in Hallmark IFN-alpha): "
-                      f"cellvi default {c['isg_precision_top30_default']:.2f}, reference "
-                      f"{c['isg_precision_top30_reference0']:.2f} / {c['isg_precision_top30_reference1']:.2f}, "
-                      f"scvi-tools {s['isg_precision_top30_default']:.2f}."]
+            lines += [
+                "",
+                "ISG precision (share of the top 30 up-regulated genes in Hallmark IFN-alpha): "
+                f"cellvi default {c['isg_precision_top30_default']:.2f}, reference "
+                f"{c['isg_precision_top30_reference0']:.2f} / {c['isg_precision_top30_reference1']:.2f}, "
+                f"scvi-tools {s['isg_precision_top30_default']:.2f}.",
+            ]
         lines.append("")
     if "fdr" in res:
         r = res["fdr"]
-        lines += [f"## FDR on simulated data ({r['n_cells']} cells x {r['n_genes']} genes, type0 vs type1)", "",
-                  "| cellvi path | called at FDR 0.05 | not truly DE among them | AUROC |", "|---|---|---|---|"]
-        lines += [f"| {n} | {r[f'fdr_{n}']['n_called']} | {r[f'fdr_{n}']['false_discovery_share']:.3f} | "
-                  f"{r[f'fdr_{n}']['auroc']:.3f} |" for n in ("default", "reference")]
+        lines += [
+            f"## FDR on simulated data ({r['n_cells']} cells x {r['n_genes']} genes, type0 vs type1)",
+            "",
+            "| cellvi path | called at FDR 0.05 | not truly DE among them | AUROC |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {n} | {r[f'fdr_{n}']['n_called']} | {r[f'fdr_{n}']['false_discovery_share']:.3f} | "
+            f"{r[f'fdr_{n}']['auroc']:.3f} |"
+            for n in ("default", "reference")
+        ]
         lines.append("")
     path.write_text("\n".join(lines))
 
@@ -339,8 +458,11 @@ def main(argv=None):
         return worker(args)
     DATA.mkdir(exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
-    res = {"threads": args.threads, "command": "python bench/de_speed.py " + " ".join(argv or sys.argv[1:]),
-           "machine": f"{os.cpu_count()} CPUs, shared with other jobs"}
+    res = {
+        "threads": args.threads,
+        "command": "python bench/de_speed.py " + " ".join(argv or sys.argv[1:]),
+        "machine": f"{os.cpu_count()} CPUs, shared with other jobs",
+    }
     for part in args.parts:
         res[part] = {"onevsall": part_onevsall, "ifnb": part_ifnb, "fdr": part_fdr}[part](args)
         print(part, json.dumps(res[part], default=float)[:1500], flush=True)

@@ -59,8 +59,15 @@ def main(argv=None):
     model = lib.model.SCVI(adata, **SAME)
     t = time.perf_counter()
     model.train(max_epochs=a.epochs, batch_size=128, train_size=0.9, enable_progress_bar=False)
-    info = {"lib": a.lib, "task": a.task, "epochs": a.epochs, "train_s": time.perf_counter() - t,
-            "n_cells": adata.n_obs, "n_genes": adata.n_vars, "threads": a.threads}
+    info = {
+        "lib": a.lib,
+        "task": a.task,
+        "epochs": a.epochs,
+        "train_s": time.perf_counter() - t,
+        "n_cells": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "threads": a.threads,
+    }
 
     lib.settings.seed = a.seed
     if a.task == "de":

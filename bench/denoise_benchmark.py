@@ -78,26 +78,48 @@ def main(argv=None):
 
     lib = np.asarray(Y.sum(1)).ravel()
     share = np.asarray(Y.sum(0)).ravel() / Y.sum()
-    out = {"data": args.data, "n_cells": adata.n_obs, "n_genes": adata.n_vars, "hidden_entries": len(truth),
-           "frac": args.frac, "epochs": args.epochs, "threads": args.threads,
-           "note": "timings on a shared machine; rerun on a quiet one",
-           "naive": scores(truth, lib[rows] * share[cols])}
+    out = {
+        "data": args.data,
+        "n_cells": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "hidden_entries": len(truth),
+        "frac": args.frac,
+        "epochs": args.epochs,
+        "threads": args.threads,
+        "note": "timings on a shared machine; rerun on a quiet one",
+        "naive": scores(truth, lib[rows] * share[cols]),
+    }
     for name in args.libs:
-        info = run_worker(name, "denoise", str(stem) + ".h5ad", DATA / f"denoise_{name}", args,
-                          epochs=args.epochs, batch_key=args.batch_key or None, mask=str(stem) + "_mask.npz")
+        info = run_worker(
+            name,
+            "denoise",
+            str(stem) + ".h5ad",
+            DATA / f"denoise_{name}",
+            args,
+            epochs=args.epochs,
+            batch_key=args.batch_key or None,
+            mask=str(stem) + "_mask.npz",
+        )
         pred = np.load(DATA / f"denoise_{name}.npz")["pred"]
         out[name] = {**scores(truth, pred), "train_s": info["train_s"], "denoise_s": info["denoise_s"]}
         print(name, out[name])
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
-    lines = ["# Denoising benchmark", "",
-             f"`python bench/denoise_benchmark.py --data {args.data} --epochs {args.epochs}`: {args.frac:.0%} of "
-             f"the non-zero counts of {out['n_cells']} cells x {out['n_genes']} genes hidden ({len(truth)} entries), "
-             "scored on those entries (lower is better). Timings from a shared machine: noisy.", "",
-             "| method | median L1 | mean L1 | Poisson deviance | train s |", "|---|---|---|---|---|"]
+    lines = [
+        "# Denoising benchmark",
+        "",
+        f"`python bench/denoise_benchmark.py --data {args.data} --epochs {args.epochs}`: {args.frac:.0%} of "
+        f"the non-zero counts of {out['n_cells']} cells x {out['n_genes']} genes hidden ({len(truth)} entries), "
+        "scored on those entries (lower is better). Timings from a shared machine: noisy.",
+        "",
+        "| method | median L1 | mean L1 | Poisson deviance | train s |",
+        "|---|---|---|---|---|",
+    ]
     for name in ["naive", *args.libs]:
         r = out[name]
-        lines.append(f"| {name} | {r['median_l1']:.3f} | {r['mean_l1']:.3f} | {r['poisson_deviance']:.3f} | "
-                     f"{r.get('train_s', float('nan')):.0f} |")
+        lines.append(
+            f"| {name} | {r['median_l1']:.3f} | {r['mean_l1']:.3f} | {r['poisson_deviance']:.3f} | "
+            f"{r.get('train_s', float('nan')):.0f} |"
+        )
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
 
 

@@ -67,17 +67,30 @@ def worker(a) -> None:
     other = max(0.0, ((machine1 - machine0) - own_total) / (wall * (os.cpu_count() or 1)))
     elbo = model.get_elbo(indices=model.validation_indices)
     rss = distributed.sum_over_ranks(
-        torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if r == w.rank else 0.0
-                      for r in range(w.size)], dtype=torch.float64)
+        torch.tensor(
+            [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if r == w.rank else 0.0 for r in range(w.size)],
+            dtype=torch.float64,
+        )
     ).tolist()
     if w.main:
         steady = float(np.median(epoch_s[1:])) if len(epoch_s) > 1 else float(epoch_s[0])
-        Path(a.out).write_text(json.dumps({
-            "nproc": w.size, "n_train": len(model.train_indices), "epochs": a.epochs, "batch_size": a.batch_size,
-            "epoch_s": epoch_s.tolist(), "s_per_epoch": steady, "first_epoch_s": float(epoch_s[0]),
-            "train_cells_per_s": len(model.train_indices) / steady, "heldout_elbo": elbo,
-            "peak_rss_mib_per_rank": rss, "other_cpu_frac": other,
-        }))
+        Path(a.out).write_text(
+            json.dumps(
+                {
+                    "nproc": w.size,
+                    "n_train": len(model.train_indices),
+                    "epochs": a.epochs,
+                    "batch_size": a.batch_size,
+                    "epoch_s": epoch_s.tolist(),
+                    "s_per_epoch": steady,
+                    "first_epoch_s": float(epoch_s[0]),
+                    "train_cells_per_s": len(model.train_indices) / steady,
+                    "heldout_elbo": elbo,
+                    "peak_rss_mib_per_rank": rss,
+                    "other_cpu_frac": other,
+                }
+            )
+        )
 
 
 def parameter_volume(genes: int, n_batch: int = 1) -> dict:
@@ -91,8 +104,18 @@ def parameter_volume(genes: int, n_batch: int = 1) -> dict:
 
 
 def run(nproc: int, data: Path, a, out: Path) -> dict:
-    args = [str(Path(__file__).resolve()), "--worker", "--data", str(data), "--epochs", str(a.epochs),
-            "--batch-size", str(a.batch_size), "--out", str(out)]
+    args = [
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--data",
+        str(data),
+        "--epochs",
+        str(a.epochs),
+        "--batch-size",
+        str(a.batch_size),
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     if nproc == 1:
         subprocess.run([sys.executable, *args], check=True, env=env)
@@ -105,12 +128,18 @@ def run(nproc: int, data: Path, a, out: Path) -> dict:
 
 def markdown(res: dict) -> str:
     lines = [
-        "# Data-parallel training: 1 vs N processes (torchrun, gloo, CPU)", "",
-        (f"{res['machine']}; {res['cells']:,} simulated cells x {res['genes']:,} genes; default SCVI; global "
-         f"batch_size {res['batch_size']}; {res['epochs']} epochs; 1 torch thread per process; "
-         f"{res['repeats']} run(s) per configuration, medians."), "",
-        ("| processes | s/epoch | training cells/s | speed-up vs 1 | first epoch (s) | peak RSS per rank (MiB) "
-         "| held-out ELBO | other CPU |"),
+        "# Data-parallel training: 1 vs N processes (torchrun, gloo, CPU)",
+        "",
+        (
+            f"{res['machine']}; {res['cells']:,} simulated cells x {res['genes']:,} genes; default SCVI; global "
+            f"batch_size {res['batch_size']}; {res['epochs']} epochs; 1 torch thread per process; "
+            f"{res['repeats']} run(s) per configuration, medians."
+        ),
+        "",
+        (
+            "| processes | s/epoch | training cells/s | speed-up vs 1 | first epoch (s) | peak RSS per rank (MiB) "
+            "| held-out ELBO | other CPU |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in res["summary"]:
@@ -120,10 +149,17 @@ def markdown(res: dict) -> str:
             f"{' / '.join(f'{x:.0f}' for x in row['peak_rss_mib_per_rank'])} | {row['heldout_elbo']:.2f} | "
             f"{row['other_cpu_frac']:.2f} |"
         )
-    lines += ["", "All-reduce volume per step of the default model (float32 gradients, 1 batch):", "",
-              "| genes | parameters | bytes per step |", "|---|---|---|"]
-    lines += [f"| {p['genes']:,} | {p['parameters']:,} | {p['allreduce_bytes_per_step'] / 1e6:.1f} MB |"
-              for p in res["parameters"]]
+    lines += [
+        "",
+        "All-reduce volume per step of the default model (float32 gradients, 1 batch):",
+        "",
+        "| genes | parameters | bytes per step |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {p['genes']:,} | {p['parameters']:,} | {p['allreduce_bytes_per_step'] / 1e6:.1f} MB |"
+        for p in res["parameters"]
+    ]
     lines += ["", res["note"], ""]
     return "\n".join(lines)
 
@@ -157,23 +193,34 @@ def main() -> None:
     for rep in range(a.repeats):
         for nproc in (1, a.nproc):
             r = run(nproc, data, a, HERE / "data" / f"distributed_{nproc}_{rep}.json")
-            print(f"{nproc} process(es): {r['s_per_epoch']:.1f} s/epoch, {r['train_cells_per_s']:.0f} cells/s, "
-                  f"other CPU {r['other_cpu_frac']:.2f}", flush=True)
+            print(
+                f"{nproc} process(es): {r['s_per_epoch']:.1f} s/epoch, {r['train_cells_per_s']:.0f} cells/s, "
+                f"other CPU {r['other_cpu_frac']:.2f}",
+                flush=True,
+            )
             runs.append(r)
     summary = []
     for nproc in (1, a.nproc):
         rs = [r for r in runs if r["nproc"] == nproc]
-        med = {k: float(np.median([r[k] for r in rs])) for k in
-               ("s_per_epoch", "train_cells_per_s", "first_epoch_s", "heldout_elbo", "other_cpu_frac")}
+        med = {
+            k: float(np.median([r[k] for r in rs]))
+            for k in ("s_per_epoch", "train_cells_per_s", "first_epoch_s", "heldout_elbo", "other_cpu_frac")
+        }
         med["peak_rss_mib_per_rank"] = np.max([r["peak_rss_mib_per_rank"] for r in rs], axis=0).tolist()
         summary.append({"nproc": nproc, **med})
     for row in summary:
         row["speedup"] = row["train_cells_per_s"] / summary[0]["train_cells_per_s"]
     res = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-                   f"{time.strftime('%Y-%m-%d')}, no GPU",
-        "cells": a.cells, "genes": a.genes, "epochs": a.epochs, "batch_size": a.batch_size, "repeats": a.repeats,
-        "runs": runs, "summary": summary, "parameters": params,
+        f"{time.strftime('%Y-%m-%d')}, no GPU",
+        "cells": a.cells,
+        "genes": a.genes,
+        "epochs": a.epochs,
+        "batch_size": a.batch_size,
+        "repeats": a.repeats,
+        "runs": runs,
+        "summary": summary,
+        "parameters": params,
         "note": "Timings on a shared machine are noisy: read the speed-up with the 'other CPU' column.",
     }
     (HERE / "results").mkdir(exist_ok=True)

@@ -36,11 +36,13 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
-from cellvi import grn
+from cellvi import grn  # noqa: E402 (after the path above)
 
 DATA = Path(os.environ.get("CELLVI_DATA_DIR", HERE.parent.parent / "shared" / "data")) / "beeline_gsd"
-PUBLISHED = {"AUPRC ratio": {"SCRIBE": 1.45, "PPCOR": 1.45, "PIDC": 1.40, "GRNBoost2": 1.29, "GENIE3": 1.28},
-             "EPR": {"PIDC": 1.66, "GENIE3": 1.66, "GRNBoost2": 1.48}}
+PUBLISHED = {
+    "AUPRC ratio": {"SCRIBE": 1.45, "PPCOR": 1.45, "PIDC": 1.40, "GRNBoost2": 1.29, "GENIE3": 1.28},
+    "EPR": {"PIDC": 1.66, "GENIE3": 1.66, "GRNBoost2": 1.48},
+}
 
 
 def measures(S, truth, genes):
@@ -70,8 +72,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--genie3-seeds", type=int, default=1, help="GENIE3 takes ~6 min a seed on one core here")
-    ap.add_argument("--reuse-peers", action="store_true",
-                    help="take the peers' runs from the last bench/results/grn_beeline.json instead of rerunning")
+    ap.add_argument(
+        "--reuse-peers",
+        action="store_true",
+        help="take the peers' runs from the last bench/results/grn_beeline.json instead of rerunning",
+    )
     args = ap.parse_args()
     expr = pd.read_csv(DATA / "expression.csv", index_col=0)
     truth = pd.read_csv(DATA / "ground_truth_network.csv")
@@ -81,8 +86,10 @@ def main():
     for log1p in (False, True):
         for per_branch in (True, False):
             for weight, wname in (("coef_abs", "|coef|"), ("-logp", "-log p")):
-                name = (f"cellvi ridge ({'log1p' if log1p else 'as given'}, "
-                        f"{'per branch' if per_branch else 'one GRN'}, {wname})")
+                name = (
+                    f"cellvi ridge ({'log1p' if log1p else 'as given'}, "
+                    f"{'per branch' if per_branch else 'one GRN'}, {wname})"
+                )
                 runs = [cellvi_scores(expr, pt, log1p, per_branch, s, weight) for s in range(args.seeds)]
                 rows[name] = {"runs": [dict(measures(S, truth, genes), seconds=t) for S, t in runs]}
     C = np.corrcoef(expr.to_numpy())
@@ -103,9 +110,20 @@ def main():
             if not venv.exists():
                 peers_err = f"{venv} missing: run bash bench/setup_grn_env.sh"
                 break
-            proc = subprocess.run(check=False, args=[str(venv), str(HERE / "grn_peers_worker.py"), str(DATA / "expression.csv"),
-                                   str(out), str(seed), methods], capture_output=True, text=True,
-                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+            proc = subprocess.run(
+                check=False,
+                args=[
+                    str(venv),
+                    str(HERE / "grn_peers_worker.py"),
+                    str(DATA / "expression.csv"),
+                    str(out),
+                    str(seed),
+                    methods,
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
             if not out.exists():
                 peers_err = proc.stderr[-2000:]
                 break
@@ -127,32 +145,63 @@ def main():
     target = {}
     for peer in ("GRNBoost2", "GENIE3"):
         ref = rows.get(peer, {}).get("AUPRC ratio")
-        target[peer] = None if ref is None else {
-            m: bool(rows[best][m] >= rows[peer][m]) for m in ("AUPRC ratio", "EPR")}
-    result = {"data": str(DATA), "genes": len(genes), "cells": expr.shape[1], "true_edges": len(truth),
-              "density": float(len(set(zip(truth.Gene1, truth.Gene2))) / (len(genes) * (len(genes) - 1))),
-              "methods": rows, "primary_cellvi": best, "target_met_vs_same_run": target, "peers_error": peers_err,
-              "published_medians": PUBLISHED, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "load_avg": os.getloadavg()}
+        target[peer] = (
+            None if ref is None else {m: bool(rows[best][m] >= rows[peer][m]) for m in ("AUPRC ratio", "EPR")}
+        )
+    result = {
+        "data": str(DATA),
+        "genes": len(genes),
+        "cells": expr.shape[1],
+        "true_edges": len(truth),
+        "density": float(len(set(zip(truth.Gene1, truth.Gene2))) / (len(genes) * (len(genes) - 1))),
+        "methods": rows,
+        "primary_cellvi": best,
+        "target_met_vs_same_run": target,
+        "peers_error": peers_err,
+        "published_medians": PUBLISHED,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "load_avg": os.getloadavg(),
+    }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "grn_beeline.json").write_text(json.dumps(result, indent=1))
-    lines = ["# BEELINE GSD: edge recovery (medians over seeds)", "",
-             (f"{len(genes)} genes, {expr.shape[1]} cells, {len(truth)} true edges; every gene a candidate regulator. "
-             f"Machine load average {os.getloadavg()[0]:.1f} (2 shared cores): times are noisy."), "",
-             "| method | AUPRC ratio | early precision ratio | seconds | runs |", "|---|---|---|---|---|"]
+    lines = [
+        "# BEELINE GSD: edge recovery (medians over seeds)",
+        "",
+        (
+            f"{len(genes)} genes, {expr.shape[1]} cells, {len(truth)} true edges; every gene a candidate regulator. "
+            f"Machine load average {os.getloadavg()[0]:.1f} (2 shared cores): times are noisy."
+        ),
+        "",
+        "| method | AUPRC ratio | early precision ratio | seconds | runs |",
+        "|---|---|---|---|---|",
+    ]
     for k, r in rows.items():
         if r["runs"]:
             lines.append(f"| {k} | {r['AUPRC ratio']:.3f} | {r['EPR']:.3f} | {r['seconds']:.2f} | {len(r['runs'])} |")
         else:
             lines.append(f"| {k} | error: {r.get('error', '')[:80]} | | | |")
-    lines += ["", f"Primary cellvi variant (CellOracle's procedure, see the docstring): {best}. Target (at or above the same run's peer on both measures): "
-              + "; ".join(f"{p}: " + ("no peer result" if v is None else ", ".join(
-                  f"{m} {'met' if ok else 'NOT met'}" for m, ok in v.items())) for p, v in target.items()), "",
-              ("Published BEELINE medians on GSD (30 runs): AUPRC ratio SCRIBE 1.45, PPCOR 1.45, PIDC 1.40, "
-              "GRNBoost2 1.29, GENIE3 1.28; EPR PIDC 1.66, GENIE3 1.66, GRNBoost2 1.48.")]
+    lines += [
+        "",
+        f"Primary cellvi variant (CellOracle's procedure, see the docstring): {best}. Target (at or above the same run's peer on both measures): "
+        + "; ".join(
+            f"{p}: "
+            + ("no peer result" if v is None else ", ".join(f"{m} {'met' if ok else 'NOT met'}" for m, ok in v.items()))
+            for p, v in target.items()
+        ),
+        "",
+        (
+            "Published BEELINE medians on GSD (30 runs): AUPRC ratio SCRIBE 1.45, PPCOR 1.45, PIDC 1.40, "
+            "GRNBoost2 1.29, GENIE3 1.28; EPR PIDC 1.66, GENIE3 1.66, GRNBoost2 1.48."
+        ),
+    ]
     if args.reuse_peers:
-        lines += ["", ("GRNBoost2 and GENIE3: the runs of the previous full run of this script (`--reuse-peers`; same "
-                  "data, seeds and worker), not rerun with this cellvi run.")]
+        lines += [
+            "",
+            (
+                "GRNBoost2 and GENIE3: the runs of the previous full run of this script (`--reuse-peers`; same "
+                "data, seeds and worker), not rerun with this cellvi run."
+            ),
+        ]
     if peers_err:
         lines += ["", f"Peer error: `{peers_err.strip()}`"]
     (HERE / "results" / "grn_beeline.md").write_text("\n".join(lines) + "\n")

@@ -1,6 +1,7 @@
 """Run in bench/.venv-grn: GENIE3 and GRNBoost2 (arboreto) on an expression CSV (genes x cells).
 Usage: python grn_peers_worker.py expression.csv out.json SEED [METHODS, default GRNBoost2,GENIE3]. Writes {method: {"edges": [[tf, target,
 importance], ...], "seconds": s, "error": str | None}}."""
+
 import json
 import sys
 import time
@@ -14,6 +15,7 @@ expr = pd.read_csv(expr_path, index_col=0).T  # cells x genes
 out = {}
 try:
     from arboreto.algo import genie3, grnboost2
+
     from distributed import Client, LocalCluster
 except Exception as exc:  # noqa: BLE001 - record the exact error
     out["import_error"] = "".join(traceback.format_exception_only(type(exc), exc))
@@ -25,11 +27,17 @@ else:
         start = time.perf_counter()
         try:
             net = fn(expression_data=expr, gene_names=list(expr.columns), client_or_address=client, seed=seed)
-            out[name] = {"edges": net[["TF", "target", "importance"]].values.tolist(),
-                         "seconds": time.perf_counter() - start, "error": None}
+            out[name] = {
+                "edges": net[["TF", "target", "importance"]].values.tolist(),
+                "seconds": time.perf_counter() - start,
+                "error": None,
+            }
         except Exception as exc:  # noqa: BLE001
-            out[name] = {"edges": [], "seconds": time.perf_counter() - start,
-                         "error": "".join(traceback.format_exception_only(type(exc), exc))}
+            out[name] = {
+                "edges": [],
+                "seconds": time.perf_counter() - start,
+                "error": "".join(traceback.format_exception_only(type(exc), exc)),
+            }
         client.close()
         cluster.close()
 with open(out_path, "w") as fh:

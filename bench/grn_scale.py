@@ -37,8 +37,9 @@ def one(n_cells: int, n_genes: int, n_tfs: int, seed: int = 0) -> dict:
     from cellvi import grn
 
     t0 = time.perf_counter()
-    adata = cellvi.data.simulate(n_cells=n_cells, n_genes=n_genes, n_batches=2, trajectory=True, seed=seed,
-                                 de_fraction=0.2)
+    adata = cellvi.data.simulate(
+        n_cells=n_cells, n_genes=n_genes, n_batches=2, trajectory=True, seed=seed, de_fraction=0.2
+    )
     sim_s = time.perf_counter() - t0
     t = adata.obs["pseudotime"].to_numpy() if "pseudotime" in adata.obs else np.zeros(n_cells)
     bins = np.minimum((t * 4).astype(int), 3)
@@ -49,23 +50,35 @@ def one(n_cells: int, n_genes: int, n_tfs: int, seed: int = 0) -> dict:
     # fitted on 5,000 cells, applied to all in blocks: the embedding is not what is measured
     sub = np.random.default_rng(0).choice(n_cells, min(n_cells, 5000), replace=False)
     pca = PCA(2, random_state=0, svd_solver="randomized").fit(expr[np.sort(sub)])
-    adata.obsm["X_pca2"] = np.concatenate(
-        [pca.transform(expr[i : i + 5000]) for i in range(0, n_cells, 5000)]).astype(np.float32)
+    adata.obsm["X_pca2"] = np.concatenate([pca.transform(expr[i : i + 5000]) for i in range(0, n_cells, 5000)]).astype(
+        np.float32
+    )
     del expr
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     emb_s = time.perf_counter() - t0
     tfs = list(adata.var_names[:n_tfs])
     start = time.perf_counter()
-    o = grn.Oracle(adata, "cluster", "X_pca2", tfs=tfs, pseudotime_key="pseudotime" if "pseudotime" in adata.obs else None)
+    o = grn.Oracle(
+        adata, "cluster", "X_pca2", tfs=tfs, pseudotime_key="pseudotime" if "pseudotime" in adata.obs else None
+    )
     o.fit_grn(n_bootstraps=20, p=0.001, top_k=2000)
     res = o.simulate_shift({tfs[0]: 0.0}, n_propagation=3)
     total = time.perf_counter() - start
-    return {"cells": n_cells, "genes": n_genes, "tfs": len(tfs), "clusters": int(adata.obs["cluster"].nunique()),
-            "edges_kept": len(o.links), "total_s": total, **{k: round(v, 3) for k, v in o.timings.items()},
-            **{k: round(v, 3) for k, v in res.timings.items()}, "simulate_s": sim_s, "pca_s": emb_s,
-            "transition_nnz": int(res.transitions.nnz),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "peak_rss_before_grn_mib": rss_before}
+    return {
+        "cells": n_cells,
+        "genes": n_genes,
+        "tfs": len(tfs),
+        "clusters": int(adata.obs["cluster"].nunique()),
+        "edges_kept": len(o.links),
+        "total_s": total,
+        **{k: round(v, 3) for k, v in o.timings.items()},
+        **{k: round(v, 3) for k, v in res.timings.items()},
+        "simulate_s": sim_s,
+        "pca_s": emb_s,
+        "transition_nnz": int(res.transitions.nnz),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_before_grn_mib": rss_before,
+    }
 
 
 def main():
@@ -81,8 +94,12 @@ def main():
     rows = []
     for size in args.sizes.split(","):
         load = os.getloadavg()[0]
-        proc = subprocess.run(check=False, args=[sys.executable, __file__, "--child", size, "--tfs", str(args.tfs)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            check=False,
+            args=[sys.executable, __file__, "--child", size, "--tfs", str(args.tfs)],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode:
             rows.append({"size": size, "error": proc.stderr[-1500:]})
         else:
@@ -91,25 +108,41 @@ def main():
     out = {"rows": rows, "threads": os.environ.get("OMP_NUM_THREADS"), "cpus": os.cpu_count()}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "grn_scale.json").write_text(json.dumps(out, indent=1))
-    lines = ["# cellvi.grn at scale (one run per size; shared 2-core machine, times are noisy)", "",
-             ("End to end = GRN per cluster (8 clusters: branch x pseudotime quarter; 20 bootstraps, 300 candidate TFs, all genes as targets) + "
-             "one knockout (propagation, kNN, sparse transitions, shift, grid, score). Not timed: simulating "
-             "the data, log-normalising and the 2-D PCA embedding."), "",
-             "| cells | genes | total s | fit GRN s | propagate s | kNN s | transitions s | grid s | peak RSS MiB | load |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# cellvi.grn at scale (one run per size; shared 2-core machine, times are noisy)",
+        "",
+        (
+            "End to end = GRN per cluster (8 clusters: branch x pseudotime quarter; 20 bootstraps, 300 candidate TFs, all genes as targets) + "
+            "one knockout (propagation, kNN, sparse transitions, shift, grid, score). Not timed: simulating "
+            "the data, log-normalising and the 2-D PCA embedding."
+        ),
+        "",
+        "| cells | genes | total s | fit GRN s | propagate s | kNN s | transitions s | grid s | peak RSS MiB | load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['size']} | error: {r['error'][-100:]!r} |||||||||")
             continue
-        lines.append(f"| {r['cells']} | {r['genes']} | {r['total_s']:.1f} | {r['fit_grn_s']:.1f} | "
-                     f"{r['propagate_s']:.2f} | {r['knn_s']:.2f} | {r['transitions_s']:.1f} | {r['grid_s']:.2f} | "
-                     f"{r['peak_rss_mib']:.0f} | {r['load_before']:.1f} |")
-    lines += ["", ("Peak RSS includes the simulated data and its log-normalised copy (the RSS before the GRN step "
-              "is `peak_rss_before_grn_mib` in the .json)."), "",
-              ("Not run here: 1,000,000 cells (the machine is shared by ~8 sessions on 2 cores and 24 GB, with a "
-               "~3 GB per-process rule). The expression matrix (cells x genes float32) and the simulated change "
-               "are held in memory, so 1M cells x 3,000 genes (12 GB each) needs a chunked expression path that "
-               "does not exist yet; the kNN, transitions (cells x k) and grid are already O(cells x k).")]
+        lines.append(
+            f"| {r['cells']} | {r['genes']} | {r['total_s']:.1f} | {r['fit_grn_s']:.1f} | "
+            f"{r['propagate_s']:.2f} | {r['knn_s']:.2f} | {r['transitions_s']:.1f} | {r['grid_s']:.2f} | "
+            f"{r['peak_rss_mib']:.0f} | {r['load_before']:.1f} |"
+        )
+    lines += [
+        "",
+        (
+            "Peak RSS includes the simulated data and its log-normalised copy (the RSS before the GRN step "
+            "is `peak_rss_before_grn_mib` in the .json)."
+        ),
+        "",
+        (
+            "Not run here: 1,000,000 cells (the machine is shared by ~8 sessions on 2 cores and 24 GB, with a "
+            "~3 GB per-process rule). The expression matrix (cells x genes float32) and the simulated change "
+            "are held in memory, so 1M cells x 3,000 genes (12 GB each) needs a chunked expression path that "
+            "does not exist yet; the kNN, transitions (cells x k) and grid are already O(cells x k)."
+        ),
+    ]
     (HERE / "results" / "grn_scale.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

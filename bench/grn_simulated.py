@@ -29,8 +29,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
-import cellvi
-from cellvi import grn
+import cellvi  # noqa: E402 (after the path above)
+from cellvi import grn  # noqa: E402
 
 
 def run(seed, n_cells, n_genes, epochs):
@@ -57,23 +57,31 @@ def run(seed, n_cells, n_genes, epochs):
         for cl in ("branch1", "branch2"):
             S = grn.edge_scores(o.links_all[cl], o.genes)
             kept = o.links[o.links["cluster"] == cl]
-            rec[cl] = {"AUPRC ratio": grn.auprc_ratio(S, truth, o.genes),
-                       "EPR": grn.early_precision_ratio(S, truth, o.genes),
-                       "kept_edges": len(kept),
-                       "kept_precision": float(np.mean([e in true_set for e in zip(kept["source"], kept["target"])]))}
+            rec[cl] = {
+                "AUPRC ratio": grn.auprc_ratio(S, truth, o.genes),
+                "EPR": grn.early_precision_ratio(S, truth, o.genes),
+                "kept_edges": len(kept),
+                "kept_precision": float(np.mean([e in true_set for e in zip(kept["source"], kept["target"])])),
+            }
         ko = {}
         for gene in ("TF1", "TF2", orphan):
             res = o.simulate_shift({gene: 0.0})
             by = res.score_by_cluster()
-            entry = {cl: {"mean_score": float(by.loc[cl, "mean_score"]), "mean_shift": float(by.loc[cl, "mean_shift"])}
-                     for cl in ("root", "branch1", "branch2")}
+            entry = {
+                cl: {"mean_score": float(by.loc[cl, "mean_score"]), "mean_shift": float(by.loc[cl, "mean_shift"])}
+                for cl in ("root", "branch1", "branch2")
+            }
             if m is not None:
                 s = o.scvi_shift(res)
-                entry["scvi"] = {"median_cosine": s["agreement"]["median_cosine"],
-                                 "fraction_agree": s["agreement"]["fraction_agree"],
-                                 "score_sign_agreement": s["score_sign_agreement"],
-                                 "scvi_mean_score": {cl: float(np.mean(s["score"][(ad.obs["branch"] == cl).to_numpy()]))
-                                                     for cl in ("root", "branch1", "branch2")}}
+                entry["scvi"] = {
+                    "median_cosine": s["agreement"]["median_cosine"],
+                    "fraction_agree": s["agreement"]["fraction_agree"],
+                    "score_sign_agreement": s["score_sign_agreement"],
+                    "scvi_mean_score": {
+                        cl: float(np.mean(s["score"][(ad.obs["branch"] == cl).to_numpy()]))
+                        for cl in ("root", "branch1", "branch2")
+                    },
+                }
             ko["no-target TF" if gene == orphan else gene] = entry
         out[label] = {"recovery": rec, "knockouts": ko, "fit_grn_s": o.timings["fit_grn_s"]}
     return out
@@ -91,16 +99,31 @@ def main():
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "grn_simulated.json").write_text(json.dumps(result, indent=1))
     med = lambda xs: float(np.median(xs))
-    lines = [(f"# cellvi.grn on simulate_grn ({args.cells} cells x {args.genes} genes, 20 TFs, 2 batches; "
-             f"medians over {args.seeds} seeds)"), "", "## Edge recovery (candidate regulators: the 20 TFs)", "",
-             "| expression | cluster | AUPRC ratio | EPR | kept edges | precision of kept |", "|---|---|---|---|---|---|"]
+    lines = [
+        (
+            f"# cellvi.grn on simulate_grn ({args.cells} cells x {args.genes} genes, 20 TFs, 2 batches; "
+            f"medians over {args.seeds} seeds)"
+        ),
+        "",
+        "## Edge recovery (candidate regulators: the 20 TFs)",
+        "",
+        "| expression | cluster | AUPRC ratio | EPR | kept edges | precision of kept |",
+        "|---|---|---|---|---|---|",
+    ]
     for label in ("log-normalised", "scVI denoised"):
         for cl in ("branch1", "branch2"):
             r = [x[label]["recovery"][cl] for x in runs]
-            lines.append(f"| {label} | {cl} | {med([a['AUPRC ratio'] for a in r]):.2f} | {med([a['EPR'] for a in r]):.2f} "
-                         f"| {med([a['kept_edges'] for a in r]):.0f} | {med([a['kept_precision'] for a in r]):.2f} |")
-    lines += ["", "## Knockouts: mean perturbation score (mean shift length) per branch", "",
-              "| expression | knockout | root | branch1 | branch2 |", "|---|---|---|---|---|"]
+            lines.append(
+                f"| {label} | {cl} | {med([a['AUPRC ratio'] for a in r]):.2f} | {med([a['EPR'] for a in r]):.2f} "
+                f"| {med([a['kept_edges'] for a in r]):.0f} | {med([a['kept_precision'] for a in r]):.2f} |"
+            )
+    lines += [
+        "",
+        "## Knockouts: mean perturbation score (mean shift length) per branch",
+        "",
+        "| expression | knockout | root | branch1 | branch2 |",
+        "|---|---|---|---|---|",
+    ]
     for label in ("log-normalised", "scVI denoised"):
         for g in ("TF1", "TF2", "no-target TF"):
             cells = []
@@ -109,14 +132,20 @@ def main():
                 sh = med([x[label]["knockouts"][g][cl]["mean_shift"] for x in runs])
                 cells.append(f"{sc:+.4f} ({sh:.3f})")
             lines.append(f"| {label} | {g} | " + " | ".join(cells) + " |")
-    lines += ["", "## scVI-decoded shift vs GRN shift (scVI denoised GRN)", "",
-              "| knockout | median cosine | fraction of cells agreeing | score sign agreement | scVI score root / branch1 / branch2 |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## scVI-decoded shift vs GRN shift (scVI denoised GRN)",
+        "",
+        "| knockout | median cosine | fraction of cells agreeing | score sign agreement | scVI score root / branch1 / branch2 |",
+        "|---|---|---|---|---|",
+    ]
     for g in ("TF1", "TF2", "no-target TF"):
         s = [x["scVI denoised"]["knockouts"][g]["scvi"] for x in runs]
         sc = [med([a["scvi_mean_score"][cl] for a in s]) for cl in ("root", "branch1", "branch2")]
-        lines.append(f"| {g} | {med([a['median_cosine'] for a in s]):.2f} | {med([a['fraction_agree'] for a in s]):.2f} | "
-                     f"{med([a['score_sign_agreement'] for a in s]):.2f} | " + " / ".join(f"{v:+.4f}" for v in sc) + " |")
+        lines.append(
+            f"| {g} | {med([a['median_cosine'] for a in s]):.2f} | {med([a['fraction_agree'] for a in s]):.2f} | "
+            f"{med([a['score_sign_agreement'] for a in s]):.2f} | " + " / ".join(f"{v:+.4f}" for v in sc) + " |"
+        )
     (HERE / "results" / "grn_simulated.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -33,8 +33,22 @@ DATA = Path(os.environ.get("CELLVI_DATA_DIR", REPO.parent / "shared" / "data"))
 
 
 def run_worker(py, lib, data, out, epochs, seed, loadings=None, batch_key="batch"):
-    cmd = [py, str(HERE / "linear_decoder_worker.py"), "--lib", lib, "--data", str(data), "--out", str(out),
-           "--epochs", str(epochs), "--seed", str(seed), "--batch-key", batch_key]
+    cmd = [
+        py,
+        str(HERE / "linear_decoder_worker.py"),
+        "--lib",
+        lib,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--seed",
+        str(seed),
+        "--batch-key",
+        batch_key,
+    ]
     if loadings:
         cmd += ["--loadings", loadings]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -68,20 +82,35 @@ def main() -> None:
     t0 = time.time()
     pbmc = DATA / "pbmc_3chemistries.h5ad"
     with ThreadPoolExecutor(args.jobs) as pool:
-        pbmc_future = pool.submit(run_worker, CELLVI_PY, "cellvi", pbmc, tmp / "pbmc", args.pbmc_epochs, 0) \
-            if pbmc.exists() else None
+        pbmc_future = (
+            pool.submit(run_worker, CELLVI_PY, "cellvi", pbmc, tmp / "pbmc", args.pbmc_epochs, 0)
+            if pbmc.exists()
+            else None
+        )
         futures = [(j, pool.submit(run_worker, j[2], j[3], j[4], j[5], args.epochs, j[0], j[6])) for j in jobs]
         rows = []
         for (seed, name, *_), fut in futures:
             loadings, info = fut.result()
             prec = program_precision(loadings, programs[seed], n_top=50)["precision"]
-            rows.append({"seed": seed, "model": name, "precision": prec.round(3).tolist(),
-                         "min": float(prec.min()), "mean": float(prec.mean()), "train_s": round(info["train_s"], 1),
-                         "peak_rss_mib": round(info["peak_rss_mib"]), "version": info["version"]})
+            rows.append(
+                {
+                    "seed": seed,
+                    "model": name,
+                    "precision": prec.round(3).tolist(),
+                    "min": float(prec.min()),
+                    "mean": float(prec.mean()),
+                    "train_s": round(info["train_s"], 1),
+                    "peak_rss_mib": round(info["peak_rss_mib"]),
+                    "version": info["version"],
+                }
+            )
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    summary = table.groupby("model").agg(median_mean=("mean", "median"), median_min=("min", "median"),
-                                         worst_min=("min", "min")).reset_index()
+    summary = (
+        table.groupby("model")
+        .agg(median_mean=("mean", "median"), median_min=("min", "median"), worst_min=("min", "min"))
+        .reset_index()
+    )
 
     pbmc_top = None
     if pbmc_future is not None:
@@ -92,27 +121,44 @@ def main() -> None:
     result = {
         "command": "PYTHONPATH=src .venv/bin/python bench/linear_decoder.py " + " ".join(sys.argv[1:]),
         "data": "simulate_programs(seed=s): 6,000 cells x 800 genes, 5 programmes x 50 genes, 2 batches",
-        "epochs": args.epochs, "n_latent": 10, "runs": rows, "summary": summary.to_dict(orient="records"),
-        "wall_s": round(time.time() - t0), "load_note": f"{args.jobs} runs at a time, 1 thread each, on a "
+        "epochs": args.epochs,
+        "n_latent": 10,
+        "runs": rows,
+        "summary": summary.to_dict(orient="records"),
+        "wall_s": round(time.time() - t0),
+        "load_note": f"{args.jobs} runs at a time, 1 thread each, on a "
         "shared 2-core machine (other helpers' jobs running): train_s is noisy",
-        "pbmc_top_genes": None if pbmc_top is None else
-        {f: list(g) for f, g in pbmc_top.groupby("factor")["gene"]},
+        "pbmc_top_genes": None if pbmc_top is None else {f: list(g) for f, g in pbmc_top.groupby("factor")["gene"]},
     }
     out = HERE / "results" / "linear_decoder"
     Path(str(out) + ".json").write_text(json.dumps(result, indent=1))
-    md = ["# LinearSCVI (LDVAE): recovery of known gene programmes", "",
-          f"`{result['command']}` (epochs {args.epochs}, n_latent 10, seeds {args.seeds}). {result['data']}.",
-          "Precision at 50 per programme (best factor and end of its loadings; target: each >= 0.5, mean >= 0.75).",
-          "", "| seed | model | precision per programme | min | mean | train s |", "|---|---|---|---|---|---|"]
-    md += [f"| {r['seed']} | {r['model']} | {r['precision']} | {r['min']:.2f} | {r['mean']:.2f} | {r['train_s']} |"
-           for r in rows]
+    md = [
+        "# LinearSCVI (LDVAE): recovery of known gene programmes",
+        "",
+        f"`{result['command']}` (epochs {args.epochs}, n_latent 10, seeds {args.seeds}). {result['data']}.",
+        "Precision at 50 per programme (best factor and end of its loadings; target: each >= 0.5, mean >= 0.75).",
+        "",
+        "| seed | model | precision per programme | min | mean | train s |",
+        "|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['seed']} | {r['model']} | {r['precision']} | {r['min']:.2f} | {r['mean']:.2f} | {r['train_s']} |"
+        for r in rows
+    ]
     md += ["", "Medians over seeds:", "", "| model | median of mean | median of min | worst min |", "|---|---|---|---|"]
-    md += [f"| {r['model']} | {r['median_mean']:.3f} | {r['median_min']:.3f} | {r['worst_min']:.3f} |"
-           for r in result["summary"]]
+    md += [
+        f"| {r['model']} | {r['median_mean']:.3f} | {r['median_min']:.3f} | {r['worst_min']:.3f} |"
+        for r in result["summary"]
+    ]
     md += ["", result["load_note"] + "."]
     if pbmc_top is not None:
-        md += ["", f"## Programmes on pbmc_3chemistries (LinearSCVI defaults, {args.pbmc_epochs} epochs, batch = chemistry)",
-               "", "Top 10 genes per factor (largest loadings; figure: linear_decoder_pbmc_loadings.png):", ""]
+        md += [
+            "",
+            f"## Programmes on pbmc_3chemistries (LinearSCVI defaults, {args.pbmc_epochs} epochs, batch = chemistry)",
+            "",
+            "Top 10 genes per factor (largest loadings; figure: linear_decoder_pbmc_loadings.png):",
+            "",
+        ]
         md += [f"- **{f}**: {', '.join(g)}" for f, g in result["pbmc_top_genes"].items()]
     Path(str(out) + ".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

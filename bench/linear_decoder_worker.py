@@ -47,9 +47,16 @@ def main() -> None:
     model.train(**train_kwargs)
     train_s = time.perf_counter() - t
     model.get_loadings().to_csv(a.out + ".csv")
-    info = {"lib": a.lib, "version": lib.__version__, "train_s": train_s, "epochs": a.epochs,
-               "n_latent": a.n_latent, "loadings": a.loadings, "seed": a.seed,
-               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    info = {
+        "lib": a.lib,
+        "version": lib.__version__,
+        "train_s": train_s,
+        "epochs": a.epochs,
+        "n_latent": a.n_latent,
+        "loadings": a.loadings,
+        "seed": a.seed,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
     with open(a.out + ".json", "w") as fh:
         json.dump(info, fh)
 

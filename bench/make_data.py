@@ -39,9 +39,7 @@ def simulate_numpy(n_cells, n_genes, n_batches, n_cell_types, seed=0, theta=2.0)
     obs = pd.DataFrame(
         {
             "batch": pd.Categorical([f"batch{b}" for b in batch], [f"batch{b}" for b in range(n_batches)]),
-            "cell_type": pd.Categorical(
-                [f"type{t}" for t in cell_type], [f"type{t}" for t in range(n_cell_types)]
-            ),
+            "cell_type": pd.Categorical([f"type{t}" for t in cell_type], [f"type{t}" for t in range(n_cell_types)]),
         },
         index=[f"cell{i}" for i in range(n_cells)],
     )

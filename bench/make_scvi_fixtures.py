@@ -48,18 +48,29 @@ def make_data(seed: int = 0) -> anndata.AnnData:
 COVS = {"categorical_covariate_keys": ["donor"], "continuous_covariate_keys": ["pct_mito"]}
 SCVI_CASES = {
     "scvi_zinb_gene": ({"batch_key": "batch"}, {}),
-    "scvi_nb_genebatch_2layers": ({"batch_key": "batch"},
-                                  {"gene_likelihood": "nb", "dispersion": "gene-batch", "n_layers": 2}),
-    "scvi_poisson_latentlib": ({"batch_key": "batch"},
-                               {"gene_likelihood": "poisson", "use_observed_lib_size": False}),
-    "scvi_zinb_genelabel_covs_encode": ({"batch_key": "batch", "labels_key": "cell_type", **COVS},
-                                        {"dispersion": "gene-label", "encode_covariates": True, "n_layers": 2}),
-    "scvi_nb_covs_noinject_latentlib": ({"batch_key": "batch", **COVS},
-                                        {"gene_likelihood": "nb", "deeply_inject_covariates": False,
-                                         "n_layers": 2, "use_observed_lib_size": False,
-                                         "encode_covariates": True}),
-    "scvi_layernorm_nobatchnorm": ({"batch_key": "batch"},
-                                   {"use_layer_norm": "both", "use_batch_norm": "none", "gene_likelihood": "nb"}),
+    "scvi_nb_genebatch_2layers": (
+        {"batch_key": "batch"},
+        {"gene_likelihood": "nb", "dispersion": "gene-batch", "n_layers": 2},
+    ),
+    "scvi_poisson_latentlib": ({"batch_key": "batch"}, {"gene_likelihood": "poisson", "use_observed_lib_size": False}),
+    "scvi_zinb_genelabel_covs_encode": (
+        {"batch_key": "batch", "labels_key": "cell_type", **COVS},
+        {"dispersion": "gene-label", "encode_covariates": True, "n_layers": 2},
+    ),
+    "scvi_nb_covs_noinject_latentlib": (
+        {"batch_key": "batch", **COVS},
+        {
+            "gene_likelihood": "nb",
+            "deeply_inject_covariates": False,
+            "n_layers": 2,
+            "use_observed_lib_size": False,
+            "encode_covariates": True,
+        },
+    ),
+    "scvi_layernorm_nobatchnorm": (
+        {"batch_key": "batch"},
+        {"use_layer_norm": "both", "use_batch_norm": "none", "gene_likelihood": "nb"},
+    ),
     "scvi_genecell_nobatch": ({}, {"dispersion": "gene-cell"}),
 }
 
@@ -114,8 +125,10 @@ def main(out: Path) -> None:
     res["proba"] = proba.to_numpy().astype(np.float32)
     np.savez_compressed(out / "scanvi_labels_unknown.npz", **res)
     manifest["fixtures"]["scanvi_labels_unknown"] = {
-        "model": "SCANVI", "setup": {"batch_key": "batch", "labels_key": "cell_type", "unlabeled_category": "Unknown"},
-        "params": {}, "classes": list(proba.columns),
+        "model": "SCANVI",
+        "setup": {"batch_key": "batch", "labels_key": "cell_type", "unlabeled_category": "Unknown"},
+        "params": {},
+        "classes": list(proba.columns),
     }
     gene_selection(out)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))

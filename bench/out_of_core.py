@@ -93,11 +93,24 @@ def worker(a) -> dict:
         z = model.get_latent_representation(adata, indices=idx, batch_size=a.batch_size)
         latent_s.append(time.perf_counter() - t)
     out = dict(
-        mode=a.worker, lib=lib, version=getattr(mod, "__version__", "?"), torch=torch.__version__,
-        threads=torch.get_num_threads(), n_cells=n, n_genes=int(adata.n_vars), batch_size=a.batch_size,
-        read_s=read_s, setup_s=setup_s, n_train_cells=n_train, train_s=train_s,
-        train_cells_per_s=n_train / train_s, other_cpu_frac=other, peak_rss_train_mib=rss_train,
-        n_latent_cells=int(len(z)), latent_s=float(np.median(latent_s)), latent_pass_s=latent_s,
+        mode=a.worker,
+        lib=lib,
+        version=getattr(mod, "__version__", "?"),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        n_cells=n,
+        n_genes=int(adata.n_vars),
+        batch_size=a.batch_size,
+        read_s=read_s,
+        setup_s=setup_s,
+        n_train_cells=n_train,
+        train_s=train_s,
+        train_cells_per_s=n_train / train_s,
+        other_cpu_frac=other,
+        peak_rss_train_mib=rss_train,
+        n_latent_cells=int(len(z)),
+        latent_s=float(np.median(latent_s)),
+        latent_pass_s=latent_s,
         latent_cells_per_s=len(z) / float(np.median(latent_s)),
     )
     if lib == "cellvi" and backed:
@@ -131,8 +144,11 @@ def driver(a) -> None:
                 _warm_page_cache(data)  # every mode starts with the file in the page cache
             rows.append(_run_worker(a, mode, data))
             r = rows[-1]
-            print(f"{mode:14s} train {r['train_cells_per_s']:8.0f} cells/s  latent {r['latent_cells_per_s']:8.0f} "
-                  f"cells/s  peak RSS {r['peak_rss_mib']:6.0f} MiB  other CPU {r['other_cpu_frac']:.2f}", flush=True)
+            print(
+                f"{mode:14s} train {r['train_cells_per_s']:8.0f} cells/s  latent {r['latent_cells_per_s']:8.0f} "
+                f"cells/s  peak RSS {r['peak_rss_mib']:6.0f} MiB  other CPU {r['other_cpu_frac']:.2f}",
+                flush=True,
+            )
     keys = ("train_cells_per_s", "latent_cells_per_s", "peak_rss_train_mib", "peak_rss_mib")
     by = {m: {k: float(np.median([r[k] for r in rows if r["mode"] == m])) for k in keys} for m in modes}
     ratios = {}
@@ -144,34 +160,61 @@ def driver(a) -> None:
     out = HERE / "results" / f"out_of_core_{a.n_cells}"
     out.parent.mkdir(exist_ok=True)
     meta = {"max_steps": a.max_steps, "page_cache_warmed": cached, "file_gib": data.stat().st_size / 2**30}
-    out.with_suffix(".json").write_text(
-        json.dumps({"runs": rows, "medians": by, "ratios": ratios, **meta}, indent=1)
-    )
+    out.with_suffix(".json").write_text(json.dumps({"runs": rows, "medians": by, "ratios": ratios, **meta}, indent=1))
     n_runs = {m: sum(r["mode"] == m for r in rows) for m in modes}
-    lines = [f"# Out-of-core: {a.n_cells} cells x {a.n_genes} genes, batch {a.batch_size}, "
-             f"{'one epoch' if a.max_steps is None else f'{a.max_steps} steps'}", "",
-             f"File {meta['file_gib']:.2f} GiB, "
-             + ("dropped from the page cache and read once into it before every run (the comparison is of "
-                "the loaders, not of the disk)." if cached else "larger than half the memory: not warmed (partly cached)."),
-             "Medians over the runs of each mode (runs alternate between modes); every run below.", "",
-             "| mode | runs | train cells/s | latent cells/s | peak RSS while training MiB | peak RSS MiB |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {m} | {n_runs[m]} | {v['train_cells_per_s']:.0f} | {v['latent_cells_per_s']:.0f} | "
-              f"{v['peak_rss_train_mib']:.0f} | {v['peak_rss_mib']:.0f} |" for m, v in by.items()]
+    lines = [
+        f"# Out-of-core: {a.n_cells} cells x {a.n_genes} genes, batch {a.batch_size}, "
+        f"{'one epoch' if a.max_steps is None else f'{a.max_steps} steps'}",
+        "",
+        f"File {meta['file_gib']:.2f} GiB, "
+        + (
+            "dropped from the page cache and read once into it before every run (the comparison is of "
+            "the loaders, not of the disk)."
+            if cached
+            else "larger than half the memory: not warmed (partly cached)."
+        ),
+        "Medians over the runs of each mode (runs alternate between modes); every run below.",
+        "",
+        "| mode | runs | train cells/s | latent cells/s | peak RSS while training MiB | peak RSS MiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {m} | {n_runs[m]} | {v['train_cells_per_s']:.0f} | {v['latent_cells_per_s']:.0f} | "
+        f"{v['peak_rss_train_mib']:.0f} | {v['peak_rss_mib']:.0f} |"
+        for m, v in by.items()
+    ]
     lines += [""] + [f"- {k}: {v:.2f}" for k, v in ratios.items()]
-    lines += ["", "| run | mode | train cells/s | latent cells/s (median; each pass) | peak RSS MiB | other CPU |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {i + 1} | {r['mode']} | {r['train_cells_per_s']:.0f} | {r['latent_cells_per_s']:.0f} ("
-              + ", ".join(f"{r['n_latent_cells'] / s:.0f}" for s in r["latent_pass_s"])
-              + f") | {r['peak_rss_mib']:.0f} | {r['other_cpu_frac']:.2f} |" for i, r in enumerate(rows)]
+    lines += [
+        "",
+        "| run | mode | train cells/s | latent cells/s (median; each pass) | peak RSS MiB | other CPU |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {i + 1} | {r['mode']} | {r['train_cells_per_s']:.0f} | {r['latent_cells_per_s']:.0f} ("
+        + ", ".join(f"{r['n_latent_cells'] / s:.0f}" for s in r["latent_pass_s"])
+        + f") | {r['peak_rss_mib']:.0f} | {r['other_cpu_frac']:.2f} |"
+        for i, r in enumerate(rows)
+    ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(f"- {k}: {v:.2f}" for k, v in ratios.items()))
 
 
 def _run_worker(a, mode: str, data: Path) -> dict:
     py = str(SCVI_PY) if mode.startswith("scvi") else sys.executable
-    cmd = [py, __file__, "--worker", mode, "--data", str(data), "--batch-size", str(a.batch_size),
-           "--threads", str(a.threads), "--latent-passes", str(a.latent_passes)]
+    cmd = [
+        py,
+        __file__,
+        "--worker",
+        mode,
+        "--data",
+        str(data),
+        "--batch-size",
+        str(a.batch_size),
+        "--threads",
+        str(a.threads),
+        "--latent-passes",
+        str(a.latent_passes),
+    ]
     cmd += ["--max-steps", str(a.max_steps)] if a.max_steps else []
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:

@@ -152,7 +152,10 @@ def run(a):
         print(json.dumps(row), flush=True)
         rows.append(row)
     result = {
-        "lib": a.lib, "version": scvi.__version__, "data": a.data, "threads": a.threads,
+        "lib": a.lib,
+        "version": scvi.__version__,
+        "data": a.data,
+        "threads": a.threads,
         "epochs": {"scvi": a.scvi_epochs, "scanvi": a.scanvi_epochs, "query": a.query_epochs},
         "splits": rows,
     }
@@ -161,11 +164,16 @@ def run(a):
 
 
 COLUMNS = [
-    ("query_accuracy", "label transfer acc."), ("denovo_query_accuracy", "de novo acc."),
-    ("mapped_knn_transfer_accuracy", "kNN transfer acc."), ("mapped_knn_accuracy", "joint kNN acc."),
-    ("mapped_batch_mixing", "joint mixing"), ("denovo_knn_accuracy", "de novo kNN acc."),
-    ("denovo_batch_mixing", "de novo mixing"), ("reference_train_s", "reference s"),
-    ("query_map_s", "query map s"), ("denovo_train_s", "de novo s"),
+    ("query_accuracy", "label transfer acc."),
+    ("denovo_query_accuracy", "de novo acc."),
+    ("mapped_knn_transfer_accuracy", "kNN transfer acc."),
+    ("mapped_knn_accuracy", "joint kNN acc."),
+    ("mapped_batch_mixing", "joint mixing"),
+    ("denovo_knn_accuracy", "de novo kNN acc."),
+    ("denovo_batch_mixing", "de novo mixing"),
+    ("reference_train_s", "reference s"),
+    ("query_map_s", "query map s"),
+    ("denovo_train_s", "de novo s"),
 ]
 
 
@@ -176,19 +184,28 @@ def report(paths, out):
             continue
         r = json.loads(Path(path).read_text())
         lines += [
-            f"## {r['lib']} {r['version']} on {r['data']} ({r['threads']} threads; epochs {r['epochs']})", "",
+            f"## {r['lib']} {r['version']} on {r['data']} ({r['threads']} threads; epochs {r['epochs']})",
+            "",
             "| held out | " + " | ".join(c[1] for c in COLUMNS) + " |",
             "|---" * (len(COLUMNS) + 1) + "|",
         ]
         for s in r["splits"]:
-            lines.append(f"| {s['held_out']} | " + " | ".join(f"{s[c[0]]:.3f}" if "acc" in c[1] or "mix" in c[1]
-                                                             else f"{s[c[0]]:.1f}" for c in COLUMNS) + " |")
+            lines.append(
+                f"| {s['held_out']} | "
+                + " | ".join(f"{s[c[0]]:.3f}" if "acc" in c[1] or "mix" in c[1] else f"{s[c[0]]:.1f}" for c in COLUMNS)
+                + " |"
+            )
         means = [np.mean([s[c[0]] for s in r["splits"]]) for c in COLUMNS]
-        lines.append("| mean | " + " | ".join(f"{m:.3f}" if "acc" in c[1] or "mix" in c[1] else f"{m:.1f}"
-                                              for m, c in zip(means, COLUMNS)) + " |")
+        lines.append(
+            "| mean | "
+            + " | ".join(f"{m:.3f}" if "acc" in c[1] or "mix" in c[1] else f"{m:.1f}" for m, c in zip(means, COLUMNS))
+            + " |"
+        )
         lines.append("")
-    lines.append("Timings depend on machine load; reference latent change after query training (cellvi): "
-                 "see `reference_latent_max_change` in the JSON.")
+    lines.append(
+        "Timings depend on machine load; reference latent change after query training (cellvi): "
+        "see `reference_latent_max_change` in the JSON."
+    )
     Path(out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -212,9 +229,26 @@ def main():
     if a.all:
         pythons = {"cellvi": sys.executable, "scvi": str(REPO / "bench" / ".venv-scvi" / "bin" / "python")}
         for lib, path in zip(("cellvi", "scvi"), paths):
-            cmd = [pythons[lib], __file__, "--lib", lib, "--data", a.data, "--out", str(path),
-                   "--scvi-epochs", str(a.scvi_epochs), "--scanvi-epochs", str(a.scanvi_epochs),
-                   "--query-epochs", str(a.query_epochs), "--threads", str(a.threads), "--seed", str(a.seed)]
+            cmd = [
+                pythons[lib],
+                __file__,
+                "--lib",
+                lib,
+                "--data",
+                a.data,
+                "--out",
+                str(path),
+                "--scvi-epochs",
+                str(a.scvi_epochs),
+                "--scanvi-epochs",
+                str(a.scanvi_epochs),
+                "--query-epochs",
+                str(a.query_epochs),
+                "--threads",
+                str(a.threads),
+                "--seed",
+                str(a.seed),
+            ]
             if a.held_out:
                 cmd += ["--held-out", *a.held_out]
             subprocess.run(cmd, check=True)

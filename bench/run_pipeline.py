@@ -56,18 +56,49 @@ def main() -> None:
     sim_s = None
     if not data.exists():
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", ("import sys, cellvi; cellvi.data.simulate_trajectory("
-                        "n_cells=int(sys.argv[1]), n_genes=int(sys.argv[2]), n_batches=3, seed=0, path=sys.argv[3])"),
-                        str(args.n_cells), str(args.n_genes), str(data)], check=True, env=env)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                (
+                    "import sys, cellvi; cellvi.data.simulate_trajectory("
+                    "n_cells=int(sys.argv[1]), n_genes=int(sys.argv[2]), n_batches=3, seed=0, path=sys.argv[3])"
+                ),
+                str(args.n_cells),
+                str(args.n_genes),
+                str(data),
+            ],
+            check=True,
+            env=env,
+        )
         sim_s = round(time.perf_counter() - t, 1)
     if args.backed:
         env["CELLVI_BACKED_BYTES"] = "0"
     runs = []
     for seed in args.seeds:
         out = work / f"out_seed{seed}"
-        cmd = [sys.executable, "-m", "cellvi.cli", "run", str(data), "-o", str(out), "--overwrite", "--no-progress",
-               "--batch-key", "batch", "--labels-key", "cell_type", "--root-group", "root", "--no-scib",
-               "--n-top-genes", str(args.n_top_genes), "--seed", str(seed)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cellvi.cli",
+            "run",
+            str(data),
+            "-o",
+            str(out),
+            "--overwrite",
+            "--no-progress",
+            "--batch-key",
+            "batch",
+            "--labels-key",
+            "cell_type",
+            "--root-group",
+            "root",
+            "--no-scib",
+            "--n-top-genes",
+            str(args.n_top_genes),
+            "--seed",
+            str(seed),
+        ]
         if args.max_epochs:
             cmd += ["--max-epochs", str(args.max_epochs)]
         total0, idle0 = _cpu_ticks()
@@ -80,27 +111,54 @@ def main() -> None:
         summary = json.loads((out / "summary.json").read_text())
         ncpu = os.cpu_count() or 1
         busy_share = 1 - (idle1 - idle0) / max(total1 - total0, 1)  # of the whole machine
-        runs.append({"seed": seed, "wall_s": round(wall, 1), "steps": summary["steps"], "epochs": summary["epochs"],
-                     "backed": summary["backed"], "clusters": summary["clusters"], "metrics": summary["metrics"],
-                     "machine_busy_share": round(busy_share, 3), "cpus": ncpu})
+        runs.append(
+            {
+                "seed": seed,
+                "wall_s": round(wall, 1),
+                "steps": summary["steps"],
+                "epochs": summary["epochs"],
+                "backed": summary["backed"],
+                "clusters": summary["clusters"],
+                "metrics": summary["metrics"],
+                "machine_busy_share": round(busy_share, 3),
+                "cpus": ncpu,
+            }
+        )
     names = [s["step"] for s in runs[0]["steps"]]
     table = []
     for i, name in enumerate(names):
         secs = [r["steps"][i]["seconds"] for r in runs]
         rss = [r["steps"][i]["peak_rss_mib"] for r in runs]
-        table.append({"step": name, "seconds_median": float(np.median(secs)), "peak_rss_mib_median": float(np.median(rss))})
-    result = {"n_cells": args.n_cells, "n_genes": args.n_genes, "n_top_genes": args.n_top_genes,
-              "max_epochs": args.max_epochs, "backed": args.backed, "seeds": args.seeds, "simulate_s": sim_s,
-              "steps": table, "runs": runs,
-              "peak_rss_mib": max(r["steps"][-1]["peak_rss_mib"] for r in runs)}
+        table.append(
+            {"step": name, "seconds_median": float(np.median(secs)), "peak_rss_mib_median": float(np.median(rss))}
+        )
+    result = {
+        "n_cells": args.n_cells,
+        "n_genes": args.n_genes,
+        "n_top_genes": args.n_top_genes,
+        "max_epochs": args.max_epochs,
+        "backed": args.backed,
+        "seeds": args.seeds,
+        "simulate_s": sim_s,
+        "steps": table,
+        "runs": runs,
+        "peak_rss_mib": max(r["steps"][-1]["peak_rss_mib"] for r in runs),
+    }
     name = f"run_pipeline{args.suffix}"
     (HERE / "results" / f"{name}.json").write_text(json.dumps(result, indent=1))
-    lines = [f"# `cellvi run` end to end: {args.n_cells:,} simulated cells x {args.n_genes:,} genes",
-             "", (f"Input {'opened backed' if args.backed else 'read in memory'}; {args.n_top_genes} HVGs; "
-             f"epochs {runs[0]['epochs']}; seeds {args.seeds}; machine busy share during the runs "
-             f"(all processes, {runs[0]['cpus']} CPUs): {[r['machine_busy_share'] for r in runs]}. "
-             f"Simulating the file took {sim_s} s."), "",
-             "| step | seconds (median) | peak RSS MiB at end of step (median) |", "|---|---:|---:|"]
+    lines = [
+        f"# `cellvi run` end to end: {args.n_cells:,} simulated cells x {args.n_genes:,} genes",
+        "",
+        (
+            f"Input {'opened backed' if args.backed else 'read in memory'}; {args.n_top_genes} HVGs; "
+            f"epochs {runs[0]['epochs']}; seeds {args.seeds}; machine busy share during the runs "
+            f"(all processes, {runs[0]['cpus']} CPUs): {[r['machine_busy_share'] for r in runs]}. "
+            f"Simulating the file took {sim_s} s."
+        ),
+        "",
+        "| step | seconds (median) | peak RSS MiB at end of step (median) |",
+        "|---|---:|---:|",
+    ]
     lines += [f"| {r['step']} | {r['seconds_median']:.1f} | {r['peak_rss_mib_median']:.0f} |" for r in table]
     lines += ["", f"Whole runs (wall s): {[r['wall_s'] for r in runs]}; metrics: {runs[0]['metrics']}.", ""]
     (HERE / "results" / f"{name}.md").write_text("\n".join(lines))

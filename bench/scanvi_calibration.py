@@ -53,8 +53,11 @@ def one_split(adata, held, seed: int) -> dict:
     classes = list(qm.classes_)
     known = np.isin(truth, classes)
     codes = np.array([classes.index(t) if t in classes else -1 for t in truth])
-    out = {"temperature": report["temperature"], "reference_ece_before": report["ece_before"],
-           "reference_ece_after": report["ece_after"]}
+    out = {
+        "temperature": report["temperature"],
+        "reference_ece_before": report["ece_before"],
+        "reference_ece_after": report["ece_after"],
+    }
     for tag, t in (("before", 1.0), ("after", report["temperature"])):
         qm.temperature_ = t
         probs = qm.predict(soft=True).to_numpy()
@@ -87,9 +90,11 @@ def one_split_scvi_tools(adata, held, seed: int) -> dict:
     known = np.isin(truth, classes)
     codes = np.array([classes.index(t) if t in classes else -1 for t in truth])
     probs = soft.to_numpy()
-    return {"query_ece_before": expected_calibration_error(probs[known], codes[known]),
-            "query_mean_confidence_before": float(probs[known].max(1).mean()),
-            "query_accuracy": float((probs[known].argmax(1) == codes[known]).mean())}
+    return {
+        "query_ece_before": expected_calibration_error(probs[known], codes[known]),
+        "query_mean_confidence_before": float(probs[known].max(1).mean()),
+        "query_accuracy": float((probs[known].argmax(1) == codes[known]).mean()),
+    }
 
 
 def scvi_tools_main() -> None:
@@ -115,26 +120,43 @@ def scvi_tools_main() -> None:
 
 def report(out: dict) -> None:
     rows, peak = out["rows"], out["peak_rss_mib"]
-    lines = ["# SCANVI calibration (temperature scaling), leave-one-batch-out", "",
-             (f"Medians over seeds {SEEDS}; epochs {EPOCHS}. cellvi: `PYTHONPATH=src python "
-              "bench/scanvi_calibration.py`; scvi-tools 1.4.2 (same protocol, no calibration): "
-              "`bench/.venv-scvi/bin/python bench/scanvi_calibration.py --scvi-tools`, then `--report`."), "",
-             ("| dataset | held-out batch | T | query ECE before | query ECE after | query confidence before / after "
-              "| query accuracy | reference (calibration cells) ECE before / after | scvi-tools query ECE | "
-              "scvi-tools confidence | scvi-tools accuracy |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# SCANVI calibration (temperature scaling), leave-one-batch-out",
+        "",
+        (
+            f"Medians over seeds {SEEDS}; epochs {EPOCHS}. cellvi: `PYTHONPATH=src python "
+            "bench/scanvi_calibration.py`; scvi-tools 1.4.2 (same protocol, no calibration): "
+            "`bench/.venv-scvi/bin/python bench/scanvi_calibration.py --scvi-tools`, then `--report`."
+        ),
+        "",
+        (
+            "| dataset | held-out batch | T | query ECE before | query ECE after | query confidence before / after "
+            "| query accuracy | reference (calibration cells) ECE before / after | scvi-tools query ECE | "
+            "scvi-tools confidence | scvi-tools accuracy |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         sv = r.get("scvi_tools")
-        tail = (f"{sv['query_ece_before']:.3f} | {sv['query_mean_confidence_before']:.3f} | {sv['query_accuracy']:.3f}"
-                if sv else "not run | | ")
+        tail = (
+            f"{sv['query_ece_before']:.3f} | {sv['query_mean_confidence_before']:.3f} | {sv['query_accuracy']:.3f}"
+            if sv
+            else "not run | | "
+        )
         lines.append(
             f"| {r['dataset'].removesuffix('.h5ad')} | {r['held_out_batch']} | {r['temperature']:.2f} | "
             f"{r['query_ece_before']:.3f} | {r['query_ece_after']:.3f} | {r['query_mean_confidence_before']:.3f} / "
             f"{r['query_mean_confidence_after']:.3f} | {r['query_accuracy']:.3f} | "
             f"{r['reference_ece_before']:.3f} / {r['reference_ece_after']:.3f} | {tail} |"
         )
-    lines += ["", (f"Peak RSS {peak:.0f} MiB (cellvi run). ECE: 15 equal-width confidence bins, on query cells of "
-                   "types the reference knows. Load averages during the cellvi run: "
-                   f"{[round(x, 1) for x in out['load']]} (shared machine).")]
+    lines += [
+        "",
+        (
+            f"Peak RSS {peak:.0f} MiB (cellvi run). ECE: 15 equal-width confidence bins, on query cells of "
+            "types the reference knows. Load averages during the cellvi run: "
+            f"{[round(x, 1) for x in out['load']]} (shared machine)."
+        ),
+    ]
     (REPO / "bench" / "results" / "scanvi_calibration.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -157,8 +179,11 @@ def main() -> None:
         adata = anndata.read_h5ad(DATA / name)
         for held in sorted(adata.obs["batch"].astype(str).unique()):
             runs = [one_split(adata, held, s) for s in SEEDS]
-            row = {"dataset": name, "held_out_batch": held,
-                   **{k: float(np.median([r[k] for r in runs])) for k in runs[0]}}
+            row = {
+                "dataset": name,
+                "held_out_batch": held,
+                **{k: float(np.median([r[k] for r in runs])) for k in runs[0]},
+            }
             rows.append(row)
             print(json.dumps(row))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -33,13 +33,16 @@ SCVI_PY = Path(os.environ.get("SCVI_PYTHON", "/work/main/bench/.venv-scvi/bin/py
 RESULTS = REPO / "bench" / "results"
 EXPORTS = {
     "scvi_zinb_gene": ("SCVI", {"batch_key": "batch"}, {}),
-    "scvi_nb_2layers_layernorm": ("SCVI", {"batch_key": "batch"},
-                                  {"gene_likelihood": "nb", "n_layers": 2, "use_layer_norm": "both",
-                                   "use_batch_norm": "none"}),
-    "scvi_covs_encode_latentlib": ("SCVI", {"batch_key": "batch", "categorical_covariate_keys": ["donor"],
-                                            "continuous_covariate_keys": ["pct_mito"]},
-                                   {"encode_covariates": True, "use_observed_lib_size": False,
-                                    "dispersion": "gene-batch"}),
+    "scvi_nb_2layers_layernorm": (
+        "SCVI",
+        {"batch_key": "batch"},
+        {"gene_likelihood": "nb", "n_layers": 2, "use_layer_norm": "both", "use_batch_norm": "none"},
+    ),
+    "scvi_covs_encode_latentlib": (
+        "SCVI",
+        {"batch_key": "batch", "categorical_covariate_keys": ["donor"], "continuous_covariate_keys": ["pct_mito"]},
+        {"encode_covariates": True, "use_observed_lib_size": False, "dispersion": "gene-batch"},
+    ),
     "scanvi": ("SCANVI", {"batch_key": "batch", "labels_key": "cell_type", "unlabeled_category": "Unknown"}, {}),
 }
 QUERY_EPOCHS, N_REPEATS = 20, 3
@@ -128,8 +131,9 @@ def query_cellvi(out: Path) -> dict:
         qm = cellvi.model.SCVI.load_query_data(q, out / "reference")
         qm.train(max_epochs=QUERY_EPOCHS)
         times.append(time.perf_counter() - t)
-        moved = float(np.abs(qm.get_latent_representation(ref, obsm_key=None)
-                             - np.load(out / "reference_latent.npy")).max())
+        moved = float(
+            np.abs(qm.get_latent_representation(ref, obsm_key=None) - np.load(out / "reference_latent.npy")).max()
+        )
     return {"seconds": times, "reference_latent_max_abs_change": moved}
 
 
@@ -142,8 +146,9 @@ def main() -> None:
         out = Path(tmp)
         exports = cellvi_export(out)
         (out / "exports.json").write_text(json.dumps(exports))
-        subprocess.run([str(SCVI_PY), __file__, "--scvi-side", str(out)], check=True,
-                       env={**os.environ, "PYTHONPATH": ""})
+        subprocess.run(
+            [str(SCVI_PY), __file__, "--scvi-side", str(out)], check=True, env={**os.environ, "PYTHONPATH": ""}
+        )
         side = json.loads((out / "scvi_side.json").read_text())
         cv = query_cellvi(out)
     sv = side["query"]
@@ -151,9 +156,13 @@ def main() -> None:
         "scvi_tools_version": side["scvi_tools_version"],
         "export": {k: {**exports[k], **v} for k, v in side["export"].items()},
         "query_mapping": {
-            "n_ref": sv["n_ref"], "n_query": sv["n_query"], "epochs": QUERY_EPOCHS,
-            "scvi_tools_seconds": sv["seconds"], "cellvi_seconds": cv["seconds"],
-            "scvi_tools_median_s": float(np.median(sv["seconds"])), "cellvi_median_s": float(np.median(cv["seconds"])),
+            "n_ref": sv["n_ref"],
+            "n_query": sv["n_query"],
+            "epochs": QUERY_EPOCHS,
+            "scvi_tools_seconds": sv["seconds"],
+            "cellvi_seconds": cv["seconds"],
+            "scvi_tools_median_s": float(np.median(sv["seconds"])),
+            "cellvi_median_s": float(np.median(cv["seconds"])),
             "speedup": float(np.median(sv["seconds"]) / np.median(cv["seconds"])),
             "reference_latent_max_abs_change": cv["reference_latent_max_abs_change"],
         },
@@ -161,20 +170,38 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scvi_tools_interop.json").write_text(json.dumps(result, indent=1))
-    lines = ["# cellvi <-> scvi-tools model folders", "",
-             f"scvi-tools {result['scvi_tools_version']}; `PYTHONPATH=src python bench/scvi_tools_interop.py`.", "",
-             "## Export: `model.save(dir, format=\"scvi-tools\")` loaded by scvi-tools", "",
-             "| model | max abs latent difference (scvi-tools vs cellvi) |", "|---|---|"]
+    lines = [
+        "# cellvi <-> scvi-tools model folders",
+        "",
+        f"scvi-tools {result['scvi_tools_version']}; `PYTHONPATH=src python bench/scvi_tools_interop.py`.",
+        "",
+        '## Export: `model.save(dir, format="scvi-tools")` loaded by scvi-tools',
+        "",
+        "| model | max abs latent difference (scvi-tools vs cellvi) |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v['max_abs_diff']:.2e} |" for k, v in result["export"].items()]
     q = result["query_mapping"]
-    lines += ["", "## Query mapping onto a scvi-tools reference folder", "",
-              (f"Reference {q['n_ref']} cells (scvi-tools SCVI, 400 genes), query {q['n_query']} cells, "
-               f"load_query_data + {q['epochs']} epochs, median of {N_REPEATS}."), "",
-              "| | seconds (median) |", "|---|---|",
-              f"| scvi-tools | {q['scvi_tools_median_s']:.2f} |", f"| cellvi | {q['cellvi_median_s']:.2f} |", "",
-              (f"cellvi / scvi-tools speed: {q['speedup']:.2f}x. Reference latent moved by at most "
-               f"{q['reference_latent_max_abs_change']:.1e} in cellvi. Load averages {result['load']} "
-               "(shared machine, noisy).")]
+    lines += [
+        "",
+        "## Query mapping onto a scvi-tools reference folder",
+        "",
+        (
+            f"Reference {q['n_ref']} cells (scvi-tools SCVI, 400 genes), query {q['n_query']} cells, "
+            f"load_query_data + {q['epochs']} epochs, median of {N_REPEATS}."
+        ),
+        "",
+        "| | seconds (median) |",
+        "|---|---|",
+        f"| scvi-tools | {q['scvi_tools_median_s']:.2f} |",
+        f"| cellvi | {q['cellvi_median_s']:.2f} |",
+        "",
+        (
+            f"cellvi / scvi-tools speed: {q['speedup']:.2f}x. Reference latent moved by at most "
+            f"{q['reference_latent_max_abs_change']:.1e} in cellvi. Load averages {result['load']} "
+            "(shared machine, noisy)."
+        ),
+    ]
     (RESULTS / "scvi_tools_interop.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -50,8 +50,11 @@ def measure(adata, repeats: int) -> dict:
         layers._sparse_linear = kinds["embedding_bag"]
     med = {k: float(np.median(v[1:])) for k, v in times.items()}
     return {
-        "cells": adata.n_obs, "genes": adata.n_vars, "seconds": {k: v[1:] for k, v in times.items()},
-        "median_s": med, "speedup": med["addmm"] / med["embedding_bag"],
+        "cells": adata.n_obs,
+        "genes": adata.n_vars,
+        "seconds": {k: v[1:] for k, v in times.items()},
+        "median_s": med,
+        "speedup": med["addmm"] / med["embedding_bag"],
         "max_abs_latent_diff": float(np.abs(latents["addmm"] - latents["embedding_bag"]).max()),
     }
 
@@ -74,23 +77,39 @@ def main(argv=None) -> None:
     for name, adata in sets.items():
         rows[name] = measure(adata, a.repeats)
         r = rows[name]
-        print(f"{name}: embedding_bag {r['median_s']['embedding_bag']:.3f} s, addmm {r['median_s']['addmm']:.3f} s, "
-              f"{r['speedup']:.2f}x, max latent difference {r['max_abs_latent_diff']:.1e}", flush=True)
-    meta = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "threads": 2,
-            "repeats": a.repeats}
+        print(
+            f"{name}: embedding_bag {r['median_s']['embedding_bag']:.3f} s, addmm {r['median_s']['addmm']:.3f} s, "
+            f"{r['speedup']:.2f}x, max latent difference {r['max_abs_latent_diff']:.1e}",
+            flush=True,
+        )
+    meta = {
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": 2,
+        "repeats": a.repeats,
+    }
     try:
-        meta["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        meta["cpu"] = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     out = Path(a.out)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
-    lines = ["# Sparse first layer at inference: embedding_bag vs torch.addmm", "",
-             f"{meta['cpu']}, torch {meta['torch']}, 2 threads; latent of all cells at batch 1024, "
-             f"median of {a.repeats} alternating runs each, one process.", "",
-             "| data | cells x genes | embedding_bag s | addmm s | speed-up | max latent difference |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {k} | {r['cells']} x {r['genes']} | {r['median_s']['embedding_bag']:.3f} | {r['median_s']['addmm']:.3f} | "
-              f"{r['speedup']:.2f}x | {r['max_abs_latent_diff']:.1e} |" for k, r in rows.items()]
+    lines = [
+        "# Sparse first layer at inference: embedding_bag vs torch.addmm",
+        "",
+        f"{meta['cpu']}, torch {meta['torch']}, 2 threads; latent of all cells at batch 1024, "
+        f"median of {a.repeats} alternating runs each, one process.",
+        "",
+        "| data | cells x genes | embedding_bag s | addmm s | speed-up | max latent difference |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {k} | {r['cells']} x {r['genes']} | {r['median_s']['embedding_bag']:.3f} | {r['median_s']['addmm']:.3f} | "
+        f"{r['speedup']:.2f}x | {r['max_abs_latent_diff']:.1e} |"
+        for k, r in rows.items()
+    ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

@@ -43,23 +43,45 @@ def dataset(name: str) -> tuple[Path, str]:
     if not path.exists():
         path.parent.mkdir(exist_ok=True)
         code = (
-            "import cellvi; cellvi.data.simulate(n_cells=%d, n_genes=2000, n_batches=3, n_cell_types=5, "
-            "seed=0, path=%r)" % (n, str(path))
+            f"import cellvi; cellvi.data.simulate(n_cells={n:d}, n_genes=2000, n_batches=3, n_cell_types=5, "
+            f"seed=0, path={str(path)!r})"
         )
         subprocess.run([PY["cellvi"], "-c", code], check=True)
     return path, "batch"
 
 
 def run_worker(lib: str, data: Path, batch_key: str, epochs: int, out: Path, *extra: str) -> dict:
-    cmd = [PY[lib], str(HERE / "worker.py"), "--lib", lib, "--data", str(data), "--epochs", str(epochs),
-           "--batch-key", batch_key, "--out", str(out), *extra]
+    cmd = [
+        PY[lib],
+        str(HERE / "worker.py"),
+        "--lib",
+        lib,
+        "--data",
+        str(data),
+        "--epochs",
+        str(epochs),
+        "--batch-key",
+        batch_key,
+        "--out",
+        str(out),
+        *extra,
+    ]
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     return json.loads(out.read_text())
 
 
 def summarise(runs: list[dict]) -> dict:
-    keys = ["epoch_s", "train_cells_per_s", "latent_s", "normalized_expression_s", "peak_rss_mib",
-            "import_s", "heldout_elbo_per_cell", "other_procs_cpu_frac", "train_s"]
+    keys = [
+        "epoch_s",
+        "train_cells_per_s",
+        "latent_s",
+        "normalized_expression_s",
+        "peak_rss_mib",
+        "import_s",
+        "heldout_elbo_per_cell",
+        "other_procs_cpu_frac",
+        "train_s",
+    ]
     out = {k: float(np.median([r[k] for r in runs])) for k in keys} | {"runs": len(runs)}
     out["first_epoch_s"] = float(np.median([r["epoch_s_all"][0] for r in runs]))  # compilation lands here
     return out
@@ -74,7 +96,12 @@ def compare(name: str, repeats: int, epochs: int, config: str, tmp: Path, fused:
             runs[lib].append(run_worker(lib, data, batch_key, epochs, tmp / f"{name}_{lib}_{i}.json", *extra))
     c, s = summarise(runs["cellvi"]), summarise(runs["scvi"])
     return {
-        "dataset": name, "config": config, "epochs": epochs, "batch_size": 128, "cellvi": c, "scvi": s,
+        "dataset": name,
+        "config": config,
+        "epochs": epochs,
+        "batch_size": 128,
+        "cellvi": c,
+        "scvi": s,
         "fused": fused,
         "train_speedup": c["train_cells_per_s"] / s["train_cells_per_s"],
         "wall_speedup": s["train_s"] / c["train_s"],
@@ -91,11 +118,23 @@ def time_to_quality(name: str, epochs: int, tmp: Path) -> dict:
     data, batch_key = dataset(name)
     scvi = run_worker("scvi", data, batch_key, epochs, tmp / "ttq_scvi.json", "--config", "defaults")
     target = scvi["heldout_elbo_per_cell"]
-    cellvi = run_worker("cellvi", data, batch_key, 4 * epochs, tmp / "ttq_cellvi.json", "--config", "defaults",
-                        "--until-elbo", str(target))
+    cellvi = run_worker(
+        "cellvi",
+        data,
+        batch_key,
+        4 * epochs,
+        tmp / "ttq_cellvi.json",
+        "--config",
+        "defaults",
+        "--until-elbo",
+        str(target),
+    )
     return {
-        "dataset": name, "scvi_epochs": epochs, "target_heldout_elbo": target,
-        "scvi_train_s": scvi["train_s"], "cellvi_epochs_to_target": cellvi["epochs_run"],
+        "dataset": name,
+        "scvi_epochs": epochs,
+        "target_heldout_elbo": target,
+        "scvi_train_s": scvi["train_s"],
+        "cellvi_epochs_to_target": cellvi["epochs_run"],
         "cellvi_reached": cellvi["heldout_elbo_per_cell"] >= target,
         "cellvi_train_s": float(cellvi["epoch_s_all"] and sum(cellvi["epoch_s_all"])),
         "speedup": scvi["train_s"] / max(sum(cellvi["epoch_s_all"]), 1e-9),
@@ -103,11 +142,16 @@ def time_to_quality(name: str, epochs: int, tmp: Path) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"# cellvi vs scvi-tools {results['scvi_version']}: speed", "", results["machine"], "",
-             "| data | config | cellvi fused_kernels | epochs | runs | s/epoch cellvi | s/epoch scvi | train speed-up "
-             "| first epoch cellvi / scvi (s) | whole train() speed-up | latent speed-up "
-             "| normexpr speed-up | peak RSS cellvi / scvi (MiB) | held-out ELBO cellvi / scvi | other CPU |",
-             "|" + "---|" * 15]
+    lines = [
+        f"# cellvi vs scvi-tools {results['scvi_version']}: speed",
+        "",
+        results["machine"],
+        "",
+        "| data | config | cellvi fused_kernels | epochs | runs | s/epoch cellvi | s/epoch scvi | train speed-up "
+        "| first epoch cellvi / scvi (s) | whole train() speed-up | latent speed-up "
+        "| normexpr speed-up | peak RSS cellvi / scvi (MiB) | held-out ELBO cellvi / scvi | other CPU |",
+        "|" + "---|" * 15,
+    ]
     for r in results["comparisons"]:
         c, s = r["cellvi"], r["scvi"]
         lines.append(
@@ -121,27 +165,41 @@ def markdown(results: dict) -> str:
             f"| {max(c['other_procs_cpu_frac'], s['other_procs_cpu_frac']):.2f} |"
         )
     for t in results.get("time_to_quality", []):
-        lines += ["", f"Time to quality on {t['dataset']}: scvi-tools trained {t['scvi_epochs']} epochs at defaults "
-                  f"in {t['scvi_train_s']:.1f} s, reaching held-out ELBO {t['target_heldout_elbo']:.2f}; cellvi at "
-                  f"defaults reached it after {t['cellvi_epochs_to_target']} epochs, {t['cellvi_train_s']:.1f} s "
-                  f"(reached: {t['cellvi_reached']}): **{t['speedup']:.2f}x**."]
-    lines += ["", "Medians over runs; each run is its own process; libraries alternate. 's/epoch' is the median "
-              "over epochs after the first (the issue's definition); the first epoch holds torch.compile's "
-              "compilation when fused_kernels is on, and 'whole train() speed-up' is the ratio of the whole "
-              "train() calls, compilation and validation included. 'other CPU' is the share of CPU other "
-              "processes used during training (0 = quiet machine)."]
+        lines += [
+            "",
+            f"Time to quality on {t['dataset']}: scvi-tools trained {t['scvi_epochs']} epochs at defaults "
+            f"in {t['scvi_train_s']:.1f} s, reaching held-out ELBO {t['target_heldout_elbo']:.2f}; cellvi at "
+            f"defaults reached it after {t['cellvi_epochs_to_target']} epochs, {t['cellvi_train_s']:.1f} s "
+            f"(reached: {t['cellvi_reached']}): **{t['speedup']:.2f}x**.",
+        ]
+    lines += [
+        "",
+        "Medians over runs; each run is its own process; libraries alternate. 's/epoch' is the median "
+        "over epochs after the first (the issue's definition); the first epoch holds torch.compile's "
+        "compilation when fused_kernels is on, and 'whole train() speed-up' is the ratio of the whole "
+        "train() calls, compilation and validation included. 'other CPU' is the share of CPU other "
+        "processes used during training (0 = quiet machine).",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", nargs="*", default=["sim20k", "mouse10k", "sim200k"],
-                   help="none (an empty list) with --time-to-quality runs only that")
+    p.add_argument(
+        "--datasets",
+        nargs="*",
+        default=["sim20k", "mouse10k", "sim200k"],
+        help="none (an empty list) with --time-to-quality runs only that",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--epochs", type=int, default=6, help="epochs per run (sim200k uses 3)")
     p.add_argument("--configs", nargs="+", default=["same"], choices=["same", "defaults"])
-    p.add_argument("--fused", default="on", choices=["auto", "on", "off"],
-                   help="cellvi fused_kernels; 'on' is what train() picks by itself at default epochs")
+    p.add_argument(
+        "--fused",
+        default="on",
+        choices=["auto", "on", "off"],
+        help="cellvi fused_kernels; 'on' is what train() picks by itself at default epochs",
+    )
     p.add_argument("--time-to-quality", action="store_true")
     p.add_argument("--ttq-dataset", default="sim20k")
     p.add_argument("--ttq-epochs", type=int, default=50)
@@ -149,12 +207,15 @@ def main() -> None:
     a = p.parse_args()
     tmp = HERE / "data" / "runs"
     tmp.mkdir(parents=True, exist_ok=True)
-    scvi_version = subprocess.run([PY["scvi"], "-c", "import scvi; print(scvi.__version__)"],
-                                  capture_output=True, text=True).stdout.strip()
+    scvi_version = subprocess.run(
+        [PY["scvi"], "-c", "import scvi; print(scvi.__version__)"], capture_output=True, text=True
+    ).stdout.strip()
     results = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
-                   f"{time.strftime('%Y-%m-%d')}; 2 torch threads per run; no GPU",
-        "scvi_version": scvi_version, "comparisons": [], "time_to_quality": [],
+        f"{time.strftime('%Y-%m-%d')}; 2 torch threads per run; no GPU",
+        "scvi_version": scvi_version,
+        "comparisons": [],
+        "time_to_quality": [],
     }
     for name in a.datasets:
         for config in a.configs:

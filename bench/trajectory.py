@@ -28,10 +28,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
     import scanpy as sc
+    from tests.data.test_trajectory import _trajectory_scores, _tree_respected
 
     import cellvi
     from cellvi.analysis import batch_mixing_entropy
-    from tests.data.test_trajectory import _trajectory_scores, _tree_respected
 
     cellvi.settings.progress_bar = False
     rows = []
@@ -49,24 +49,39 @@ def main() -> None:
         a.obsm["X_pca"] = base.obsm["X_pca"]
         for rep in ("X_scvi", "X_pca"):
             rho, conn = _trajectory_scores(a, rep)
-            rows.append({"seed": seed, "representation": rep, "dpt_spearman": round(rho, 4),
-                         "paga_tree_respected": bool(_tree_respected(conn)),
-                         "batch_mixing_entropy": round(batch_mixing_entropy(a.obsm[rep], a.obs["batch"]), 4)})
+            rows.append(
+                {
+                    "seed": seed,
+                    "representation": rep,
+                    "dpt_spearman": round(rho, 4),
+                    "paga_tree_respected": bool(_tree_respected(conn)),
+                    "batch_mixing_entropy": round(batch_mixing_entropy(a.obsm[rep], a.obs["batch"]), 4),
+                }
+            )
             print(rows[-1], flush=True)
     summary = {}
     for rep in ("X_scvi", "X_pca"):
         r = [x for x in rows if x["representation"] == rep]
-        summary[rep] = {"dpt_spearman_median": float(np.median([x["dpt_spearman"] for x in r])),
-                        "dpt_spearman_min": float(min(x["dpt_spearman"] for x in r)),
-                        "paga_tree_respected": f"{sum(x['paga_tree_respected'] for x in r)}/{len(r)}",
-                        "batch_mixing_median": float(np.median([x["batch_mixing_entropy"] for x in r]))}
+        summary[rep] = {
+            "dpt_spearman_median": float(np.median([x["dpt_spearman"] for x in r])),
+            "dpt_spearman_min": float(min(x["dpt_spearman"] for x in r)),
+            "paga_tree_respected": f"{sum(x['paga_tree_respected'] for x in r)}/{len(r)}",
+            "batch_mixing_median": float(np.median([x["batch_mixing_entropy"] for x in r])),
+        }
     (HERE / "results" / "trajectory.json").write_text(json.dumps({"runs": rows, "summary": summary}, indent=1))
-    lines = ["# Trajectory inference on simulated branching data (1,500 cells x 400 genes, 2 batches)", "",
-             f"Seeds {args.seeds}; target: dpt Spearman with true time >= 0.8, PAGA respects the true tree.", "",
-             "| representation | dpt Spearman (median) | min | PAGA tree respected | batch mixing (median) |",
-             "|---|---:|---:|---:|---:|"]
-    lines += [f"| {k} | {v['dpt_spearman_median']:.3f} | {v['dpt_spearman_min']:.3f} | {v['paga_tree_respected']} "
-              f"| {v['batch_mixing_median']:.3f} |" for k, v in summary.items()]
+    lines = [
+        "# Trajectory inference on simulated branching data (1,500 cells x 400 genes, 2 batches)",
+        "",
+        f"Seeds {args.seeds}; target: dpt Spearman with true time >= 0.8, PAGA respects the true tree.",
+        "",
+        "| representation | dpt Spearman (median) | min | PAGA tree respected | batch mixing (median) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {k} | {v['dpt_spearman_median']:.3f} | {v['dpt_spearman_min']:.3f} | {v['paga_tree_respected']} "
+        f"| {v['batch_mixing_median']:.3f} |"
+        for k, v in summary.items()
+    ]
     (HERE / "results" / "trajectory.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

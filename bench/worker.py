@@ -215,8 +215,16 @@ def main(argv=None):
     )
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)
-    keys = ("import_s", "epoch_s", "train_cells_per_s", "latent_s", "normalized_expression_s",
-            "heldout_elbo_per_cell", "peak_rss_mib", "other_procs_cpu_frac")
+    keys = (
+        "import_s",
+        "epoch_s",
+        "train_cells_per_s",
+        "latent_s",
+        "normalized_expression_s",
+        "heldout_elbo_per_cell",
+        "peak_rss_mib",
+        "other_procs_cpu_frac",
+    )
     print(" ".join(f"{k}={result[k]:.4g}" for k in keys), file=sys.stderr)
     if result["other_procs_cpu_frac"] > 0.05:
         print("WARNING: other processes used CPU during training; timings are contended", file=sys.stderr)

@@ -25,7 +25,9 @@ def test_nb_matches_scipy():
 
 def test_poisson_matches_scipy():
     x, mu, _, _ = _nb_inputs()
-    np.testing.assert_allclose(D.log_poisson(torch.tensor(x), torch.tensor(mu)).numpy(), st.poisson.logpmf(x, mu), rtol=1e-6)
+    np.testing.assert_allclose(
+        D.log_poisson(torch.tensor(x), torch.tensor(mu)).numpy(), st.poisson.logpmf(x, mu), rtol=1e-6
+    )
 
 
 def test_zinb_matches_mixture():
@@ -138,8 +140,8 @@ def test_softmax_likelihood_gradients_match_finite_differences():
     x, logits, log_library, log_theta, pi = _softmax_inputs(8, shape=(3, 4))
     x[0, :3] = 0  # keep the gradcheck in the well-conditioned range
     params = [t.requires_grad_(True) for t in (logits, log_library, log_theta, pi)]
-    assert torch.autograd.gradcheck(lambda a, l, t, p: D.log_zinb_sum_softmax(x, a, l, t, p), params)
-    assert torch.autograd.gradcheck(lambda a, l, t: D.log_nb_sum_softmax(x, a, l, t), params[:3])
+    assert torch.autograd.gradcheck(lambda a, lib, t, p: D.log_zinb_sum_softmax(x, a, lib, t, p), params)
+    assert torch.autograd.gradcheck(lambda a, lib, t: D.log_nb_sum_softmax(x, a, lib, t), params[:3])
 
 
 def test_softmax_likelihood_is_finite_for_extreme_inputs():
@@ -176,16 +178,24 @@ def test_given_log_factorial_equals_the_computed_one(likelihood):
     log_factorial = torch.lgamma(x + 1).sum(1)
     rate, theta = torch.exp(log_library) * torch.softmax(logits, -1), torch.exp(log_theta)
     if likelihood == "poisson":
-        pairs = [(D.log_poisson_sum_softmax(x, logits, log_library, log_factorial=log_factorial),
-                  D.log_poisson_sum_softmax(x, logits, log_library)),
-                 (D.log_poisson_sum(x, rate, log_factorial=log_factorial), D.log_poisson_sum(x, rate))]
+        pairs = [
+            (
+                D.log_poisson_sum_softmax(x, logits, log_library, log_factorial=log_factorial),
+                D.log_poisson_sum_softmax(x, logits, log_library),
+            ),
+            (D.log_poisson_sum(x, rate, log_factorial=log_factorial), D.log_poisson_sum(x, rate)),
+        ]
     else:
         extra = (pi,) if likelihood == "zinb" else ()
         by_logits = D.log_zinb_sum_softmax if likelihood == "zinb" else D.log_nb_sum_softmax
         by_rate = D.log_zinb_sum if likelihood == "zinb" else D.log_nb_sum
-        pairs = [(by_logits(x, logits, log_library, log_theta, *extra, log_factorial=log_factorial),
-                  by_logits(x, logits, log_library, log_theta, *extra)),
-                 (by_rate(x, rate, theta, *extra, log_factorial=log_factorial), by_rate(x, rate, theta, *extra))]
+        pairs = [
+            (
+                by_logits(x, logits, log_library, log_theta, *extra, log_factorial=log_factorial),
+                by_logits(x, logits, log_library, log_theta, *extra),
+            ),
+            (by_rate(x, rate, theta, *extra, log_factorial=log_factorial), by_rate(x, rate, theta, *extra)),
+        ]
     for given, computed in pairs:
         torch.testing.assert_close(given, computed, rtol=1e-9, atol=1e-9)
     zeros = torch.zeros_like(log_factorial)  # a given value is used, not recomputed

@@ -8,11 +8,11 @@ import pytest
 import scipy.sparse as sp
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
+from tests.conftest import real_data_path
 
 import cellvi
 from cellvi.analysis import differential as de
 from cellvi.errors import CellviError, InvalidParameterError, MissingKeyError
-from tests.conftest import real_data_path
 
 
 # ---------------------------------------------------------------------------------------- statistics
@@ -182,8 +182,15 @@ def trained():
     cellvi.settings.seed = 0
     cellvi.settings.progress_bar = False
     adata = cellvi.data.simulate(
-        n_cells=600, n_genes=300, n_batches=2, n_cell_types=3, seed=3, de_lfc=2.0, de_fraction=0.2,
-        dispersion=5.0, mean_log_sd=1.0,  # no gene dominates the library: proportions shift little
+        n_cells=600,
+        n_genes=300,
+        n_batches=2,
+        n_cell_types=3,
+        seed=3,
+        de_lfc=2.0,
+        de_fraction=0.2,
+        dispersion=5.0,
+        mean_log_sd=1.0,  # no gene dominates the library: proportions shift little
     )
     cellvi.model.SCVI.setup_anndata(adata, batch_key="batch")
     model = cellvi.model.SCVI(adata, n_latent=5)
@@ -192,15 +199,34 @@ def trained():
 
 
 CHANGE_COLUMNS = [
-    "proba_de", "proba_not_de", "bayes_factor", "scale1", "scale2", "lfc_mean", "lfc_median", "lfc_std",
-    "lfc_min", "lfc_max", "raw_mean1", "raw_mean2", "non_zeros_proportion1", "non_zeros_proportion2",
-    "raw_normalized_mean1", "raw_normalized_mean2", "is_de_fdr_0.05", "comparison", "group1", "group2",
+    "proba_de",
+    "proba_not_de",
+    "bayes_factor",
+    "scale1",
+    "scale2",
+    "lfc_mean",
+    "lfc_median",
+    "lfc_std",
+    "lfc_min",
+    "lfc_max",
+    "raw_mean1",
+    "raw_mean2",
+    "non_zeros_proportion1",
+    "non_zeros_proportion2",
+    "raw_normalized_mean1",
+    "raw_normalized_mean2",
+    "is_de_fdr_0.05",
+    "comparison",
+    "group1",
+    "group2",
 ]
 
 
 def test_change_mode_table_and_known_de_genes(trained):
     adata = trained.adata
-    res = trained.differential_expression(groupby="cell_type", group1="type0", group2="type1", mode="change", n_samples=1000)
+    res = trained.differential_expression(
+        groupby="cell_type", group1="type0", group2="type1", mode="change", n_samples=1000
+    )
     assert set(CHANGE_COLUMNS) <= set(res.columns)
     assert len(res) == adata.n_vars and set(res.index) == set(adata.var_names)
     assert np.all(np.diff(res["proba_de"].to_numpy()) <= 0)  # sorted
@@ -226,12 +252,18 @@ def test_one_vs_all_vanilla_and_idx(trained):
     assert len(by_idx) == adata.n_vars and "comparison" not in by_idx.columns
     ref = res[res["group1"] == "type2"]
     np.testing.assert_allclose(by_idx["raw_mean2"], ref.loc[by_idx.index, "raw_mean2"])
-    by_pos = trained.differential_expression(idx1=np.flatnonzero(mask), idx2="cell_type == 'type0'", mode="change", n_samples=200)
+    by_pos = trained.differential_expression(
+        idx1=np.flatnonzero(mask), idx2="cell_type == 'type0'", mode="change", n_samples=200
+    )
     n0 = (adata.obs["cell_type"] == "type0").to_numpy()
-    np.testing.assert_allclose(by_pos["raw_mean2"], adata.X.toarray()[n0].mean(0)[adata.var_names.get_indexer(by_pos.index)], rtol=1e-6)
+    np.testing.assert_allclose(
+        by_pos["raw_mean2"], adata.X.toarray()[n0].mean(0)[adata.var_names.get_indexer(by_pos.index)], rtol=1e-6
+    )
     each_vs_type0 = trained.differential_expression(groupby="cell_type", group2="type0", n_samples=200)
     assert sorted(each_vs_type0["comparison"].unique()) == ["type1 vs type0", "type2 vs type0"]
-    corrected = trained.differential_expression(groupby="cell_type", group1=["type1"], batch_correction=True, n_samples=200)
+    corrected = trained.differential_expression(
+        groupby="cell_type", group1=["type1"], batch_correction=True, n_samples=200
+    )
     assert len(corrected) == adata.n_vars and np.isfinite(corrected["bayes_factor"]).all()
 
 
@@ -259,7 +291,24 @@ def test_shared_rounds_give_the_reference_answer_within_monte_carlo_error(traine
     from cellvi.model import _de
 
     groups = ["type0", "type2"]  # each vs the rest (type1 is only ever in the rest)
-    args = (trained, None, "cell_type", groups, None, None, None, "change", 0.25, None, True, False, 0.05, 2000, None, "three")
+    args = (
+        trained,
+        None,
+        "cell_type",
+        groups,
+        None,
+        None,
+        None,
+        "change",
+        0.25,
+        None,
+        True,
+        False,
+        0.05,
+        2000,
+        None,
+        "three",
+    )
     cellvi.settings.seed = 0
     ref = _de.differential_expression_per_comparison(*args)
     cellvi.settings.seed = 1
@@ -277,9 +326,12 @@ def test_shared_rounds_give_the_reference_answer_within_monte_carlo_error(traine
         assert np.corrcoef(a["lfc_mean"], c["lfc_mean"])[0, 1] > 0.99
         floor = len(_top(a, 30) & _top(b, 30))  # the reference's agreement with itself
         assert len(_top(a, 30) & _top(c, 30)) >= floor - 3
-        assert abs(int(a["is_de_fdr_0.05"].sum()) - int(c["is_de_fdr_0.05"].sum())) <= max(3, 0.1 * a["is_de_fdr_0.05"].sum())
-    exact = trained.differential_expression(groupby="cell_type", group1="type1", group2="type0", mode="change",
-                                            n_samples=700, mc_error=None)
+        assert abs(int(a["is_de_fdr_0.05"].sum()) - int(c["is_de_fdr_0.05"].sum())) <= max(
+            3, 0.1 * a["is_de_fdr_0.05"].sum()
+        )
+    exact = trained.differential_expression(
+        groupby="cell_type", group1="type1", group2="type0", mode="change", n_samples=700, mc_error=None
+    )
     assert (exact["n_pairs"] == 700).all()
 
 
@@ -315,7 +367,9 @@ def test_ifnb_stimulation_ranks_interferon_stimulated_genes_first():
     cellvi.model.SCVI.setup_anndata(adata)
     model = cellvi.model.SCVI(adata)
     model.train(max_epochs=30, batch_size=256, train_size=1.0)
-    res = model.differential_expression(groupby="condition", group1="stim", group2="ctrl", mode="change", n_samples=2000)
+    res = model.differential_expression(
+        groupby="condition", group1="stim", group2="ctrl", mode="change", n_samples=2000
+    )
     up = res[res["lfc_mean"] > 0].sort_values(["proba_de", "lfc_mean"], ascending=False)
     rank = {g: i for i, g in enumerate(up.index)}
     isgs = ["ISG15", "IFI6", "IFIT1", "IFIT3", "MX1"]

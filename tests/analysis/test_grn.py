@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from tests.conftest import real_data_path
 
 import cellvi
 from cellvi import grn
 from cellvi.errors import CellviError
-from tests.conftest import real_data_path
 
 
 def _pca2(X):
@@ -115,8 +115,15 @@ def test_transitions_are_sparse_rows_of_k_probabilities_and_grid_and_figure(sim)
 
 
 def test_base_grn_layout_restricts_regulators(tmp_path, sim):
-    base = pd.DataFrame({"peak_id": ["p1", "p2", "p3"], "gene_short_name": ["G100", "G101", "NOT_A_GENE"],
-                         "TF1": [1, 0, 1], "TF2": [1, 1, 0], "MISSING_TF": [1, 1, 1]})
+    base = pd.DataFrame(
+        {
+            "peak_id": ["p1", "p2", "p3"],
+            "gene_short_name": ["G100", "G101", "NOT_A_GENE"],
+            "TF1": [1, 0, 1],
+            "TF2": [1, 1, 0],
+            "MISSING_TF": [1, 1, 1],
+        }
+    )
     path = tmp_path / "base.csv"
     base.to_csv(path, index=False)
     reg = grn.candidate_regulators(sim.var_names, base_grn=path)
@@ -131,8 +138,9 @@ def test_base_grn_layout_restricts_regulators(tmp_path, sim):
 
 def test_bad_input_raises_cellvi_errors(sim):
     with pytest.raises(CellviError, match="no overlap"):
-        grn.candidate_regulators(sim.var_names, base_grn=pd.DataFrame(
-            {"peak_id": ["p"], "gene_short_name": ["X"], "FOO": [1]}))
+        grn.candidate_regulators(
+            sim.var_names, base_grn=pd.DataFrame({"peak_id": ["p"], "gene_short_name": ["X"], "FOO": [1]})
+        )
     with pytest.raises(CellviError, match="none of the"):
         grn.candidate_regulators(sim.var_names, tfs=["NOPE"])
     o = grn.Oracle(sim, "branch", "X_pca2", tfs=["TF1", "TF2"])
@@ -153,8 +161,9 @@ def test_beeline_gsd_beats_random_by_far():
     truth = pd.read_csv(path / "ground_truth_network.csv")
     import anndata as ad
 
-    a = ad.AnnData(expr.T.to_numpy(np.float32), obs=pd.DataFrame(index=expr.columns),
-                   var=pd.DataFrame(index=expr.index))
+    a = ad.AnnData(
+        expr.T.to_numpy(np.float32), obs=pd.DataFrame(index=expr.columns), var=pd.DataFrame(index=expr.index)
+    )
     pt = pd.read_csv(path / "pseudotime.csv", index_col=0)
     a.obs["branch"] = np.where(pt.loc[a.obs_names, "PseudoTime1"].notna(), "b1", "b2")  # a GRN per branch
     a.obsm["e"] = np.zeros((a.n_obs, 2))
@@ -175,14 +184,48 @@ def test_cli_grn_writes_links_figures_and_report_section(tmp_path, sim):
     a.write_h5ad(path)
     (tmp_path / "tfs.txt").write_text("TF0\nTF1\nTF2\nTF3")
     out = tmp_path / "out"
-    rc = main(["grn", "--data", str(path), "--cluster-key", "branch", "--embedding-key", "X_pca2",
-               "--tfs", str(tmp_path / "tfs.txt"), "--perturb", "TF1=0", "--pseudotime-key", "pseudotime",
-               "--bootstraps", "5", "--out", str(out)])
+    rc = main(
+        [
+            "grn",
+            "--data",
+            str(path),
+            "--cluster-key",
+            "branch",
+            "--embedding-key",
+            "X_pca2",
+            "--tfs",
+            str(tmp_path / "tfs.txt"),
+            "--perturb",
+            "TF1=0",
+            "--pseudotime-key",
+            "pseudotime",
+            "--bootstraps",
+            "5",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     for f in ("links.csv", "network_scores.csv", "shift.png", "score.png", "grn_section.html", "summary.json"):
         assert (out / f).stat().st_size > 0
-    assert main(["grn", "--data", str(path), "--cluster-key", "branch", "--embedding-key", "X_pca2",
-                 "--perturb", "NOPE=0", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "grn",
+                "--data",
+                str(path),
+                "--cluster-key",
+                "branch",
+                "--embedding-key",
+                "X_pca2",
+                "--perturb",
+                "NOPE=0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
 
 
 def test_propagation_matches_celloracles_loop_and_keeps_expression_non_negative(rng):

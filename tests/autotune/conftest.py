@@ -42,11 +42,17 @@ def postgres_url():
     if root:
         shutil.chown(folder, "postgres", "postgres")
     data, port = os.path.join(folder, "data"), _free_port()
-    subprocess.run([*prefix, initdb, "-D", data, "-U", user or os.environ.get("USER", "cellvi"), "--auth=trust"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*prefix, initdb, "-D", data, "-U", user or os.environ.get("USER", "cellvi"), "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
     opts = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*prefix, pg_ctl, "-D", data, "-o", opts, "-l", os.path.join(folder, "log"), "-w", "start"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*prefix, pg_ctl, "-D", data, "-o", opts, "-l", os.path.join(folder, "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
     try:
         import psycopg2
 

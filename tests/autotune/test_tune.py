@@ -32,8 +32,9 @@ def test_space_errors_are_clear():
 
 def test_diverging_trial_is_failed_and_search_goes_on(small_adata, tmp_path):
     space = {**TINY, "lr": [1e-3, 1e9]}  # lr 1e9 sends the loss to inf/NaN in the first epoch
-    result = tune(small_adata, space, n_trials=4, max_epochs=2, batch_key="batch", pruner=None,
-                  output_dir=tmp_path, seed=1)
+    result = tune(
+        small_adata, space, n_trials=4, max_epochs=2, batch_key="batch", pruner=None, output_dir=tmp_path, seed=1
+    )
     states = result.trials.set_index("params_lr")["state"]
     assert set(states[states.index == 1e9]) == {"FAIL"} and set(states[states.index == 1e-3]) == {"COMPLETE"}
     assert result.best_params["lr"] == 1e-3 and result.model.is_trained
@@ -52,8 +53,16 @@ def test_both_objectives_give_a_pareto_front(small_adata, monkeypatch):
         return pd.DataFrame({"Total": [knn_label_accuracy(adata.obsm[keys[0]], adata.obs[label_key])]}, index=keys)
 
     monkeypatch.setattr(analysis, "benchmark_integration", fake_benchmark, raising=False)
-    result = tune(small_adata, TINY, objective="both", n_trials=3, max_epochs=2, batch_key="batch",
-                  label_key="cell_type", train_best=False)
+    result = tune(
+        small_adata,
+        TINY,
+        objective="both",
+        n_trials=3,
+        max_epochs=2,
+        batch_key="batch",
+        label_key="cell_type",
+        train_best=False,
+    )
     assert {"elbo_validation", "scib_total"} <= set(result.trials.columns)
     assert len(result.pareto) >= 1 and set(result.best_values) == {"elbo_validation", "scib_total"}
     assert result.best_values["scib_total"] == result.pareto["scib_total"].max()
@@ -67,9 +76,26 @@ def test_cli_two_workers_share_a_postgres_study(small_adata, tmp_path, postgres_
     path = tmp_path / "in.h5ad"
     small_adata.write_h5ad(path)
     (tmp_path / "space.json").write_text(json.dumps(TINY))
-    code = main(["tune", str(path), "-o", str(tmp_path / "out"), "--n-trials", "4", "--n-jobs", "2",
-                 "--storage", postgres_url, "--max-epochs", "2", "--batch-key", "batch",
-                 "--space", str(tmp_path / "space.json")])
+    code = main(
+        [
+            "tune",
+            str(path),
+            "-o",
+            str(tmp_path / "out"),
+            "--n-trials",
+            "4",
+            "--n-jobs",
+            "2",
+            "--storage",
+            postgres_url,
+            "--max-epochs",
+            "2",
+            "--batch-key",
+            "batch",
+            "--space",
+            str(tmp_path / "space.json"),
+        ]
+    )
     assert code == 0
     study = optuna.load_study(study_name="cellvi-tune", storage=storage_of(postgres_url))
     done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]

@@ -16,8 +16,28 @@ def tiny_input(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(tiny_input, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli_out") / "run"
-    code = main(["run", str(tiny_input), "-o", str(out), "--batch-key", "batch", "--labels-key", "cell_type",
-                 "--max-epochs", "4", "--n-top-genes", "150", "--root-group", "root", "--scanvi",
-                 "--no-progress", "--no-scib", "--de-cells", "100"])
+    code = main(
+        [
+            "run",
+            str(tiny_input),
+            "-o",
+            str(out),
+            "--batch-key",
+            "batch",
+            "--labels-key",
+            "cell_type",
+            "--max-epochs",
+            "4",
+            "--n-top-genes",
+            "150",
+            "--root-group",
+            "root",
+            "--scanvi",
+            "--no-progress",
+            "--no-scib",
+            "--de-cells",
+            "100",
+        ]
+    )
     assert code == 0
     return out

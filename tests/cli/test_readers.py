@@ -16,8 +16,9 @@ from cellvi.cli._common import CliError, read_input
 def counts():
     X = sp.random(30, 12, density=0.3, format="csr", random_state=0, dtype=np.float32)
     X.data = np.ceil(X.data * 10)
-    return ad.AnnData(X, obs=pd.DataFrame(index=[f"c{i}" for i in range(30)]),
-                      var=pd.DataFrame(index=[f"g{i}" for i in range(12)]))
+    return ad.AnnData(
+        X, obs=pd.DataFrame(index=[f"c{i}" for i in range(30)]), var=pd.DataFrame(index=[f"g{i}" for i in range(12)])
+    )
 
 
 def test_h5ad_is_opened_backed_at_the_threshold(counts, tmp_path, monkeypatch):

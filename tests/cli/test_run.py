@@ -24,8 +24,15 @@ def test_run_writes_every_output(tiny_run, tiny_input):
     assert summary["epochs"] == 4 and summary["genes_trained"] == 150
     assert [s["step"] for s in summary["steps"]][:2] == ["read input", "highly variable genes"]
     html = (tiny_run / "report.html").read_text()
-    for title in ("UMAP", "Training curves", "Batch mixing", "Cluster sizes by batch", "PAGA graph",
-                  "Marker genes", "Run summary"):
+    for title in (
+        "UMAP",
+        "Training curves",
+        "Batch mixing",
+        "Cluster sizes by batch",
+        "PAGA graph",
+        "Marker genes",
+        "Run summary",
+    ):
         assert title in html
     assert "http://" not in html and "https://" not in html  # nothing fetched from the network
 
@@ -35,8 +42,26 @@ def test_tools_use_the_saved_model(tiny_run, tiny_input, tmp_path, capsys):
     assert main(["embed", str(tiny_run), str(tiny_input), "-o", str(emb)]) == 0
     assert ad.read_h5ad(emb).obsm["X_scvi"].shape == (600, 10)
     de = tmp_path / "de.csv"
-    assert main(["de", str(tiny_run / "model"), str(tiny_input), "--groupby", "cell_type", "--group1", "root",
-                 "--group2", "branch1_late", "--n-samples", "50", "-o", str(de)]) == 0
+    assert (
+        main(
+            [
+                "de",
+                str(tiny_run / "model"),
+                str(tiny_input),
+                "--groupby",
+                "cell_type",
+                "--group1",
+                "root",
+                "--group2",
+                "branch1_late",
+                "--n-samples",
+                "50",
+                "-o",
+                str(de),
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(de)
     assert len(table) == 150 and {"gene", "proba_de", "lfc_mean"} <= set(table.columns)
     q = ad.read_h5ad(tiny_input)[:100].copy()
@@ -44,12 +69,19 @@ def test_tools_use_the_saved_model(tiny_run, tiny_input, tmp_path, capsys):
     q.obs["batch"] = "query"
     qpath = tmp_path / "q.h5ad"
     q.write_h5ad(qpath)
-    assert main(["map-query", str(tiny_run), str(qpath), "-o", str(tmp_path / "q"), "--max-epochs", "2",
-                 "--no-progress"]) == 0
+    assert (
+        main(["map-query", str(tiny_run), str(qpath), "-o", str(tmp_path / "q"), "--max-epochs", "2", "--no-progress"])
+        == 0
+    )
     mapped = ad.read_h5ad(tmp_path / "q" / "result.h5ad")
     assert mapped.obsm["X_scvi"].shape == (100, 10)
-    assert set(mapped.obs["predicted_labels"]) <= {"root", "branch1_early", "branch1_late", "branch2_early",
-                                                   "branch2_late"}
+    assert set(mapped.obs["predicted_labels"]) <= {
+        "root",
+        "branch1_early",
+        "branch1_late",
+        "branch2_early",
+        "branch2_late",
+    }
     capsys.readouterr()
     assert main(["info", str(tiny_run), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -131,7 +131,9 @@ def test_in_order_minibatches_read_only_their_own_entries(sim_path, monkeypatch)
     memory = ad.read_h5ad(sim_path).X
     reads = []
     getitem = FileArray.__getitem__
-    monkeypatch.setattr(FileArray, "__getitem__", lambda self, key: reads.append(key.stop - key.start) or getitem(self, key))
+    monkeypatch.setattr(
+        FileArray, "__getitem__", lambda self, key: reads.append(key.stop - key.start) or getitem(self, key)
+    )
     reader = RowReader(backed.X)
     rows = np.concatenate([np.arange(0, 2500), np.arange(2600, 5000, 2)])  # a gap of 100 rows, then every other row
     blocks = RowBlocks([b for _, b in reader.lazy_blocks(rows)])
@@ -214,8 +216,9 @@ def test_shuffled_minibatches_gather_from_unstacked_blocks(sim_path):
     backed = ad.read_h5ad(sim_path, backed="r")
     dense = ad.read_h5ad(sim_path).X.toarray()
     codes = np.arange(backed.n_obs, dtype=np.int32)
-    loader = OnDiskLoader(CellData(backed.X, codes, codes), batch_size=64, shuffle=True, chunk_size=600,
-                          buffer_chunks=3)
+    loader = OnDiskLoader(
+        CellData(backed.X, codes, codes), batch_size=64, shuffle=True, chunk_size=600, buffer_chunks=3
+    )
     seen = []
     for b in loader:
         ids = b["batch"].numpy()

@@ -92,14 +92,20 @@ def test_minibatches_gathered_together_equal_one_at_a_time():
     X = X.tocsr()
     X.data = np.floor(X.data * 6)  # counts, with some explicitly stored zeros
     dense = X.toarray()
-    extra = dict(batch=rng.integers(0, 3, 300).astype(np.int32), cat_covs=rng.integers(0, 4, (300, 2)).astype(np.int32),
-                 cont_covs=rng.normal(size=(300, 2)).astype(np.float32), size_factor=rng.random(300).astype(np.float32))
+    extra = dict(
+        batch=rng.integers(0, 3, 300).astype(np.int32),
+        cat_covs=rng.integers(0, 4, (300, 2)).astype(np.int32),
+        cont_covs=rng.normal(size=(300, 2)).astype(np.float32),
+        size_factor=rng.random(300).astype(np.float32),
+    )
     for matrix in (X, dense):
-        data = CellData(matrix, extra["batch"], np.zeros(300, np.int32), extra["cat_covs"], extra["cont_covs"],
-                        extra["size_factor"])
+        data = CellData(
+            matrix, extra["batch"], np.zeros(300, np.int32), extra["cat_covs"], extra["cont_covs"], extra["size_factor"]
+        )
         for sparse_counts in (False, True):
-            loader = MinibatchLoader(data, np.arange(5, 300), batch_size=16, shuffle=True, seed=2,
-                                     sparse_counts=sparse_counts)
+            loader = MinibatchLoader(
+                data, np.arange(5, 300), batch_size=16, shuffle=True, seed=2, sparse_counts=sparse_counts
+            )
             old = loaders.GROUP_ENTRIES
             try:
                 loaders.GROUP_ENTRIES = 16 * 40 * 5  # groups of 5 minibatches

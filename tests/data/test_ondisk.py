@@ -43,8 +43,9 @@ def test_loader_reads_the_right_rows_in_order_and_shuffled(h5ad_path):
     dense = ad.read_h5ad(h5ad_path).X
     idx = np.sort(np.random.default_rng(0).choice(backed.n_obs, 2500, replace=False))
     for shuffle in (False, True):
-        loader = OnDiskLoader(_positional(backed.X), idx, batch_size=97, shuffle=shuffle, chunk_size=500,
-                              buffer_chunks=2)
+        loader = OnDiskLoader(
+            _positional(backed.X), idx, batch_size=97, shuffle=shuffle, chunk_size=500, buffer_chunks=2
+        )
         batches = list(loader)
         assert len(batches) == len(loader)
         for b in batches:  # every row is the file's row of that cell
@@ -61,8 +62,9 @@ def test_reading_ahead_or_not_gives_the_same_minibatches(h5ad_path):
     backed = ad.read_h5ad(h5ad_path, backed="r")
     runs = []
     for read_ahead in (False, True):
-        loader = OnDiskLoader(_positional(backed.X), batch_size=97, shuffle=True, chunk_size=300,
-                              buffer_chunks=2, read_ahead=read_ahead)
+        loader = OnDiskLoader(
+            _positional(backed.X), batch_size=97, shuffle=True, chunk_size=300, buffer_chunks=2, read_ahead=read_ahead
+        )
         runs.append([(b["batch"].numpy(), b["X"].numpy()) for b in loader])
     assert len(runs[0]) == len(runs[1])
     for (ids_a, x_a), (ids_b, x_b) in zip(*runs):

@@ -66,8 +66,12 @@ def test_missing_keys_and_nan_covariates():
 @pytest.mark.parametrize("fmt", ["dense_int", "dense_float", "csr", "csc"])
 def test_storage_formats_give_the_same_registry(fmt):
     X = np.random.default_rng(0).poisson(2, size=(20, 5))
-    conv = {"dense_int": lambda m: m.astype(np.int32), "dense_float": lambda m: m.astype(np.float64),
-            "csr": sp.csr_matrix, "csc": sp.csc_matrix}[fmt]
+    conv = {
+        "dense_int": lambda m: m.astype(np.int32),
+        "dense_float": lambda m: m.astype(np.float64),
+        "csr": sp.csr_matrix,
+        "csc": sp.csc_matrix,
+    }[fmt]
     a = _adata(conv(X))
     SCVI.setup_anndata(a)
     data = Registry.of(a).cell_data(a)

@@ -84,8 +84,7 @@ def test_de_ground_truth_visible(default):
         assert up.sum() > 20 and down.sum() > 20
         assert ratio[up].mean() > 0.5 and ratio[down].mean() < -0.3
         assert np.corrcoef(ratio[lfc != 0], lfc[lfc != 0])[0, 1] > 0.5
-    assert set(a.var["de_type"][a.var["is_de"]].str.split(",").explode()) <= {
-        f"type{k}" for k in range(5)}
+    assert set(a.var["de_type"][a.var["is_de"]].str.split(",").explode()) <= {f"type{k}" for k in range(5)}
 
 
 def test_batch_effect_visible():
@@ -112,8 +111,9 @@ def test_trajectory():
     early = t < 0.1
     late = (a.obs["branch"] == "branch1").to_numpy() & (t > 0.9)
     dyn = a.var["is_de"].to_numpy() & (a.var["true_mean"].to_numpy() > 1e-4)
-    obs_lfc = np.log2((np.asarray(norm[late].mean(0)).ravel() + 1e-6)
-                      / (np.asarray(norm[early].mean(0)).ravel() + 1e-6))
+    obs_lfc = np.log2(
+        (np.asarray(norm[late].mean(0)).ravel() + 1e-6) / (np.asarray(norm[early].mean(0)).ravel() + 1e-6)
+    )
     assert np.corrcoef(obs_lfc[dyn], (end - start)[dyn])[0, 1] > 0.7
 
 
@@ -140,11 +140,23 @@ def test_template_fit():
     assert "template" in a.uns["simulation"]
 
 
-@pytest.mark.parametrize("kw", [
-    dict(n_cells=0), dict(n_genes=-1), dict(n_batches=0), dict(n_cell_types=1.5),
-    dict(seed=-1), dict(chunk_size=0), dict(de_fraction=1.5), dict(batch_effect=-0.1),
-    dict(dispersion=0.0), dict(library_median=-5), dict(path="out.csv"), dict(template=3),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(n_cells=0),
+        dict(n_genes=-1),
+        dict(n_batches=0),
+        dict(n_cell_types=1.5),
+        dict(seed=-1),
+        dict(chunk_size=0),
+        dict(de_fraction=1.5),
+        dict(batch_effect=-0.1),
+        dict(dispersion=0.0),
+        dict(library_median=-5),
+        dict(path="out.csv"),
+        dict(template=3),
+    ],
+)
 def test_bad_arguments(kw):
     with pytest.raises(ValueError):
         simulate(**{"n_cells": 10, "n_genes": 10, **kw})

@@ -18,8 +18,9 @@ def test_stages_follow_time_and_branch(tmp_path):
     assert np.all(ct.str.endswith("_late").to_numpy() == (t >= 0.65))
     X = a.X
     assert X.dtype == np.float32 and np.all(X.data == np.round(X.data)) and X.data.min() > 0
-    on_disk = cellvi.data.simulate_trajectory(n_cells=3000, n_genes=50, n_batches=2, seed=3,
-                                              path=str(tmp_path / "t.h5ad"), chunk_size=1000)
+    on_disk = cellvi.data.simulate_trajectory(
+        n_cells=3000, n_genes=50, n_batches=2, seed=3, path=str(tmp_path / "t.h5ad"), chunk_size=1000
+    )
     import anndata as ad
 
     assert (ad.read_h5ad(on_disk).X != X).nnz == 0  # same data in chunks
@@ -70,8 +71,10 @@ def test_dpt_and_paga_on_the_latent_recover_the_true_trajectory():
     sc.pp.pca(base, n_comps=10, random_state=0)
     a.obsm["X_pca"] = base.obsm["X_pca"]
     rho_pca, conn_pca = _trajectory_scores(a, "X_pca")
-    print(f"\ndpt Spearman vs true time: cellvi latent {rho:.3f}, PCA baseline {rho_pca:.3f}; "
-          f"PAGA tree respected: cellvi {_tree_respected(conn)}, PCA {_tree_respected(conn_pca)}")
+    print(
+        f"\ndpt Spearman vs true time: cellvi latent {rho:.3f}, PCA baseline {rho_pca:.3f}; "
+        f"PAGA tree respected: cellvi {_tree_respected(conn)}, PCA {_tree_respected(conn_pca)}"
+    )
     print({"-".join(sorted(k)): round(v, 3) for k, v in conn.items()})
     assert rho >= 0.8
     assert _tree_respected(conn)

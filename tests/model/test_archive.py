@@ -110,5 +110,7 @@ def test_small_query_on_archived_reference_beats_training_alone(tmp_path):
     alone = SCVI(alone_data, n_latent=8, n_hidden=64)
     alone.train(max_epochs=30)
     acc_alone = knn_label_accuracy(alone.get_latent_representation(obsm_key=None), query.obs["cell_type"], k=10)
-    print(f"kNN label accuracy of 200 query cells: mapped onto reference {acc_mapped:.3f}, trained alone {acc_alone:.3f}")
+    print(
+        f"kNN label accuracy of 200 query cells: mapped onto reference {acc_mapped:.3f}, trained alone {acc_alone:.3f}"
+    )
     assert acc_mapped > acc_alone + 0.1  # measured here: 0.62 vs 0.36

@@ -16,8 +16,9 @@ def test_loadings_with_covariates_save_load_and_plot(small_adata, tmp_path):
     a = small_adata
     a.obs["donor"] = np.where(np.arange(a.n_obs) % 3 == 0, "d1", "d2")
     a.obs["pct_mito"] = np.linspace(0, 1, a.n_obs)
-    LinearSCVI.setup_anndata(a, batch_key="batch", categorical_covariate_keys=["donor"],
-                             continuous_covariate_keys=["pct_mito"])
+    LinearSCVI.setup_anndata(
+        a, batch_key="batch", categorical_covariate_keys=["donor"], continuous_covariate_keys=["pct_mito"]
+    )
     model = LinearSCVI(a, n_latent=3, n_hidden=16)
     model.train(max_epochs=2)
     w = model.get_loadings()
@@ -47,7 +48,9 @@ def test_query_mapping_keeps_the_loadings(small_adata):
     mapped.train(max_epochs=3)
     np.testing.assert_array_equal(mapped.get_loadings(), model.get_loadings())
     after = mapped.module.decoder.decoder.injections[0].tables[0].detach()
-    assert torch.equal(after[0], before[0]) and not torch.equal(after[1], before[1])  # only the new batch's offsets learn
+    assert torch.equal(after[0], before[0]) and not torch.equal(
+        after[1], before[1]
+    )  # only the new batch's offsets learn
     np.testing.assert_allclose(mapped.get_latent_representation(ref, obsm_key=None), z_ref, atol=1e-5)
 
 

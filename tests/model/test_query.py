@@ -8,11 +8,11 @@ import pytest
 import scanpy as sc
 import scipy.sparse as sp
 import torch
+from tests.conftest import real_data_path
 
 import cellvi
 from cellvi.errors import InvalidDataError, RegistryMismatchError
 from cellvi.model import SCANVI, SCVI
-from tests.conftest import real_data_path
 
 
 @pytest.fixture

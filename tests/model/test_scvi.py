@@ -136,8 +136,9 @@ def test_model_variants_train(small_adata, kwargs):
 def test_covariates(small_adata):
     small_adata.obs["donor"] = np.where(np.arange(small_adata.n_obs) % 3 == 0, "d1", "d2")
     small_adata.obs["pct_mito"] = np.linspace(0, 1, small_adata.n_obs)
-    SCVI.setup_anndata(small_adata, batch_key="batch", categorical_covariate_keys=["donor"],
-                       continuous_covariate_keys=["pct_mito"])
+    SCVI.setup_anndata(
+        small_adata, batch_key="batch", categorical_covariate_keys=["donor"], continuous_covariate_keys=["pct_mito"]
+    )
     model = SCVI(small_adata, n_hidden=16)
     model.train(max_epochs=2)
     assert np.isfinite(model.get_latent_representation()).all()
@@ -220,7 +221,9 @@ def test_checkpoint_resume_equals_uninterrupted(small_adata, tmp_path):
 def test_outputs_follow_the_order_of_indices(small_adata):
     model = _trained(small_adata, epochs=1)
     full = model.get_latent_representation()
-    np.testing.assert_allclose(model.get_latent_representation(indices=[5, 3, 9]), full[[5, 3, 9]], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        model.get_latent_representation(indices=[5, 3, 9]), full[[5, 3, 9]], rtol=1e-5, atol=1e-6
+    )
     expr = model.get_normalized_expression(indices=[7, 2])
     assert list(expr.index) == list(small_adata.obs_names[[7, 2]])
 
@@ -263,9 +266,15 @@ def test_latent_from_sparse_counts_equals_dense(small_adata, encode_covariates, 
         torch.testing.assert_close(out[1], out[0], rtol=1e-5, atol=1e-5)
         dense_means = out[0] if give_mean else dense_means
     for latent_library in (False, True):  # proportions; mean counts at the observed library
-        out = [torch.cat([model.module.expression(b, None, latent_library)
-                          for b in MinibatchLoader(data, batch_size=64, likelihood_terms=False, sparse_counts=sparse)])
-               for sparse in (False, True)]
+        out = [
+            torch.cat(
+                [
+                    model.module.expression(b, None, latent_library)
+                    for b in MinibatchLoader(data, batch_size=64, likelihood_terms=False, sparse_counts=sparse)
+                ]
+            )
+            for sparse in (False, True)
+        ]
         torch.testing.assert_close(out[1], out[0], rtol=1e-5, atol=1e-5)
     z = model.get_latent_representation()  # the public path, which takes the sparse counts
     assert z.dtype == np.float32

@@ -1,12 +1,10 @@
 """Quality on real data: issue 2's acceptance check on PBMCs from three 10x chemistries."""
 
-import anndata as ad
-import numpy as np
 import scanpy as sc
+from tests.conftest import real_data_path
 
 import cellvi as scvi
 from cellvi.analysis import batch_mixing_entropy, knn_label_accuracy
-from tests.conftest import real_data_path
 
 
 def test_pbmc_three_chemistries_integration():

@@ -33,15 +33,25 @@ def test_scarches_architecture_is_passed_through(adata):
 def test_train_keywords_of_scvi_tools(adata):
     model = SCVI(adata, n_hidden=16, n_latent=3)
     with pytest.warns(UserWarning, match="load_sparse_tensor"):
-        model.train(max_epochs=2, accelerator="cpu", devices=1, early_stopping=True,
-                    early_stopping_monitor="elbo_validation", early_stopping_min_delta=0.0,
-                    load_sparse_tensor=True)
+        model.train(
+            max_epochs=2,
+            accelerator="cpu",
+            devices=1,
+            early_stopping=True,
+            early_stopping_monitor="elbo_validation",
+            early_stopping_min_delta=0.0,
+            load_sparse_tensor=True,
+        )
     assert len(model.history) == 2
     fresh = SCVI(adata, n_hidden=16, n_latent=3)
     before = {k: v.clone() for k, v in fresh.module.state_dict().items()}
-    for bad, match in [({"not_a_keyword": 1}, "not_a_keyword"), ({"lr": 1e-3}, "plan_kwargs"),
-                       ({"early_stopping_monitor": "reconstruction_loss_validation"}, "early_stopping_monitor"),
-                       ({"devices": 2}, "devices"), ({"accelerator": "gpu"}, "settings.device")]:
+    for bad, match in [
+        ({"not_a_keyword": 1}, "not_a_keyword"),
+        ({"lr": 1e-3}, "plan_kwargs"),
+        ({"early_stopping_monitor": "reconstruction_loss_validation"}, "early_stopping_monitor"),
+        ({"devices": 2}, "devices"),
+        ({"accelerator": "gpu"}, "settings.device"),
+    ]:
         with pytest.raises(InvalidParameterError, match=match):
             fresh.train(max_epochs=1, **bad)
     assert not fresh.is_trained and len(fresh.history) == 0  # refused before any step
@@ -87,7 +97,6 @@ def test_scanvi_from_scvi_model_with_classifier_options(adata):
 def test_poisson_gene_selection_matches_scvi_tools():
     import anndata
     import pandas as pd
-
     from tests.model.test_scvi_tools_format import FIXTURES
 
     a = anndata.read_h5ad(FIXTURES / "data.h5ad")
@@ -113,8 +122,9 @@ def test_de_weights_and_logging_dir(adata, tmp_path):
     assert len(logs) == 1 and len(logs[0].read_text().splitlines()) == 3
     with pytest.raises(cellvi.errors.InvalidTypeError):
         cellvi.settings.logging_dir = 3
-    de = model.differential_expression(groupby="cell_type", group1="type0", weights="uniform",
-                                       filter_outlier_cells=False, n_samples=50)
+    de = model.differential_expression(
+        groupby="cell_type", group1="type0", weights="uniform", filter_outlier_cells=False, n_samples=50
+    )
     assert len(de) == adata.n_vars
     for bad in ({"weights": "importance"}, {"filter_outlier_cells": True}):
         with pytest.raises(InvalidParameterError, match="not implemented"):

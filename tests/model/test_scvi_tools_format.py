@@ -77,15 +77,20 @@ def _edited(tmp_path, edit) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda a: a["init_params_"]["kwargs"]["kwargs"].update(batch_representation="embedding"),
-     "batch_representation='embedding'"),
-    (lambda a: a["init_params_"]["kwargs"]["kwargs"].update(log_variational=False), "log_variational=False"),
-    (lambda a: a["init_params_"]["kwargs"]["kwargs"].update(new_option=1), "new_option"),
-    (lambda a: a["registry_"].update(model_name="TOTALVI"), "TOTALVI"),
-    (lambda a: a["registry_"]["setup_args"].update(size_factor_key="sf"), "size_factor_key"),
-    (lambda a: a["init_params_"]["non_kwargs"].update(gene_likelihood="normal"), "gene_likelihood"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda a: a["init_params_"]["kwargs"]["kwargs"].update(batch_representation="embedding"),
+            "batch_representation='embedding'",
+        ),
+        (lambda a: a["init_params_"]["kwargs"]["kwargs"].update(log_variational=False), "log_variational=False"),
+        (lambda a: a["init_params_"]["kwargs"]["kwargs"].update(new_option=1), "new_option"),
+        (lambda a: a["registry_"].update(model_name="TOTALVI"), "TOTALVI"),
+        (lambda a: a["registry_"]["setup_args"].update(size_factor_key="sf"), "size_factor_key"),
+        (lambda a: a["init_params_"]["non_kwargs"].update(gene_likelihood="normal"), "gene_likelihood"),
+    ],
+)
 def test_unsupported_architecture_is_refused_by_name(tmp_path, edit, message):
     folder = _edited(tmp_path, edit)
     adata = data()

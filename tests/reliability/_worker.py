@@ -42,8 +42,11 @@ def run(
     latent = model.get_latent_representation()
     # through JSON, so that epochs without validation compare equal (null, where NaN != NaN)
     history = json.loads(model.history.drop(columns="epoch_end_s").reset_index().to_json(orient="records"))
-    return {"latent_sha256": hashlib.sha256(latent.tobytes()).hexdigest(), "history": history,
-            "compiled": fused and not fell_back}
+    return {
+        "latent_sha256": hashlib.sha256(latent.tobytes()).hexdigest(),
+        "history": history,
+        "compiled": fused and not fell_back,
+    }
 
 
 if __name__ == "__main__":

@@ -55,8 +55,13 @@ def train_and_embed(adata, epochs=1, **setup):
 @pytest.mark.parametrize("where", ["X", "layer"])
 @pytest.mark.parametrize(
     "value, words",
-    [(-1.0, ["negative", "raw counts"]), (0.5, ["non-integer", "raw counts"]), (np.nan, ["NaN", "fix"]),
-     (np.inf, ["infinite", "fix"]), (-np.inf, ["infinite", "fix"])],
+    [
+        (-1.0, ["negative", "raw counts"]),
+        (0.5, ["non-integer", "raw counts"]),
+        (np.nan, ["NaN", "fix"]),
+        (np.inf, ["infinite", "fix"]),
+        (-np.inf, ["infinite", "fix"]),
+    ],
 )
 def test_bad_counts(fmt, where, value, words):
     a = make_adata(fmt="dense")
@@ -148,8 +153,11 @@ def test_nan_in_category_columns(key, categorical):
     col = a.obs[key].astype(object)
     col.iloc[7] = np.nan
     a.obs[key] = col.astype("category") if categorical else col
-    kwargs = {"batch": dict(batch_key="batch"), "labels": dict(labels_key="labels"),
-              "cat": dict(categorical_covariate_keys=["cat"])}[key]
+    kwargs = {
+        "batch": dict(batch_key="batch"),
+        "labels": dict(labels_key="labels"),
+        "cat": dict(categorical_covariate_keys=["cat"]),
+    }[key]
     expect_error(a, lambda: SCVI.setup_anndata(a, **kwargs), InvalidDataError, ValueError, [key, "missing", "fill"])
 
 
@@ -158,7 +166,10 @@ def test_nan_in_continuous_covariate(value):
     a = make_adata()
     a.obs.loc[a.obs_names[4], "cont"] = value
     expect_error(
-        a, lambda: SCVI.setup_anndata(a, continuous_covariate_keys=["cont"]), InvalidDataError, ValueError,
+        a,
+        lambda: SCVI.setup_anndata(a, continuous_covariate_keys=["cont"]),
+        InvalidDataError,
+        ValueError,
         ["cont", "NaN", "fill"],
     )
 
@@ -166,7 +177,10 @@ def test_nan_in_continuous_covariate(value):
 def test_non_numeric_continuous_covariate():
     a = make_adata()
     expect_error(
-        a, lambda: SCVI.setup_anndata(a, continuous_covariate_keys=["labels"]), InvalidDataError, ValueError,
+        a,
+        lambda: SCVI.setup_anndata(a, continuous_covariate_keys=["labels"]),
+        InvalidDataError,
+        ValueError,
         ["labels", "numeric"],
     )
 
@@ -331,7 +345,10 @@ def test_new_data_with_unknown_categories(trained, key):
     new = make_adata(seed=3)
     new.obs.loc[new.obs_names[0], key] = "never-seen"
     expect_error(
-        new, lambda: trained.get_latent_representation(new), RegistryMismatchError, ValueError,
+        new,
+        lambda: trained.get_latent_representation(new),
+        RegistryMismatchError,
+        ValueError,
         ["never-seen", "load_query_data"],
     )
 

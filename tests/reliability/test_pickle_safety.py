@@ -4,9 +4,9 @@ as a training checkpoint, is refused with a ModelFileError and never runs."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,8 +140,11 @@ def test_payload_in_scvi_tools_model_pt_is_refused(tmp_path, where):
     marker = tmp_path / "ran"
     folder = _scvi_tools_folder_with(tmp_path, where, marker)
     a = make_adata(n_genes=30)
-    for load in (lambda: SCVI.load(folder, adata=a), lambda: SCVI.load_query_data(a.copy(), folder),
-                 lambda: SCVI.prepare_query_anndata(a.copy(), folder)):
+    for load in (
+        lambda: SCVI.load(folder, adata=a),
+        lambda: SCVI.load_query_data(a.copy(), folder),
+        lambda: SCVI.prepare_query_anndata(a.copy(), folder),
+    ):
         with pytest.raises(ModelFileError, match=r"open.*not load|not load.*open") as info:
             load()
         assert "io.open" in str(info.value) or "builtins.open" in str(info.value)

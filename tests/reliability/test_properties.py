@@ -54,8 +54,10 @@ def test_log_probabilities_match_scipy(x, mu, theta, pi):
 def test_zinb_tends_to_nb_as_dropout_logits_tend_to_minus_infinity(x, mu, theta):
     x, mu, theta = t(x, mu, theta)
     nb = D.log_nb(x, mu, theta)
-    gaps = [abs(D.log_zinb(x, mu, theta, torch.tensor(p, dtype=torch.float64)) - nb).item()
-            for p in (-1.0, -10.0, -100.0, -1e3)]
+    gaps = [
+        abs(D.log_zinb(x, mu, theta, torch.tensor(p, dtype=torch.float64)) - nb).item()
+        for p in (-1.0, -10.0, -100.0, -1e3)
+    ]
     assert all(a >= b - 1e-12 for a, b in zip(gaps, gaps[1:]))  # monotone approach, up to rounding
     log_nb0 = (theta * torch.log(theta / (theta + mu))).item()  # the limit needs pi_logits << log NB(0)
     far = torch.tensor(log_nb0 - 60.0, dtype=torch.float64)
@@ -97,7 +99,10 @@ def test_per_cell_sparse_sums_equal_dense_sums_with_their_gradients(problem):
 
 @SETTINGS
 @given(
-    x=s.integers(0, 100_000), mu=s.floats(1e-6, 1e6), theta=s.floats(1e-4, 1e6), pi=s.floats(-50, 50),
+    x=s.integers(0, 100_000),
+    mu=s.floats(1e-6, 1e6),
+    theta=s.floats(1e-4, 1e6),
+    pi=s.floats(-50, 50),
 )
 def test_float32_values_and_gradients_stay_finite(x, mu, theta, pi):
     """The model trains in float32: extreme but valid parameters must not give inf or NaN."""
@@ -152,8 +157,11 @@ def test_registry_round_trips_through_json(a):
 def test_category_encoding_is_invertible(a):
     reg = _register(a)
     data = reg.cell_data(a)
-    for name, codes, key in [("batch", data.batch, "batch"), ("labels", data.labels, "labels"),
-                             ("cov", data.cat_covs[:, 0], "cov")]:
+    for name, codes, key in [
+        ("batch", data.batch, "batch"),
+        ("labels", data.labels, "labels"),
+        ("cov", data.cat_covs[:, 0], "cov"),
+    ]:
         decoded = np.asarray(reg.categories[name], dtype=object)[codes]
         assert decoded.tolist() == a.obs[key].astype(str).tolist()
         assert len(set(reg.categories[name])) == len(reg.categories[name])  # each category once

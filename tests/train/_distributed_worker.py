@@ -60,18 +60,23 @@ def main(data: str, out: Path) -> None:
         if rank == 1 and attempt == 0 and epoch == KILL_EPOCH:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    model.train(max_epochs=EPOCHS, batch_size=BATCH, callbacks=[log_epoch], checkpoint_dir=str(out / "ckpt"),
-                checkpoint_every=1)
-    rec.update(final=_weights(model), history=model.history.reset_index().to_dict("list"),
-               validation=model.validation_indices.tolist())
+    model.train(
+        max_epochs=EPOCHS, batch_size=BATCH, callbacks=[log_epoch], checkpoint_dir=str(out / "ckpt"), checkpoint_every=1
+    )
+    rec.update(
+        final=_weights(model),
+        history=model.history.reset_index().to_dict("list"),
+        validation=model.validation_indices.tolist(),
+    )
     model.save(out / "model", overwrite=True)
     np.save(out / f"latent_{rank}.npy", model.get_latent_representation())
     np.save(out / f"expr_{rank}.npy", model.get_normalized_expression(return_numpy=True))
     model.write_latent(out / "latent.h5ad", overwrite=True)
     rec["elbo"] = model.get_elbo(indices=model.validation_indices)
     stopped = cellvi.model.SCVI(adata, **MODEL)
-    stopped.train(max_epochs=200, batch_size=BATCH, early_stopping=True, early_stopping_patience=2,
-                  plan_kwargs={"lr": 5e-3})
+    stopped.train(
+        max_epochs=200, batch_size=BATCH, early_stopping=True, early_stopping_patience=2, plan_kwargs={"lr": 5e-3}
+    )
     rec["early_stopping"] = stopped.history.reset_index().to_dict("list")
     rec["ondisk"] = _ondisk(data)
     (out / f"rank_{rank}.json").write_text(json.dumps(rec))
@@ -107,9 +112,15 @@ def _train_and_infer(data: str, rows: list) -> dict:
     train_rows = np.unique(np.concatenate(rows)).tolist()
     rows.clear()
     latent = model.get_latent_representation()
-    return {"setup_bytes": setup_bytes, "summary": model.registry.summary, "train_rows": train_rows,
-            "train_bytes": train_bytes, "infer_rows": np.unique(np.concatenate(rows)).tolist(),
-            "latent_sum": float(latent.sum()), "n_latent_rows": len(latent)}
+    return {
+        "setup_bytes": setup_bytes,
+        "summary": model.registry.summary,
+        "train_rows": train_rows,
+        "train_bytes": train_bytes,
+        "infer_rows": np.unique(np.concatenate(rows)).tolist(),
+        "latent_sum": float(latent.sum()),
+        "n_latent_rows": len(latent),
+    }
 
 
 if __name__ == "__main__":

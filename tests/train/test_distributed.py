@@ -24,7 +24,7 @@ from cellvi.train import distributed
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-import _distributed_worker as worker
+import _distributed_worker as worker  # noqa: E402 (after the path above)
 
 N_CELLS = 2000
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")

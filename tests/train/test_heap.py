@@ -52,4 +52,3 @@ def test_freed_memory_is_reused_while_training_and_given_back_after():
     kept = _run("kept")
     assert max(kept["faults"][2:]) < 100, kept  # the second and later rounds reuse the first round's pages
     assert kept["rss_in_kib"] - kept["rss_after_kib"] > 16_000, kept  # the kept 24 MB are given back after
-

@@ -36,6 +36,5 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T > 0 minimising the NLL of softmax(logits / T) on these cells (held out from
     training): T > 1 softens over-confident probabilities. The argmax, so the predicted labels, is
     unchanged."""
-    res = minimize_scalar(lambda log_t: nll(logits, labels, float(np.exp(log_t))), bounds=LOG_T_RANGE,
-                          method="bounded")
+    res = minimize_scalar(lambda log_t: nll(logits, labels, float(np.exp(log_t))), bounds=LOG_T_RANGE, method="bounded")
     return float(np.exp(res.x))

@@ -192,7 +192,11 @@ def raw_stats(sums: dict[str, np.ndarray], k1: int, k2: int | None) -> dict[str,
     """Per-gene raw-count summaries of group ``k1`` and group ``k2`` (None: all cells not in ``k1``)
     from :func:`group_count_sums`: raw_mean, non_zeros_proportion, raw_normalized_mean (1 and 2)."""
     out = {}
-    for name, key in (("raw_mean", "counts"), ("non_zeros_proportion", "nonzero"), ("raw_normalized_mean", "normalized")):
+    for name, key in (
+        ("raw_mean", "counts"),
+        ("non_zeros_proportion", "nonzero"),
+        ("raw_normalized_mean", "normalized"),
+    ):
         a = sums[key][k1]
         b = sums[key][-1] - a if k2 is None else sums[key][k2]
         n2 = sums["n_cells"][-1] - sums["n_cells"][k1] if k2 is None else sums["n_cells"][k2]
@@ -216,8 +220,7 @@ class PairTally:
     is the median of the first round's pairs (an exact median needs every pair kept).
     """
 
-    def __init__(self, mode: str, n_genes: int, delta: float = 0.0, pseudocount: float = 0.0,
-                 test_mode: str = "three"):
+    def __init__(self, mode: str, n_genes: int, delta: float = 0.0, pseudocount: float = 0.0, test_mode: str = "three"):
         if mode not in ("change", "vanilla"):
             raise ValueError(f"mode must be 'change' or 'vanilla', got {mode!r}")
         if test_mode not in ("two", "three"):
@@ -288,10 +291,15 @@ class PairTally:
             return {"proba_m1": p, "proba_m2": 1.0 - p, "bayes_factor": _log_odds(p), **out}
         mean = self.lfc_sum / n
         return {
-            "proba_de": p, "proba_not_de": 1.0 - p, "bayes_factor": _log_odds(p), **out,
-            "lfc_mean": mean, "lfc_median": self.lfc_median,
+            "proba_de": p,
+            "proba_not_de": 1.0 - p,
+            "bayes_factor": _log_odds(p),
+            **out,
+            "lfc_mean": mean,
+            "lfc_median": self.lfc_median,
             "lfc_std": np.sqrt(np.maximum(self.lfc_sq / n - (mean - self.shift) ** 2, 0.0)),
-            "lfc_min": self.lfc_min, "lfc_max": self.lfc_max,
+            "lfc_min": self.lfc_min,
+            "lfc_max": self.lfc_max,
         }
 
 

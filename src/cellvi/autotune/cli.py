@@ -45,13 +45,33 @@ def run(args) -> int:
     if not Path(args.input).is_file():
         raise InvalidDataError(f"{args.input} does not exist.")
     result = tune(
-        args.input, space, objective=args.objective, n_trials=args.n_trials, n_jobs=args.n_jobs,
-        storage=args.storage, study_name=args.study_name, model=args.model, max_epochs=args.max_epochs,
-        batch_key=args.batch_key, label_key=args.label_key,
+        args.input,
+        space,
+        objective=args.objective,
+        n_trials=args.n_trials,
+        n_jobs=args.n_jobs,
+        storage=args.storage,
+        study_name=args.study_name,
+        model=args.model,
+        max_epochs=args.max_epochs,
+        batch_key=args.batch_key,
+        label_key=args.label_key,
         setup_kwargs={"layer": args.layer} if args.layer else None,
-        pruner=None if args.pruner == "none" else args.pruner, seed=args.seed, output_dir=args.out,
+        pruner=None if args.pruner == "none" else args.pruner,
+        seed=args.seed,
+        output_dir=args.out,
     )
-    print(json.dumps({"best_params": result.best_params, "best_values": result.best_values,
-                      "search_s": round(result.search_s, 1), "out": args.out}, indent=1, default=str))
+    print(
+        json.dumps(
+            {
+                "best_params": result.best_params,
+                "best_values": result.best_values,
+                "search_s": round(result.search_s, 1),
+                "out": args.out,
+            },
+            indent=1,
+            default=str,
+        )
+    )
     sys.stdout.flush()
     return 0

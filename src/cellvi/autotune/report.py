@@ -15,11 +15,21 @@ from . import space as S
 
 def trials_table(study, objective_names) -> pd.DataFrame:
     """One row per trial: number, state, the objective values, params_*, user_attrs_*, duration_s."""
-    df = study.trials_dataframe(attrs=("number", "state", "value" if len(objective_names) == 1 else "values",
-                                       "params", "user_attrs", "duration"))
-    renames = {"value": objective_names[0]} if len(objective_names) == 1 else {
-        f"values_{i}": name for i, name in enumerate(objective_names)
-    }
+    df = study.trials_dataframe(
+        attrs=(
+            "number",
+            "state",
+            "value" if len(objective_names) == 1 else "values",
+            "params",
+            "user_attrs",
+            "duration",
+        )
+    )
+    renames = (
+        {"value": objective_names[0]}
+        if len(objective_names) == 1
+        else {f"values_{i}": name for i, name in enumerate(objective_names)}
+    )
     df = df.rename(columns=renames)
     if "duration" in df:
         df["duration_s"] = df.pop("duration").dt.total_seconds()
@@ -72,8 +82,7 @@ def param_importances(study, objective_names) -> pd.DataFrame:
 def plot_importances(importances: pd.DataFrame):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(3.2 * max(1, importances.shape[1]), 0.3 * max(3, len(importances)) + 1),
-                 layout="constrained")
+    fig = Figure(figsize=(3.2 * max(1, importances.shape[1]), 0.3 * max(3, len(importances)) + 1), layout="constrained")
     axes = fig.subplots(1, max(1, importances.shape[1]), squeeze=False)[0]
     for ax, name in zip(axes, importances.columns):
         col = importances[name].dropna().sort_values()
@@ -130,9 +139,15 @@ def summarize(ctx: dict, adata, outdir: Path | None, search_s: float, train_best
 def _write(result, outdir: Path, importances: pd.DataFrame, ctx: dict) -> None:
     states = result.trials["state"].value_counts().to_dict()
     summary = {
-        "best_params": result.best_params, "best_values": result.best_values, "objective": ctx["objective"],
-        "n_trials": len(result.trials), "trial_states": states, "search_s": round(result.search_s, 1),
-        "max_epochs": ctx["max_epochs"], "storage": ctx["storage"], "study_name": ctx["study_name"],
+        "best_params": result.best_params,
+        "best_values": result.best_values,
+        "objective": ctx["objective"],
+        "n_trials": len(result.trials),
+        "trial_states": states,
+        "search_s": round(result.search_s, 1),
+        "max_epochs": ctx["max_epochs"],
+        "storage": ctx["storage"],
+        "study_name": ctx["study_name"],
     }
     (outdir / "best_config.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
     result.trials.to_csv(outdir / "trials.csv", index=False)

@@ -52,9 +52,7 @@ def check_space(space: dict, model_cls) -> dict:
     known = set(model_params(model_cls)) | set(PLAN_PARAMS) | set(TRAIN_PARAMS)
     unknown = sorted(set(space) - known)
     if unknown:
-        raise InvalidParameterError(
-            f"Unknown parameters in the search space: {unknown}. Known: {sorted(known)}."
-        )
+        raise InvalidParameterError(f"Unknown parameters in the search space: {unknown}. Known: {sorted(known)}.")
     out = {}
     for name, spec in space.items():
         if isinstance(spec, dict):

@@ -115,16 +115,22 @@ def _objective_fn(ctx: dict, adata):
         model = cls(adata, **init)
         callbacks = []
         if ctx["pruner"] is not None and not multi:
+
             def report(epoch, row):
                 elbo = -row["elbo_validation"]  # the history holds the negative ELBO (scvi-tools' sign)
                 trial.report(elbo, epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"validation ELBO {elbo:.2f} at epoch {epoch}")
+
             callbacks.append(report)
         t0 = time.perf_counter()
         model.train(
-            max_epochs=ctx["max_epochs"], plan_kwargs=plan, callbacks=callbacks, enable_progress_bar=False,
-            check_val_every_n_epoch=1 if callbacks else None, **train,
+            max_epochs=ctx["max_epochs"],
+            plan_kwargs=plan,
+            callbacks=callbacks,
+            enable_progress_bar=False,
+            check_val_every_n_epoch=1 if callbacks else None,
+            **train,
         )
         elbo = -float(model.history["elbo_validation"].dropna().iloc[-1])  # history: the negative ELBO
         trial.set_user_attr("train_s", time.perf_counter() - t0)
@@ -160,13 +166,12 @@ def _optimize(ctx: dict, n_trials: int, worker: int, adata=None) -> None:
         torch.set_num_threads(ctx["threads"])
     adata = _read(ctx) if adata is None else adata
     study = optuna.load_study(
-        study_name=ctx["study_name"], storage=storage_of(ctx["storage"]),
+        study_name=ctx["study_name"],
+        storage=storage_of(ctx["storage"]),
         sampler=optuna.samplers.TPESampler(seed=ctx["seed"] + worker),
         pruner=_pruner(ctx["pruner"], ctx["max_epochs"]),
     )
     study.optimize(_objective_fn(ctx, adata), n_trials=n_trials, catch=(TrainingDivergedError,))
-
-
 
 
 def tune(
@@ -244,9 +249,16 @@ def tune(
         data_path = str(work / "tune_input.h5ad")
         adata.write_h5ad(data_path)
     ctx = {
-        "model": cls.__name__, "space": space, "objective": objective, "max_epochs": int(max_epochs),
-        "pruner": pruner, "seed": int(seed), "batch_key": batch_key, "label_key": label_key,
-        "setup": {"batch_key": batch_key, **(setup_kwargs or {})}, "data_path": data_path,
+        "model": cls.__name__,
+        "space": space,
+        "objective": objective,
+        "max_epochs": int(max_epochs),
+        "pruner": pruner,
+        "seed": int(seed),
+        "batch_key": batch_key,
+        "label_key": label_key,
+        "setup": {"batch_key": batch_key, **(setup_kwargs or {})},
+        "data_path": data_path,
         "storage": str(storage) if storage is not None else str(work / "optuna_journal.log"),
         "study_name": study_name or "cellvi-tune",
         "threads": threads_per_job if threads_per_job is not None else (1 if n_jobs > 1 else 0),
@@ -269,15 +281,19 @@ def tune(
         ctx_path.write_text(json.dumps(ctx))
         procs = [
             subprocess.Popen([sys.executable, "-m", "cellvi.autotune._worker", str(ctx_path), str(k), str(i)])
-            for i, k in enumerate(shares) if k
+            for i, k in enumerate(shares)
+            if k
         ]
         codes = [p.wait() for p in procs]
         ctx_path.unlink(missing_ok=True)
         if any(codes):
-            warnings.warn(f"{sum(c != 0 for c in codes)} of {len(codes)} tuning processes failed (exit codes "
-                          f"{codes}); the study holds the trials that finished.", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"{sum(c != 0 for c in codes)} of {len(codes)} tuning processes failed (exit codes "
+                f"{codes}); the study holds the trials that finished.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     search_s = time.perf_counter() - t0
     from .report import summarize
 
     return summarize(ctx, adata, work if output_dir is not None else None, search_s, train_best)
-

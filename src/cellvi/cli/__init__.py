@@ -29,8 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     from . import run, tools
 
     parser = argparse.ArgumentParser(
-        prog="cellvi", description="scVI analysis of single-cell RNA-seq counts from the command line.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="cellvi",
+        description="scVI analysis of single-cell RNA-seq counts from the command line.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run.register(sub)

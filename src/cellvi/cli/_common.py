@@ -182,5 +182,6 @@ class Steps:
             print(f"cellvi: {name} ...", flush=True)
         start = time.perf_counter()
         yield
-        self.rows.append({"step": name, "seconds": round(time.perf_counter() - start, 2),
-                          "peak_rss_mib": round(peak_rss_mib(), 1)})
+        self.rows.append(
+            {"step": name, "seconds": round(time.perf_counter() - start, 2), "peak_rss_mib": round(peak_rss_mib(), 1)}
+        )

@@ -47,16 +47,21 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-epochs", type=int, help="training epochs (default: cellvi's heuristic)")
     p.add_argument("--n-latent", type=int, default=10, help="latent dimensions (default 10)")
     p.add_argument("--gene-likelihood", choices=["zinb", "nb", "poisson"], default="zinb")
-    p.add_argument("--n-top-genes", type=int, default=2000,
-                   help="highly variable genes to train on (seurat_v3 on counts; 0 = all genes; default 2000)")
+    p.add_argument(
+        "--n-top-genes",
+        type=int,
+        default=2000,
+        help="highly variable genes to train on (seurat_v3 on counts; 0 = all genes; default 2000)",
+    )
     p.add_argument("--resolution", type=float, default=1.0, help="Leiden resolution (default 1.0)")
     root = p.add_mutually_exclusive_group()
     root.add_argument("--root-group", help="a Leiden cluster (or a --labels-key value) holding the root")
     root.add_argument("--root-cell", help="obs name of the root cell for pseudotime")
     p.add_argument("--scanvi", action="store_true", help="also train SCANVI on --labels-key (saved as model/)")
     p.add_argument("--unlabeled-category", default="Unknown", help="label of unlabelled cells for --scanvi")
-    p.add_argument("--de-cells", type=int, default=1000,
-                   help="cells sampled per side of each marker comparison (default 1000)")
+    p.add_argument(
+        "--de-cells", type=int, default=1000, help="cells sampled per side of each marker comparison (default 1000)"
+    )
     p.add_argument("--no-scib", action="store_true", help="skip the scIB metrics table (slow on large data)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -65,16 +70,25 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def register(sub) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
-    run = sub.add_parser("run", help="the whole analysis of a count matrix, with an HTML report",
-                         description=__doc__.split("\n\n")[0], epilog=RUN_EXAMPLES, formatter_class=fmt)
+    run = sub.add_parser(
+        "run",
+        help="the whole analysis of a count matrix, with an HTML report",
+        description=__doc__.split("\n\n")[0],
+        epilog=RUN_EXAMPLES,
+        formatter_class=fmt,
+    )
     run.add_argument("input", help=".h5ad, 10x .h5, 10x matrix folder or .zarr of raw counts")
     add_model_options(run)
     run.set_defaults(func=run_command)
-    demo = sub.add_parser("demo", help="`cellvi run` on a built-in simulated branching dataset",
-                          description="Simulate a branching trajectory (batches, cell types, true time) "
-                          "and run the whole analysis on it.", formatter_class=fmt,
-                          epilog="examples:\n  cellvi demo -o demo_output\n"
-                          "  cellvi demo -o demo_output --n-cells 20000 --max-epochs 100 --overwrite\n")
+    demo = sub.add_parser(
+        "demo",
+        help="`cellvi run` on a built-in simulated branching dataset",
+        description="Simulate a branching trajectory (batches, cell types, true time) "
+        "and run the whole analysis on it.",
+        formatter_class=fmt,
+        epilog="examples:\n  cellvi demo -o demo_output\n"
+        "  cellvi demo -o demo_output --n-cells 20000 --max-epochs 100 --overwrite\n",
+    )
     demo.add_argument("--n-cells", type=int, default=5000, help="simulated cells (default 5000)")
     demo.add_argument("--n-genes", type=int, default=2000, help="simulated genes (default 2000)")
     add_model_options(demo)
@@ -110,8 +124,21 @@ def demo_command(args) -> int:
 
 
 def _params(args) -> dict:
-    keys = ["batch_key", "labels_key", "layer", "max_epochs", "n_latent", "gene_likelihood", "n_top_genes",
-            "resolution", "root_group", "root_cell", "scanvi", "de_cells", "seed"]
+    keys = [
+        "batch_key",
+        "labels_key",
+        "layer",
+        "max_epochs",
+        "n_latent",
+        "gene_likelihood",
+        "n_top_genes",
+        "resolution",
+        "root_group",
+        "root_cell",
+        "scanvi",
+        "de_cells",
+        "seed",
+    ]
     return {k: getattr(args, k, None) for k in keys}
 
 
@@ -135,8 +162,9 @@ def _select_genes(adata, args, steps) -> np.ndarray:
     if args.batch_key:
         sub.obs["batch"] = adata.obs[args.batch_key].to_numpy()[rows]
     try:
-        sc.pp.highly_variable_genes(sub, flavor="seurat_v3", n_top_genes=n_top,
-                                    batch_key="batch" if args.batch_key else None)
+        sc.pp.highly_variable_genes(
+            sub, flavor="seurat_v3", n_top_genes=n_top, batch_key="batch" if args.batch_key else None
+        )
     except ImportError as exc:
         raise CliError(f"--n-top-genes needs scikit-misc (pip install 'cellvi[analysis]'): {exc}") from exc
     mask = sub.var["highly_variable"].to_numpy()
@@ -164,11 +192,24 @@ def _root_index(adata, args) -> int | None:
 def _markers(model, tdata, args) -> pd.DataFrame:
     de = model.differential_expression(tdata, groupby="leiden", mode="change", n_samples=args.de_cells)
     de = de[de["lfc_mean"] > 0]
-    cols = ["group1", "proba_de", "bayes_factor", "lfc_mean", "scale1", "scale2",
-            "non_zeros_proportion1", "non_zeros_proportion2"]
-    top = (de.rename_axis("gene").reset_index()[["gene", *cols]]
-           .sort_values(["group1", "proba_de", "lfc_mean"], ascending=[True, False, False], kind="stable")
-           .groupby("group1", sort=False).head(N_MARKERS).rename(columns={"group1": "cluster"}))
+    cols = [
+        "group1",
+        "proba_de",
+        "bayes_factor",
+        "lfc_mean",
+        "scale1",
+        "scale2",
+        "non_zeros_proportion1",
+        "non_zeros_proportion2",
+    ]
+    top = (
+        de.rename_axis("gene")
+        .reset_index()[["gene", *cols]]
+        .sort_values(["group1", "proba_de", "lfc_mean"], ascending=[True, False, False], kind="stable")
+        .groupby("group1", sort=False)
+        .head(N_MARKERS)
+        .rename(columns={"group1": "cluster"})
+    )
     top["cluster"] = top["cluster"].astype(str)
     order = sorted(top["cluster"].unique(), key=lambda c: (len(c), c))
     top["cluster"] = pd.Categorical(top["cluster"], order)
@@ -210,23 +251,31 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
             model = cellvi.model.SCVI(tdata, n_latent=args.n_latent, gene_likelihood=args.gene_likelihood)
             epochs = args.max_epochs or int(min(400, max(1, round(400 * 20000 / tdata.n_obs))))
             # KL warm-up over half the epochs (scvi-tools: 400 epochs, often longer than the training)
-            model.train(max_epochs=epochs, plan_kwargs={"n_epochs_kl_warmup": max(1, min(400, epochs // 2))},
-                        check_val_every_n_epoch=1)  # the report plots validation per epoch
+            model.train(
+                max_epochs=epochs,
+                plan_kwargs={"n_epochs_kl_warmup": max(1, min(400, epochs // 2))},
+                check_val_every_n_epoch=1,
+            )  # the report plots validation per epoch
         with steps.step("latent"):
             latent = model.get_latent_representation(tdata)
             tdata.obsm["X_scvi"] = latent
         scanvi = None
         if args.scanvi:
             with steps.step("train SCANVI"):
-                scanvi = cellvi.model.SCANVI.from_scvi_model(model, args.unlabeled_category,
-                                                             labels_key=args.labels_key)
+                scanvi = cellvi.model.SCANVI.from_scvi_model(model, args.unlabeled_category, labels_key=args.labels_key)
                 scanvi.train()
                 tdata.obsm["X_scanvi"] = scanvi.get_latent_representation(tdata)
         with steps.step("neighbours, UMAP, Leiden, PAGA"):
             sc.pp.neighbors(tdata, use_rep="X_scvi", random_state=args.seed)
             sc.tl.umap(tdata, random_state=args.seed)
-            sc.tl.leiden(tdata, resolution=args.resolution, flavor="igraph", n_iterations=2, directed=False,
-                         random_state=args.seed)
+            sc.tl.leiden(
+                tdata,
+                resolution=args.resolution,
+                flavor="igraph",
+                n_iterations=2,
+                directed=False,
+                random_state=args.seed,
+            )
             sc.tl.paga(tdata, groups="leiden")
         root = None
         if args.root_cell is not None or args.root_group is not None:
@@ -258,13 +307,22 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
             markers.to_csv(tmp / "markers.csv", index=False)
             adata.write_h5ad(tmp / "result.h5ad")
         summary = {
-            "source": source, "cells": int(adata.n_obs), "genes": int(adata.n_vars),
-            "genes_trained": int(mask.sum()), "backed": bool(adata.isbacked), "params": _params(args),
-            "epochs": len(model.history), "clusters": int(tdata.obs["leiden"].nunique()),
-            "metrics": metrics, "root_cell": None if root is None else str(tdata.obs_names[root]),
-            "versions": _versions(), "subsamples": {
-                "hvg_cells": int(min(HVG_CELLS, adata.n_obs)), "metric_cells": int(min(METRIC_CELLS, adata.n_obs)),
-                "de_cells_per_side": int(args.de_cells)},
+            "source": source,
+            "cells": int(adata.n_obs),
+            "genes": int(adata.n_vars),
+            "genes_trained": int(mask.sum()),
+            "backed": bool(adata.isbacked),
+            "params": _params(args),
+            "epochs": len(model.history),
+            "clusters": int(tdata.obs["leiden"].nunique()),
+            "metrics": metrics,
+            "root_cell": None if root is None else str(tdata.obs_names[root]),
+            "versions": _versions(),
+            "subsamples": {
+                "hvg_cells": int(min(HVG_CELLS, adata.n_obs)),
+                "metric_cells": int(min(METRIC_CELLS, adata.n_obs)),
+                "de_cells_per_side": int(args.de_cells),
+            },
         }
         with steps.step("report"):
             summary["steps"] = steps.rows

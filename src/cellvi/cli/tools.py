@@ -30,15 +30,23 @@ _MODELS = ("SCVI", "SCANVI")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("embed", help="latent representation of new cells with a trained model",
-                       formatter_class=_FMT, epilog="example:\n  cellvi embed out/model new.h5ad -o new_latent.h5ad\n")
+    p = sub.add_parser(
+        "embed",
+        help="latent representation of new cells with a trained model",
+        formatter_class=_FMT,
+        epilog="example:\n  cellvi embed out/model new.h5ad -o new_latent.h5ad\n",
+    )
     _common_args(p)
     p.add_argument("-o", "--out", required=True, help="output .h5ad (input cells with obsm X_scvi)")
     p.set_defaults(func=embed_command)
 
-    p = sub.add_parser("de", help="Bayesian differential expression with a trained model", formatter_class=_FMT,
-                       epilog="examples:\n  cellvi de out/model out/result.h5ad --groupby leiden -o markers.csv\n"
-                       "  cellvi de out/model data.h5ad --groupby cell_type --group1 B --group2 T -o b_vs_t.csv\n")
+    p = sub.add_parser(
+        "de",
+        help="Bayesian differential expression with a trained model",
+        formatter_class=_FMT,
+        epilog="examples:\n  cellvi de out/model out/result.h5ad --groupby leiden -o markers.csv\n"
+        "  cellvi de out/model data.h5ad --groupby cell_type --group1 B --group2 T -o b_vs_t.csv\n",
+    )
     _common_args(p)
     p.add_argument("--groupby", required=True, help="obs column of the groups")
     p.add_argument("--group1", help="first group (default: each group in turn, one-vs-all)")
@@ -48,9 +56,13 @@ def register(sub) -> None:
     p.add_argument("-o", "--out", required=True, help="output .csv")
     p.set_defaults(func=de_command)
 
-    p = sub.add_parser("map-query", help="map query cells onto a reference model (scArches)", formatter_class=_FMT,
-                       epilog="example:\n  cellvi run ref.h5ad -o ref_out --labels-key cell_type --scanvi\n"
-                       "  cellvi map-query ref_out query.h5ad -o query_out   # predicted labels from SCANVI\n")
+    p = sub.add_parser(
+        "map-query",
+        help="map query cells onto a reference model (scArches)",
+        formatter_class=_FMT,
+        epilog="example:\n  cellvi run ref.h5ad -o ref_out --labels-key cell_type --scanvi\n"
+        "  cellvi map-query ref_out query.h5ad -o query_out   # predicted labels from SCANVI\n",
+    )
     p.add_argument("reference", metavar="REFERENCE_DIR", help="saved SCVI/SCANVI model or cellvi run output")
     p.add_argument("input", metavar="QUERY", help="query .h5ad, 10x .h5, 10x folder or .zarr of raw counts")
     p.add_argument("--layer", help="layer holding the raw counts (default: X)")
@@ -61,8 +73,12 @@ def register(sub) -> None:
     p.add_argument("-o", "--out", required=True, help="output folder: result.h5ad and model/")
     p.set_defaults(func=map_query_command)
 
-    p = sub.add_parser("info", help="what a saved model is, what it was trained on, its settings",
-                       formatter_class=_FMT, epilog="example:\n  cellvi info out/model\n")
+    p = sub.add_parser(
+        "info",
+        help="what a saved model is, what it was trained on, its settings",
+        formatter_class=_FMT,
+        epilog="example:\n  cellvi info out/model\n",
+    )
     p.add_argument("model", metavar="MODEL_DIR")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     p.set_defaults(func=info_command)
@@ -91,15 +107,25 @@ def _model_genes(adata, registry, source, allow_missing: float = 0.0) -> tuple[n
     pos = adata.var_names.get_indexer(registry.var_names)
     missing = [g for g, i in zip(registry.var_names, pos) if i < 0]
     if len(missing) > allow_missing * len(registry.var_names):
-        raise CliError(f"the model's genes do not fit {source}: {len(missing)} of its {len(registry.var_names)} "
-                       f"genes are missing (e.g. {', '.join(missing[:3])})")
+        raise CliError(
+            f"the model's genes do not fit {source}: {len(missing)} of its {len(registry.var_names)} "
+            f"genes are missing (e.g. {', '.join(missing[:3])})"
+        )
     return pos[pos >= 0], missing
 
 
 def _setup_keys(registry) -> list[str]:
     args = registry.setup_args
-    return [k for k in [args.get("batch_key"), args.get("labels_key"), *args.get("categorical_covariate_keys", []),
-                        *args.get("continuous_covariate_keys", [])] if k]
+    return [
+        k
+        for k in [
+            args.get("batch_key"),
+            args.get("labels_key"),
+            *args.get("categorical_covariate_keys", []),
+            *args.get("continuous_covariate_keys", []),
+        ]
+        if k
+    ]
 
 
 def _load(args, extra_keys=()):
@@ -147,8 +173,9 @@ def de_command(args) -> int:
         if g is not None and g not in groups:
             raise CliError(f"group {g!r} is not a value of obs[{args.groupby!r}] (values: {sorted(groups)[:10]})")
     tdata.obs[args.groupby] = tdata.obs[args.groupby].astype(str).astype("category")
-    table = model.differential_expression(tdata, groupby=args.groupby, group1=args.group1, group2=args.group2,
-                                          mode=args.mode, n_samples=args.n_samples)
+    table = model.differential_expression(
+        tdata, groupby=args.groupby, group1=args.group1, group2=args.group2, mode=args.mode, n_samples=args.n_samples
+    )
     with staged_file(out, args.overwrite) as tmp:
         table.rename_axis("gene").to_csv(tmp)
     print(f"Wrote {out}: {len(table):,} rows.")
@@ -171,8 +198,11 @@ def map_query_command(args) -> int:
     tdata = subset_counts(query, pos, args.layer, [k for k in _setup_keys(registry) if k in query.obs])
     cls = getattr(cellvi.model, meta["model_class"])
     if missing:
-        print(f"cellvi: {len(missing)} of the reference's {len(registry.var_names)} genes are missing from the "
-              "query; they are set to zero.", file=sys.stderr)
+        print(
+            f"cellvi: {len(missing)} of the reference's {len(registry.var_names)} genes are missing from the "
+            "query; they are set to zero.",
+            file=sys.stderr,
+        )
         tdata = cls.prepare_query_anndata(tdata, str(folder))
     cellvi.settings.seed = args.seed
     cellvi.settings.progress_bar = not args.no_progress
@@ -186,7 +216,9 @@ def map_query_command(args) -> int:
     with staged_dir(out, args.overwrite) as tmp:
         model.save(tmp / "model")
         query.write_h5ad(tmp / "result.h5ad")
-    what = "latent and predicted labels" if meta["model_class"] == "SCANVI" else "latent (an SCVI reference has no labels)"
+    what = (
+        "latent and predicted labels" if meta["model_class"] == "SCANVI" else "latent (an SCVI reference has no labels)"
+    )
     print(f"Wrote {out}/result.h5ad ({query.n_obs:,} query cells: {what}) and {out}/model/.")
     return 0
 
@@ -196,12 +228,19 @@ def info_command(args) -> int:
     hist = meta.get("history") or []
     last = hist[-1] if hist else {}
     desc = {
-        "folder": str(folder), "model": meta["model_class"], "cellvi_version": meta["cellvi_version"],
-        "trained": meta.get("is_trained"), "epochs": len(hist),
-        "final_elbo_train": last.get("elbo_train"), "final_elbo_validation": last.get("elbo_validation"),
-        "genes": len(registry.var_names), "cells_trained_on": registry.summary.get("n_cells"),
-        "setup": registry.setup_args, "batches": registry.categories.get("batch"),
-        "labels": registry.categories.get("labels"), "settings": meta["init_params"],
+        "folder": str(folder),
+        "model": meta["model_class"],
+        "cellvi_version": meta["cellvi_version"],
+        "trained": meta.get("is_trained"),
+        "epochs": len(hist),
+        "final_elbo_train": last.get("elbo_train"),
+        "final_elbo_validation": last.get("elbo_validation"),
+        "genes": len(registry.var_names),
+        "cells_trained_on": registry.summary.get("n_cells"),
+        "setup": registry.setup_args,
+        "batches": registry.categories.get("batch"),
+        "labels": registry.categories.get("labels"),
+        "settings": meta["init_params"],
     }
     if args.json:
         print(json.dumps(desc, indent=1, default=str))

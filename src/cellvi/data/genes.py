@@ -85,7 +85,9 @@ def poisson_gene_selection(
     df["prob_zero_enrichment"] = np.median(prob, axis=0)
     df["prob_zero_enrichment_rank"] = np.median(ranked, axis=0)
     df["highly_variable"] = False
-    top = df.nlargest(min(n_top_genes, adata.n_vars), ["prob_zero_enriched_nbatches", "prob_zero_enrichment_rank"]).index
+    top = df.nlargest(
+        min(n_top_genes, adata.n_vars), ["prob_zero_enriched_nbatches", "prob_zero_enrichment_rank"]
+    ).index
     df.loc[top, "highly_variable"] = True
     if not (inplace or subset):
         return df if batch_key is not None else df.drop(columns="prob_zero_enriched_nbatches")

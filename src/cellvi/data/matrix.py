@@ -62,8 +62,11 @@ def validate_counts_chunk(chunk, first_row: int, layer: str | None) -> None:
         raise InvalidTypeError(f"{where} has complex values; raw counts must be real integers.")
     if values.size:
         low, high = values.min(), values.max()  # two reductions, no temporary arrays
-        if np.isfinite(low) and np.isfinite(high) and low >= 0 and (
-            not np.issubdtype(values.dtype, np.floating) or np.array_equal(values, np.rint(values))
+        if (
+            np.isfinite(low)
+            and np.isfinite(high)
+            and low >= 0
+            and (not np.issubdtype(values.dtype, np.floating) or np.array_equal(values, np.rint(values)))
         ):
             return  # the common case, checked in ~3 passes; the slow checks below name the problem
     if np.issubdtype(values.dtype, np.floating):
@@ -143,8 +146,17 @@ class FileRows:
     small enough to still be in cache when the model reads it.
     """
 
-    def __init__(self, starts: np.ndarray, ends: np.ndarray, data, indices, n_genes: int, rows: np.ndarray,
-                 check=None, max_gap: int = 64) -> None:
+    def __init__(
+        self,
+        starts: np.ndarray,
+        ends: np.ndarray,
+        data,
+        indices,
+        n_genes: int,
+        rows: np.ndarray,
+        check=None,
+        max_gap: int = 64,
+    ) -> None:
         self.starts, self.ends, self.data, self.indices = starts, ends, data, indices
         self.rows, self.check, self.max_gap = rows, check, max_gap
         self.shape = (len(starts), int(n_genes))

@@ -52,8 +52,8 @@ import scipy.sparse as sp
 import torch
 
 from ..errors import InvalidDataError, InvalidParameterError
-from .loaders import MinibatchLoader, check_shards, minibatch_slices, prefetch, share
 from .direct import FileArray, direct_or_none
+from .loaders import MinibatchLoader, check_shards, minibatch_slices, prefetch, share
 from .matrix import FileRows, RowBlocks, is_on_disk, validate_counts_chunk  # noqa: F401 (is_on_disk re-exported)
 from .registry import CellData
 
@@ -189,8 +189,14 @@ def _take(d: CellData, rows: np.ndarray, X=None) -> CellData:
     """The cells ``rows`` of ``d`` (``X`` given when already read)."""
     opt = lambda a: None if a is None else a[rows]  # noqa: E731
     return replace(
-        d, X=d.X[rows] if X is None else X, batch=d.batch[rows], labels=d.labels[rows],
-        cat_covs=opt(d.cat_covs), cont_covs=opt(d.cont_covs), size_factor=opt(d.size_factor), obs_names=None,
+        d,
+        X=d.X[rows] if X is None else X,
+        batch=d.batch[rows],
+        labels=d.labels[rows],
+        cat_covs=opt(d.cat_covs),
+        cont_covs=opt(d.cont_covs),
+        size_factor=opt(d.size_factor),
+        obs_names=None,
     )
 
 
@@ -198,8 +204,12 @@ def _concat(a: CellData, b: CellData, X) -> CellData:
     """The cells of ``a`` then ``b``, whose count rows are already stacked in ``X``."""
     opt = lambda x, y: None if x is None else np.concatenate([x, y])  # noqa: E731
     return CellData(
-        X, np.concatenate([a.batch, b.batch]), np.concatenate([a.labels, b.labels]),
-        opt(a.cat_covs, b.cat_covs), opt(a.cont_covs, b.cont_covs), opt(a.size_factor, b.size_factor),
+        X,
+        np.concatenate([a.batch, b.batch]),
+        np.concatenate([a.labels, b.labels]),
+        opt(a.cat_covs, b.cat_covs),
+        opt(a.cont_covs, b.cont_covs),
+        opt(a.size_factor, b.size_factor),
     )
 
 
@@ -247,8 +257,12 @@ class OnDiskLoader:
         likelihood_terms: bool = True,
         sparse_counts: bool = False,
     ) -> None:
-        for name, v in [("batch_size", batch_size), ("chunk_size", chunk_size), ("buffer_chunks", buffer_chunks),
-                        ("n_shards", n_shards)]:
+        for name, v in [
+            ("batch_size", batch_size),
+            ("chunk_size", chunk_size),
+            ("buffer_chunks", buffer_chunks),
+            ("n_shards", n_shards),
+        ]:
             if int(v) < 1:
                 raise InvalidParameterError(f"{name} must be >= 1, got {v!r}.")
         check_shards(batch_size, shard_index, n_shards)

@@ -75,7 +75,8 @@ def simulate_programs(
     for k in range(n_programs):
         obs[f"program_{k}"] = activity[:, k]
     adata = ad.AnnData(
-        X=sp.csr_matrix(counts.astype(np.float32)), obs=obs,
+        X=sp.csr_matrix(counts.astype(np.float32)),
+        obs=obs,
         var=pd.DataFrame({"program": pd.Categorical(program)}, index=genes),
     )
     adata.varm["program_weights"] = w.T.copy()

@@ -9,8 +9,8 @@ same way or rejected with a clear error. Nothing here touches PyTorch.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,11 @@ import scipy.sparse as sp
 
 from ..errors import InvalidDataError, MissingKeyError, NotSetUpError, RegistryMismatchError
 from .matrix import (
-    count_matrix, is_on_disk, iter_row_chunks, mark_counts_checked, validate_counts_chunk,
+    count_matrix,
+    is_on_disk,
+    iter_row_chunks,
+    mark_counts_checked,
+    validate_counts_chunk,
 )
 
 REGISTRY_KEY = "_cellvi_registry"
@@ -79,7 +83,7 @@ class Registry:
         *,
         shard: tuple[int, int] = (0, 1),
         sum_over_shards: Callable[[np.ndarray], np.ndarray] | None = None,
-    ) -> "Registry":
+    ) -> Registry:
         """Validate ``adata`` and record its registry. Raises a :class:`cellvi.errors.CellviError`.
 
         ``shard`` = (index, count), ``sum_over_shards``: with several data-parallel processes, each reads
@@ -136,7 +140,7 @@ class Registry:
             np.add.at(log_lib_sq, codes, log_lib**2)
             np.add.at(counts, codes, 1)
             start += len(lib)
-        if split:
+        if split and sum_over_shards is not None:  # (split implies it; said again for the type checker)
             k = len(counts)
             sums = sum_over_shards(np.concatenate([[total, n_empty_cells], log_lib_sum, log_lib_sq, counts]))
             total, n_empty_cells = float(sums[0]), int(sums[1])
@@ -175,7 +179,7 @@ class Registry:
         return json.dumps(self.__dict__)
 
     @classmethod
-    def from_json(cls, text: str) -> "Registry":
+    def from_json(cls, text: str) -> Registry:
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("version") != REGISTRY_VERSION:
             raise RegistryMismatchError(
@@ -189,12 +193,10 @@ class Registry:
         adata.uns[REGISTRY_KEY] = self.to_json()
 
     @classmethod
-    def of(cls, adata) -> "Registry":
+    def of(cls, adata) -> Registry:
         """The registry stored in ``adata`` by ``setup_anndata``."""
         if REGISTRY_KEY not in adata.uns:
-            raise NotSetUpError(
-                "This AnnData was not set up. Call cellvi.model.SCVI.setup_anndata(adata, ...) first."
-            )
+            raise NotSetUpError("This AnnData was not set up. Call cellvi.model.SCVI.setup_anndata(adata, ...) first.")
         return cls.from_json(adata.uns[REGISTRY_KEY])
 
     # ------------------------------------------------------------------ encoding data
@@ -269,7 +271,8 @@ class Registry:
             if args.get("minified_data_type") is None:
                 raise NotSetUpError("This AnnData is minified but the model was not: use the model that minified it.")
             cached = {
-                "qz_m": _obsm(adata, args["latent_qzm_key"]), "qz_v": _obsm(adata, args["latent_qzv_key"]),
+                "qz_m": _obsm(adata, args["latent_qzm_key"]),
+                "qz_v": _obsm(adata, args["latent_qzv_key"]),
                 "observed_lib_size": _continuous(obs, args["observed_lib_size_key"]).astype(np.float32),
             }
         return CellData(X, batch, labels, cat, cont, sf, adata.obs_names, cached)

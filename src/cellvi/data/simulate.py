@@ -11,6 +11,7 @@ fraction of the library, ``lfc`` the cell type programme (or trajectory) in log2
 blocks, each with its own random stream derived from ``seed`` and the block index, so a result
 depends only on the arguments, never on ``chunk_size`` or on threading.
 """
+
 from __future__ import annotations
 
 import os
@@ -128,8 +129,9 @@ class _RowBuffer:
     def pop(self) -> sp.csr_matrix:
         """The buffered rows (views into the buffer: use before the next ``add``)."""
         ptr = np.concatenate(self.ptr)
-        out = sp.csr_matrix((self.data[: self.nnz], self.ind[: self.nnz], ptr),
-                            shape=(ptr.size - 1, self.n_genes), copy=False)
+        out = sp.csr_matrix(
+            (self.data[: self.nnz], self.ind[: self.nnz], ptr), shape=(ptr.size - 1, self.n_genes), copy=False
+        )
         out.indptr = ptr  # 64-bit offsets: the file may outgrow 2**31 entries
         self.nnz, self.ptr = 0, [np.zeros(1, np.int64)]
         return out
@@ -231,16 +233,29 @@ def simulate(
     ``traj_lfc_branch_point``, ``traj_lfc_end_branch1/2``; ``uns["simulation"]``: the arguments
     and fitted values (JSON-able).
     """
-    ints = [("n_cells", n_cells, 1), ("n_genes", n_genes, 1), ("n_batches", n_batches, 1),
-            ("n_cell_types", n_cell_types, 1), ("chunk_size", chunk_size, 1), ("seed", seed, 0)]
+    ints = [
+        ("n_cells", n_cells, 1),
+        ("n_genes", n_genes, 1),
+        ("n_batches", n_batches, 1),
+        ("n_cell_types", n_cell_types, 1),
+        ("chunk_size", chunk_size, 1),
+        ("seed", seed, 0),
+    ]
     for name, v, lo in ints:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-    checks = [(batch_effect, "batch_effect", 0), (batch_library_shift, "batch_library_shift", 0),
-              (de_lfc, "de_lfc", 0), (library_log_sd, "library_log_sd", 0),
-              (mean_log_sd, "mean_log_sd", 0), (dispersion_log_sd, "dispersion_log_sd", 0),
-              (library_median, "library_median", 1), (dispersion, "dispersion", 1),
-              (de_fraction, "de_fraction", 2), (up_fraction, "up_fraction", 2)]
+    checks = [
+        (batch_effect, "batch_effect", 0),
+        (batch_library_shift, "batch_library_shift", 0),
+        (de_lfc, "de_lfc", 0),
+        (library_log_sd, "library_log_sd", 0),
+        (mean_log_sd, "mean_log_sd", 0),
+        (dispersion_log_sd, "dispersion_log_sd", 0),
+        (library_median, "library_median", 1),
+        (dispersion, "dispersion", 1),
+        (de_fraction, "de_fraction", 2),
+        (up_fraction, "up_fraction", 2),
+    ]
     rule = [">= 0", "> 0", "in [0, 1]"]
     for v, name, kind in checks:
         ok = np.isfinite(v) and (v >= 0, v > 0, 0 <= v <= 1)[kind]
@@ -298,8 +313,10 @@ def simulate(
     else:
         lfc = programme(n_cell_types)
         names = [f"type{k}" for k in range(n_cell_types)]
-        s.update(type=rc.integers(0, n_cell_types, n_cells),
-                 factor=(gene_factor[:, None] * np.exp2(lfc)[None]).astype(np.float32))
+        s.update(
+            type=rc.integers(0, n_cell_types, n_cells),
+            factor=(gene_factor[:, None] * np.exp2(lfc)[None]).astype(np.float32),
+        )
         de_mask = lfc != 0
     for k, name in enumerate(names):
         var[f"de_lfc_{name}"] = lfc[k]
@@ -312,15 +329,28 @@ def simulate(
     obs["library_size_true"] = lib * p.sum()
     if trajectory:
         obs["pseudotime"], obs["branch"] = s["t"], obs["cell_type"].copy()
-    params = dict(n_cells=n_cells, n_genes=n_genes, n_batches=n_batches,
-                  n_cell_types=len(names), trajectory=bool(trajectory), seed=seed,
-                  batch_effect=float(batch_effect), batch_library_shift=float(batch_library_shift),
-                  de_fraction=float(de_fraction), de_lfc=float(de_lfc),
-                  up_fraction=float(up_fraction), library_median=float(np.exp(loglib_mean)),
-                  library_log_sd=loglib_sd, mean_log_sd=float(mean_log_sd),
-                  dispersion=float(dispersion), dispersion_log_sd=float(dispersion_log_sd),
-                  lfc_units="log2", branch_point=_BRANCH_POINT if trajectory else -1.0,
-                  batch_library_shifts=[float(x) for x in lib_shift], **info)
+    params = dict(
+        n_cells=n_cells,
+        n_genes=n_genes,
+        n_batches=n_batches,
+        n_cell_types=len(names),
+        trajectory=bool(trajectory),
+        seed=seed,
+        batch_effect=float(batch_effect),
+        batch_library_shift=float(batch_library_shift),
+        de_fraction=float(de_fraction),
+        de_lfc=float(de_lfc),
+        up_fraction=float(up_fraction),
+        library_median=float(np.exp(loglib_mean)),
+        library_log_sd=loglib_sd,
+        mean_log_sd=float(mean_log_sd),
+        dispersion=float(dispersion),
+        dispersion_log_sd=float(dispersion_log_sd),
+        lfc_units="log2",
+        branch_point=_BRANCH_POINT if trajectory else -1.0,
+        batch_library_shifts=[float(x) for x in lib_shift],
+        **info,
+    )
     size = max(16, _BLOCK_ENTRIES // n_genes)  # internal block (cells); fixed by n_genes only
     if path is None:
         X = sp.vstack(list(_iter_blocks(seed, n_cells, size, s)), format="csr")

@@ -28,8 +28,12 @@ __all__ = ["STAGES", "TRUE_TREE", "simulate_trajectory"]
 
 STAGES = ("root", "branch1_early", "branch1_late", "branch2_early", "branch2_late")
 #: Edges of the true lineage tree over the stages (cell types).
-TRUE_TREE = (("root", "branch1_early"), ("root", "branch2_early"),
-             ("branch1_early", "branch1_late"), ("branch2_early", "branch2_late"))
+TRUE_TREE = (
+    ("root", "branch1_early"),
+    ("root", "branch2_early"),
+    ("branch1_early", "branch1_late"),
+    ("branch2_early", "branch2_late"),
+)
 _BLOCK_CELLS = 4096  # cells per random stream; the data do not depend on chunk_size
 
 
@@ -96,8 +100,13 @@ def simulate_trajectory(
     ``traj_lfc_*`` and ``batch_factor_<batch>``; ``uns["simulation"]``: the arguments and
     ``uns["true_tree"]``: the edges of :data:`TRUE_TREE`.
     """
-    for name, v, lo in [("n_cells", n_cells, 1), ("n_genes", n_genes, 1), ("n_batches", n_batches, 1),
-                        ("seed", seed, 0), ("chunk_size", chunk_size, 1)]:
+    for name, v, lo in [
+        ("n_cells", n_cells, 1),
+        ("n_genes", n_genes, 1),
+        ("n_batches", n_batches, 1),
+        ("seed", seed, 0),
+        ("chunk_size", chunk_size, 1),
+    ]:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
     if not 0 < branch_point < 1:
@@ -134,11 +143,21 @@ def simulate_trajectory(
         var[f"traj_lfc_{name}"] = a
     for j in range(n_batches):
         var[f"batch_factor_batch{j}"] = np.exp(batch_log[j])
-    params = {"n_cells": n_cells, "n_genes": n_genes, "n_batches": n_batches, "seed": seed,
-              "branch_point": branch_point, "dynamic_fraction": dynamic_fraction, "lfc_sd": lfc_sd,
-              "batch_effect": batch_effect, "batch_library_shift": batch_library_shift,
-              "library_median": library_median, "library_log_sd": library_log_sd,
-              "mean_log_sd": mean_log_sd, "dispersion": dispersion}
+    params = {
+        "n_cells": n_cells,
+        "n_genes": n_genes,
+        "n_batches": n_batches,
+        "seed": seed,
+        "branch_point": branch_point,
+        "dynamic_fraction": dynamic_fraction,
+        "lfc_sd": lfc_sd,
+        "batch_effect": batch_effect,
+        "batch_library_shift": batch_library_shift,
+        "library_median": library_median,
+        "library_log_sd": library_log_sd,
+        "mean_log_sd": mean_log_sd,
+        "dispersion": dispersion,
+    }
     uns = {"simulation": params, "true_tree": [list(e) for e in TRUE_TREE]}
     gene_factor = (p * np.exp(batch_log)).astype(np.float32)  # (batches, genes)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
 EPS = 1e-8
 
 
@@ -145,7 +144,11 @@ class _CountLikelihoodSum(torch.autograd.Function):
 
 
 def log_nb_sum(
-    x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = EPS, nonzero: tuple | None = None,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    theta: torch.Tensor,
+    eps: float = EPS,
+    nonzero: tuple | None = None,
     log_factorial: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-cell NB log-likelihood summed over genes. x, mu: (n_cells, n_genes); theta: (1 or n_cells,

@@ -169,8 +169,12 @@ def _coordinates(x: torch.Tensor, nonzero: tuple | None) -> tuple[torch.Tensor, 
 
 
 def log_nb_sum_softmax(
-    x: torch.Tensor, logits: torch.Tensor, log_library: torch.Tensor, log_theta: torch.Tensor,
-    nonzero: tuple | None = None, log_factorial: torch.Tensor | None = None,
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    log_library: torch.Tensor,
+    log_theta: torch.Tensor,
+    nonzero: tuple | None = None,
+    log_factorial: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-cell NB log-likelihood with mean ``exp(log_library) * softmax(logits)`` and inverse dispersion
     ``exp(log_theta)``. ``nonzero``: optional (rows, cols) int64 coordinates of x's non-zeros, row-major
@@ -181,8 +185,13 @@ def log_nb_sum_softmax(
 
 
 def log_zinb_sum_softmax(
-    x: torch.Tensor, logits: torch.Tensor, log_library: torch.Tensor, log_theta: torch.Tensor,
-    pi_logits: torch.Tensor, nonzero: tuple | None = None, log_factorial: torch.Tensor | None = None,
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    log_library: torch.Tensor,
+    log_theta: torch.Tensor,
+    pi_logits: torch.Tensor,
+    nonzero: tuple | None = None,
+    log_factorial: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-cell ZINB log-likelihood; as :func:`log_nb_sum_softmax` with zero-inflation logits
     ``pi_logits`` (n_cells, n_genes)."""

@@ -38,4 +38,3 @@ def lgamma_digamma(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         torch.where(small, lgamma_w - log_product, lgamma_w),
         torch.where(small, digamma_w - reciprocals, digamma_w),
     )
-

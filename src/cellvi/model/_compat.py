@@ -46,7 +46,6 @@ class ScviToolsCompat:
         return {name: values.to_frame(name) for name, values in cols.items()}
 
 
-
 def write_log(model, logging_dir) -> None:
     """The run's history as ``<settings.logging_dir>/<Model>_<UTC time>/history.csv``."""
     from datetime import datetime, timezone

@@ -57,7 +57,9 @@ def plan_comparisons(obs: pd.DataFrame, groupby, group1, group2, idx1, idx2):
             masks.append(_as_mask(idx2, obs, "idx2"))
         if not masks[0].any() or (idx2 is not None and not masks[1].any()):
             raise InvalidParameterError("idx1 or idx2 selects no cell.")
-        return masks, [Comparison("idx1", "idx2" if idx2 is not None else "Rest", 0, 1 if idx2 is not None else None, False)]
+        return masks, [
+            Comparison("idx1", "idx2" if idx2 is not None else "Rest", 0, 1 if idx2 is not None else None, False)
+        ]
     if groupby is None:
         raise InvalidParameterError("Pass groupby (an adata.obs column) or idx1.")
     if groupby not in obs.columns:
@@ -141,7 +143,9 @@ def _thresholds(s1, s2, stats, delta, pseudocounts, test_mode):
     """The pseudocount and delta of the change test, estimated from samples where not given."""
     eps = pseudocounts
     if eps is None:
-        eps = de.estimate_pseudocount(s1, s2, stats["raw_mean1"] < THRESHOLD_COUNTS, stats["raw_mean2"] < THRESHOLD_COUNTS)
+        eps = de.estimate_pseudocount(
+            s1, s2, stats["raw_mean1"] < THRESHOLD_COUNTS, stats["raw_mean2"] < THRESHOLD_COUNTS
+        )
     d = delta
     if d is None:  # data-driven threshold from a first pass at delta 0
         d = de.estimate_delta(de.change_test(s1, s2, 0.0, eps, test_mode)["lfc_mean"])
@@ -150,9 +154,16 @@ def _thresholds(s1, s2, stats, delta, pseudocounts, test_mode):
 
 def _table(res, stats, comp, mode, fdr_target, genes, all_stats, eps=None, d=None) -> pd.DataFrame:
     if mode == "change":
-        res = {**{k: res[k] for k in ("proba_de", "proba_not_de", "bayes_factor", "scale1", "scale2")},
-               "pseudocounts": eps, "delta": d,
-               **{k: v for k, v in res.items() if k not in ("proba_de", "proba_not_de", "bayes_factor", "scale1", "scale2")}}
+        res = {
+            **{k: res[k] for k in ("proba_de", "proba_not_de", "bayes_factor", "scale1", "scale2")},
+            "pseudocounts": eps,
+            "delta": d,
+            **{
+                k: v
+                for k, v in res.items()
+                if k not in ("proba_de", "proba_not_de", "bayes_factor", "scale1", "scale2")
+            },
+        }
     table = pd.DataFrame({**res, **(stats if all_stats else {})}, index=genes)
     table = table.sort_values("proba_de" if mode == "change" else "bayes_factor", ascending=False, kind="stable")
     if mode == "change":
@@ -165,14 +176,30 @@ def _table(res, stats, comp, mode, fdr_target, genes, all_stats, eps=None, d=Non
 
 
 def differential_expression_per_comparison(
-    model, adata, groupby, group1, group2, idx1, idx2, mode, delta, batch_size, all_stats,
-    batch_correction, fdr_target, n_samples, pseudocounts, test_mode,
+    model,
+    adata,
+    groupby,
+    group1,
+    group2,
+    idx1,
+    idx2,
+    mode,
+    delta,
+    batch_size,
+    all_stats,
+    batch_correction,
+    fdr_target,
+    n_samples,
+    pseudocounts,
+    test_mode,
 ) -> pd.DataFrame:
     """The reference path: for each comparison in turn, ``n_samples`` fresh posterior samples of
     each side, tested at once. What :func:`differential_expression` is tested against; its
     results are what cellvi returned before the shared, round-based path."""
     _check(mode, test_mode, delta, n_samples)
-    ad, masks, comps, sums, genes = _prepare(model, adata, groupby, group1, group2, idx1, idx2, mode, all_stats, pseudocounts)
+    ad, masks, comps, sums, genes = _prepare(
+        model, adata, groupby, group1, group2, idx1, idx2, mode, all_stats, pseudocounts
+    )
     codes = list(range(len(model.registry.categories["batch"]))) if batch_correction else [None]
     rng = settings.new_generator(offset=7)
     everyone = np.arange(ad.n_obs)
@@ -200,8 +227,23 @@ MC_ERROR = 0.01  # default Monte-Carlo standard error at which a comparison stop
 
 
 def differential_expression(
-    model, adata, groupby, group1, group2, idx1, idx2, mode, delta, batch_size, all_stats,
-    batch_correction, fdr_target, n_samples, pseudocounts, test_mode, mc_error=MC_ERROR,
+    model,
+    adata,
+    groupby,
+    group1,
+    group2,
+    idx1,
+    idx2,
+    mode,
+    delta,
+    batch_size,
+    all_stats,
+    batch_correction,
+    fdr_target,
+    n_samples,
+    pseudocounts,
+    test_mode,
+    mc_error=MC_ERROR,
 ) -> pd.DataFrame:
     """See :meth:`cellvi.model.SCVI.differential_expression`. All comparisons share each round's
     posterior samples (:class:`~cellvi.model._de_pools.AtomPools`); a comparison stops when its
@@ -210,7 +252,9 @@ def differential_expression(
     from ._de_pools import AtomPools
 
     _check(mode, test_mode, delta, n_samples, mc_error)
-    _, masks, comps, sums, genes = _prepare(model, adata, groupby, group1, group2, idx1, idx2, mode, all_stats, pseudocounts)
+    _, masks, comps, sums, genes = _prepare(
+        model, adata, groupby, group1, group2, idx1, idx2, mode, all_stats, pseudocounts
+    )
     codes = list(range(len(model.registry.categories["batch"]))) if batch_correction else [None]
     pools = AtomPools(masks, settings.new_generator(offset=7))
     n_genes = model.module.n_input
@@ -226,7 +270,9 @@ def differential_expression(
         done = 0 if tallies[active[0]] is None else tallies[active[0]].n
         # the round's pool plus one comparison's working arrays (two sides, ratio, work, median copies)
         cap = max(16, ROUND_BYTES // (4 * n_genes * (int(needed.sum()) + WORK_ARRAYS)))
-        r = min(n_samples - done, cap, (FIRST_ROUND if done == 0 else NEXT_ROUND) if mc_error is not None else n_samples)
+        r = min(
+            n_samples - done, cap, (FIRST_ROUND if done == 0 else NEXT_ROUND) if mc_error is not None else n_samples
+        )
         pools.draw(model, adata, needed, r, codes, batch_size)
         for i in active:
             s1, s2 = pools.pairs(comps[i], r)
@@ -236,7 +282,11 @@ def differential_expression(
                 eps, d = thresholds[i]
                 tallies[i] = de.PairTally(mode, n_genes, d or 0.0, eps or 0.0, test_mode)
             tallies[i].add(s1, s2)
-        active = [i for i in active if tallies[i].n < n_samples and not (mc_error is not None and tallies[i].converged(mc_error))]
+        active = [
+            i
+            for i in active
+            if tallies[i].n < n_samples and not (mc_error is not None and tallies[i].converged(mc_error))
+        ]
     results = []
     for i, comp in enumerate(comps):
         res = {**tallies[i].result(), "mc_error": tallies[i].mc_error(), "n_pairs": tallies[i].n}

@@ -50,7 +50,10 @@ def minify(model, minified_data_type: str, qzm_key: str, qzv_key: str) -> None:
     empty = sp.csr_matrix(old.shape, dtype=np.float32)
     layer = model.registry.setup_args["layer"]
     mini = anndata.AnnData(
-        X=empty, obs=old.obs.copy(), var=old.var.copy(), uns=dict(old.uns),
+        X=empty,
+        obs=old.obs.copy(),
+        var=old.var.copy(),
+        uns=dict(old.uns),
         obsm={k: v for k, v in old.obsm.items()},
         layers={k: (empty.copy() if k == layer else v) for k, v in old.layers.items()},
     )
@@ -59,7 +62,9 @@ def minify(model, minified_data_type: str, qzm_key: str, qzv_key: str) -> None:
     mini.uns[MINIFIED_KEY] = LATENT_POSTERIOR
     registry = model.registry
     registry.setup_args.update(
-        minified_data_type=LATENT_POSTERIOR, latent_qzm_key=qzm_key, latent_qzv_key=qzv_key,
+        minified_data_type=LATENT_POSTERIOR,
+        latent_qzm_key=qzm_key,
+        latent_qzv_key=qzv_key,
         observed_lib_size_key=LIB_KEY,
     )
     registry.attach(mini)

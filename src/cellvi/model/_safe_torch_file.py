@@ -27,9 +27,15 @@ from ..errors import ModelFileError
 MAX_PICKLE_BYTES = 256 * 1024 * 1024
 
 _STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+    "FloatStorage": torch.float32,
+    "DoubleStorage": torch.float64,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
     "BoolStorage": torch.bool,
 }
 
@@ -69,8 +75,10 @@ def _opaque_class(name: str):
 def _rebuild_tensor(storage: _Storage, offset: int, size, stride, requires_grad=False, hooks=None, *meta):
     if not isinstance(storage, _Storage):
         raise ModelFileError("model.pt: a tensor refers to something that is not a stored tensor.")
-    flat = torch.frombuffer(bytearray(storage.data), dtype=storage.dtype) if storage.data else torch.empty(
-        0, dtype=storage.dtype
+    flat = (
+        torch.frombuffer(bytearray(storage.data), dtype=storage.dtype)
+        if storage.data
+        else torch.empty(0, dtype=storage.dtype)
     )
     return torch.as_strided(flat, tuple(size), tuple(stride), offset).clone()
 
@@ -82,16 +90,27 @@ def _rebuild_parameter(data, requires_grad=False, hooks=None, *rest):
 _ALLOWED = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("collections", "defaultdict"): collections.defaultdict,
-    ("builtins", "dict"): dict, ("__builtin__", "dict"): dict,
-    ("builtins", "list"): list, ("__builtin__", "list"): list,
-    ("builtins", "set"): set, ("__builtin__", "set"): set,
-    ("builtins", "frozenset"): frozenset, ("__builtin__", "frozenset"): frozenset,
-    ("builtins", "tuple"): tuple, ("__builtin__", "tuple"): tuple,
-    ("builtins", "slice"): slice, ("__builtin__", "slice"): slice,
-    ("builtins", "bytes"): bytes, ("__builtin__", "bytes"): bytes,
-    ("builtins", "bytearray"): bytearray, ("__builtin__", "bytearray"): bytearray,
-    ("builtins", "str"): str, ("builtins", "int"): int, ("builtins", "float"): float,
-    ("builtins", "complex"): complex, ("builtins", "bool"): bool,
+    ("builtins", "dict"): dict,
+    ("__builtin__", "dict"): dict,
+    ("builtins", "list"): list,
+    ("__builtin__", "list"): list,
+    ("builtins", "set"): set,
+    ("__builtin__", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("__builtin__", "frozenset"): frozenset,
+    ("builtins", "tuple"): tuple,
+    ("__builtin__", "tuple"): tuple,
+    ("builtins", "slice"): slice,
+    ("__builtin__", "slice"): slice,
+    ("builtins", "bytes"): bytes,
+    ("__builtin__", "bytes"): bytes,
+    ("builtins", "bytearray"): bytearray,
+    ("__builtin__", "bytearray"): bytearray,
+    ("builtins", "str"): str,
+    ("builtins", "int"): int,
+    ("builtins", "float"): float,
+    ("builtins", "complex"): complex,
+    ("builtins", "bool"): bool,
     ("_codecs", "encode"): lambda text, encoding="utf-8": str(text).encode(str(encoding)),
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
@@ -106,11 +125,15 @@ for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
 
 # pandas objects (scvi-tools' history) become inert records; nothing of pandas runs
 _OPAQUE = {
-    ("pandas.core.frame", "DataFrame"), ("pandas.core.series", "Series"),
-    ("pandas.core.indexes.base", "Index"), ("pandas.core.indexes.base", "_new_Index"),
+    ("pandas.core.frame", "DataFrame"),
+    ("pandas.core.series", "Series"),
+    ("pandas.core.indexes.base", "Index"),
+    ("pandas.core.indexes.base", "_new_Index"),
     ("pandas.core.indexes.range", "RangeIndex"),
-    ("pandas.core.internals.managers", "BlockManager"), ("pandas.core.internals.managers", "SingleBlockManager"),
-    ("pandas._libs.internals", "_unpickle_block"), ("pandas.core.internals.blocks", "new_block"),
+    ("pandas.core.internals.managers", "BlockManager"),
+    ("pandas.core.internals.managers", "SingleBlockManager"),
+    ("pandas._libs.internals", "_unpickle_block"),
+    ("pandas.core.internals.blocks", "new_block"),
 }
 
 
@@ -172,7 +195,9 @@ def load(path: str | Path):
         except ModelFileError:
             raise
         except Exception as exc:  # malformed pickle: never half-read
-            raise ModelFileError(f"{path} is corrupted or not a model file ({type(exc).__name__}: {exc!s:.200}).") from exc
+            raise ModelFileError(
+                f"{path} is corrupted or not a model file ({type(exc).__name__}: {exc!s:.200})."
+            ) from exc
 
 
 def opaque_frame_columns(obj) -> dict[str, np.ndarray] | None:

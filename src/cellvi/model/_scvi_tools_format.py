@@ -27,14 +27,32 @@ MODEL_PT = "model.pt"
 SUPPORTED = ("SCVI", "SCANVI")
 # scvi-tools init arguments cellvi takes as they are, and the values of others it can represent
 _PASSED = (
-    "n_hidden", "n_latent", "n_layers", "dropout_rate", "dispersion", "gene_likelihood", "latent_distribution",
-    "use_observed_lib_size", "encode_covariates", "deeply_inject_covariates", "use_batch_norm", "use_layer_norm",
-    "linear_classifier", "classifier_parameters",
+    "n_hidden",
+    "n_latent",
+    "n_layers",
+    "dropout_rate",
+    "dispersion",
+    "gene_likelihood",
+    "latent_distribution",
+    "use_observed_lib_size",
+    "encode_covariates",
+    "deeply_inject_covariates",
+    "use_batch_norm",
+    "use_layer_norm",
+    "linear_classifier",
+    "classifier_parameters",
 )
 _DEFAULTS_ONLY = {
-    "log_variational": True, "batch_representation": "one-hot", "var_activation": None,
-    "extra_encoder_kwargs": None, "extra_decoder_kwargs": None, "batch_embedding_kwargs": None,
-    "use_labels_groups": False, "labels_groups": None, "extra_payload_autotune": False, "datamodule": None,
+    "log_variational": True,
+    "batch_representation": "one-hot",
+    "var_activation": None,
+    "extra_encoder_kwargs": None,
+    "extra_decoder_kwargs": None,
+    "batch_embedding_kwargs": None,
+    "use_labels_groups": False,
+    "labels_groups": None,
+    "extra_payload_autotune": False,
+    "datamodule": None,
     "y_prior": None,
 }
 
@@ -73,8 +91,13 @@ def read_folder(dir_path, cls_name: str | None) -> dict:
         columns = _safe_torch_file.opaque_frame_columns(frame)
         if columns and key in columns:
             history[str(key)] = columns[key]
-    return {"registry": registry, "init_params": params, "state": state, "history": history,
-            "is_trained": bool(attrs.get("is_trained_", True))}
+    return {
+        "registry": registry,
+        "init_params": params,
+        "state": state,
+        "history": history,
+        "is_trained": bool(attrs.get("is_trained_", True)),
+    }
 
 
 def _init_params(saved, name: str, dir_path) -> dict:
@@ -140,7 +163,9 @@ def _registry(reg: dict, var_names, state: dict, name: str, dir_path) -> Registr
     if cont_keys:
         saved_cont = [str(c) for c in fields["extra_continuous_covs"]["state_registry"]["columns"]]
         if saved_cont != cont_keys:
-            raise ModelFileError(f"{dir_path}: continuous covariate columns {saved_cont} differ from setup {cont_keys}.")
+            raise ModelFileError(
+                f"{dir_path}: continuous covariate columns {saved_cont} differ from setup {cont_keys}."
+            )
     n_batch = len(categories["batch"])
     if "library_log_means" in state:
         means = state["library_log_means"].reshape(-1).double().tolist()
@@ -148,8 +173,12 @@ def _registry(reg: dict, var_names, state: dict, name: str, dir_path) -> Registr
     else:
         means, lvars = [0.0] * n_batch, [1.0] * n_batch
     setup = {
-        "layer": args.get("layer"), "batch_key": args.get("batch_key"), "labels_key": args.get("labels_key"),
-        "size_factor_key": None, "categorical_covariate_keys": cat_keys, "continuous_covariate_keys": cont_keys,
+        "layer": args.get("layer"),
+        "batch_key": args.get("batch_key"),
+        "labels_key": args.get("labels_key"),
+        "size_factor_key": None,
+        "categorical_covariate_keys": cat_keys,
+        "continuous_covariate_keys": cont_keys,
     }
     n_labels = len(categories["labels"])
     if name == "SCANVI":
@@ -159,9 +188,15 @@ def _registry(reg: dict, var_names, state: dict, name: str, dir_path) -> Registr
         setup["unlabeled_category"] = unlabeled
         n_labels -= 1
     summary = {
-        "n_cells": int(fields["X"]["summary_stats"].get("n_cells", 0)), "n_vars": len(var_names),
-        "n_batch": n_batch, "n_labels": n_labels, "n_cats_per_cov": [len(categories[k]) for k in cat_keys],
-        "n_continuous": len(cont_keys), "n_empty_cells": 0, "library_log_means": means, "library_log_vars": lvars,
+        "n_cells": int(fields["X"]["summary_stats"].get("n_cells", 0)),
+        "n_vars": len(var_names),
+        "n_batch": n_batch,
+        "n_labels": n_labels,
+        "n_cats_per_cov": [len(categories[k]) for k in cat_keys],
+        "n_continuous": len(cont_keys),
+        "n_empty_cells": 0,
+        "library_log_means": means,
+        "library_log_vars": lvars,
     }
     return Registry(setup, [str(v) for v in var_names], categories, cont_keys, summary, name)
 
@@ -185,20 +220,32 @@ def _layer_blocks(fc: torch.nn.Module, i: int, w_in: int, first: bool) -> list[t
 
 def _fc_modules(module: torch.nn.Module) -> dict[str, str]:
     """cellvi FCLayers paths -> scvi-tools FCLayers paths of ``module``."""
-    pairs = {"z_encoder.encoder": "z_encoder.encoder", "l_encoder.encoder": "l_encoder.encoder",
-             "decoder.decoder": "decoder.px_decoder", "encoder_z2_z1.encoder": "encoder_z2_z1.encoder",
-             "decoder_z1_z2.encoder": "decoder_z1_z2.decoder", "classifier.hidden": "classifier.classifier.0"}
+    pairs = {
+        "z_encoder.encoder": "z_encoder.encoder",
+        "l_encoder.encoder": "l_encoder.encoder",
+        "decoder.decoder": "decoder.px_decoder",
+        "encoder_z2_z1.encoder": "encoder_z2_z1.encoder",
+        "decoder_z1_z2.encoder": "decoder_z1_z2.decoder",
+        "classifier.hidden": "classifier.classifier.0",
+    }
     names = dict(module.named_modules())
     return {c: s for c, s in pairs.items() if names.get(c) is not None}
 
 
 def _heads(module) -> dict[str, str]:
-    heads = {"z_encoder.mean": "z_encoder.mean_encoder", "z_encoder.log_var": "z_encoder.var_encoder",
-             "l_encoder.mean": "l_encoder.mean_encoder", "l_encoder.log_var": "l_encoder.var_encoder",
-             "decoder.scale_head": "decoder.px_scale_decoder.0", "decoder.r_head": "decoder.px_r_decoder",
-             "decoder.dropout_head": "decoder.px_dropout_decoder",
-             "encoder_z2_z1.mean": "encoder_z2_z1.mean_encoder", "encoder_z2_z1.log_var": "encoder_z2_z1.var_encoder",
-             "decoder_z1_z2.mean": "decoder_z1_z2.mean_decoder", "decoder_z1_z2.log_var": "decoder_z1_z2.var_decoder"}
+    heads = {
+        "z_encoder.mean": "z_encoder.mean_encoder",
+        "z_encoder.log_var": "z_encoder.var_encoder",
+        "l_encoder.mean": "l_encoder.mean_encoder",
+        "l_encoder.log_var": "l_encoder.var_encoder",
+        "decoder.scale_head": "decoder.px_scale_decoder.0",
+        "decoder.r_head": "decoder.px_r_decoder",
+        "decoder.dropout_head": "decoder.px_dropout_decoder",
+        "encoder_z2_z1.mean": "encoder_z2_z1.mean_encoder",
+        "encoder_z2_z1.log_var": "encoder_z2_z1.var_encoder",
+        "decoder_z1_z2.mean": "decoder_z1_z2.mean_decoder",
+        "decoder_z1_z2.log_var": "decoder_z1_z2.var_decoder",
+    }
     if hasattr(module, "classifier"):
         heads["classifier.out"] = f"classifier.classifier.{1 if module.classifier.hidden is not None else 0}"
     names = dict(module.named_modules())
@@ -245,7 +292,7 @@ def to_cellvi_state(module: torch.nn.Module, state: dict, where) -> dict:
             for key in own:
                 prefix = f"{cpath}.post.{i}.0."
                 if key.startswith(prefix):
-                    out[key] = take(f"{spath}.fc_layers.Layer {i}.1.{key[len(prefix):]}")
+                    out[key] = take(f"{spath}.fc_layers.Layer {i}.1.{key[len(prefix) :]}")
     for cpath, spath in _heads(module).items():
         out[f"{cpath}.weight"] = take(f"{spath}.weight")
         out[f"{cpath}.bias"] = take(f"{spath}.bias")

@@ -33,8 +33,11 @@ def resolve(kwargs: dict, device) -> dict:
     unknown = []
     for key, value in kwargs.items():
         if key in IGNORED:
-            warnings.warn(f"train({key}=...) is accepted for scvi-tools compatibility and ignored: {IGNORED[key]}.",
-                          UserWarning, stacklevel=4)
+            warnings.warn(
+                f"train({key}=...) is accepted for scvi-tools compatibility and ignored: {IGNORED[key]}.",
+                UserWarning,
+                stacklevel=4,
+            )
         elif key == "early_stopping_monitor":
             if value not in MONITORS:
                 raise InvalidParameterError(

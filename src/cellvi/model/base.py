@@ -14,6 +14,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,11 +32,13 @@ from ..errors import (
     NotSetUpError,
     TrainingDivergedError,
 )
-from ..train import Trainer, TrainingPlan
-from ..train import distributed
+from ..train import Trainer, TrainingPlan, distributed
 from ..train.heap import freed_memory_kept
 from . import _archive, _files
 from ._compat import ScviToolsCompat, write_log
+
+if TYPE_CHECKING:
+    from ..module import VAE
 
 FUSED_KERNELS_MIN_CELL_EPOCHS = 1_000_000
 
@@ -47,6 +50,7 @@ class BaseModel(ScviToolsCompat):
     _latent_key = "X_latent"
     _plan_defaults: dict = {}  # per-model defaults of plan_kwargs (a mapped query sets weight_decay=0)
     _compile_by_default = True  # fused_kernels=None compiles long runs (see train)
+    module: VAE  # the generative model (SCANVAE for SCANVI, LDVAE for LinearSCVI)
 
     def __init__(self, adata, **init_params) -> None:
         if adata is None:
@@ -67,7 +71,7 @@ class BaseModel(ScviToolsCompat):
         self.train_indices = self.validation_indices = np.array([], dtype=np.int64)
         self._data_cache: tuple[int, CellData] | None = None
 
-    def _build_module(self, registry: Registry, **init_params) -> torch.nn.Module:
+    def _build_module(self, registry: Registry, **init_params) -> VAE:
         raise NotImplementedError
 
     @staticmethod
@@ -95,7 +99,11 @@ class BaseModel(ScviToolsCompat):
         return self.registry.cell_data(adata)
 
     def _batches(
-        self, adata=None, indices=None, batch_size: int | None = None, likelihood_terms: bool = False,
+        self,
+        adata=None,
+        indices=None,
+        batch_size: int | None = None,
+        likelihood_terms: bool = False,
         sparse_counts: bool = False,
     ) -> Iterator[dict]:
         """Minibatches of the cells ``indices`` of ``adata``, in order, on the model's device; with the
@@ -109,19 +117,47 @@ class BaseModel(ScviToolsCompat):
         return iter(self._loader(data, indices, size, False, 0, likelihood_terms, sparse_counts))
 
     def _loader(
-        self, data: CellData, indices, batch_size: int, shuffle: bool, seed: int, likelihood_terms: bool = True,
-        sparse_counts: bool = False, shard: tuple[int, int] = (0, 1),
+        self,
+        data: CellData,
+        indices,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        likelihood_terms: bool = True,
+        sparse_counts: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ):
         """A :class:`MinibatchLoader`, or an :class:`OnDiskLoader` (chunked reads) when ``data.X`` is on
         disk (a backed AnnData or zarr) and the cells are asked for in increasing order. ``shard``:
         (index, count) of a data-parallel rank's share of each minibatch."""
         if is_on_disk(data.X) and (indices is None or bool(np.all(np.diff(indices) > 0))):
             layer = self.registry.setup_args["layer"]
-            return OnDiskLoader(data, indices, batch_size, shuffle, seed, self.device, layer=layer,
-                                validate=not counts_checked(data.X), likelihood_terms=likelihood_terms,
-                                sparse_counts=sparse_counts, shard_index=shard[0], n_shards=shard[1])
-        return MinibatchLoader(data, indices, batch_size, shuffle, seed, self.device, likelihood_terms, sparse_counts,
-                               shard_index=shard[0], n_shards=shard[1])
+            return OnDiskLoader(
+                data,
+                indices,
+                batch_size,
+                shuffle,
+                seed,
+                self.device,
+                layer=layer,
+                validate=not counts_checked(data.X),
+                likelihood_terms=likelihood_terms,
+                sparse_counts=sparse_counts,
+                shard_index=shard[0],
+                n_shards=shard[1],
+            )
+        return MinibatchLoader(
+            data,
+            indices,
+            batch_size,
+            shuffle,
+            seed,
+            self.device,
+            likelihood_terms,
+            sparse_counts,
+            shard_index=shard[0],
+            n_shards=shard[1],
+        )
 
     def _my_cells(self, adata=None, indices=None) -> np.ndarray | None:
         """Under torchrun: this rank's contiguous share of the cells ``indices`` of ``adata`` (positions),
@@ -153,7 +189,7 @@ class BaseModel(ScviToolsCompat):
         check_val_every_n_epoch: int | None = None,
         loss_kwargs: dict | None = None,
         **kwargs,
-    ) -> "BaseModel":
+    ) -> BaseModel:
         """Train the model with Adam on minibatches.
 
         Parameters
@@ -248,12 +284,22 @@ class BaseModel(ScviToolsCompat):
         val_indices = self.validation_indices if val_mine is None else val_mine
         val_loader = self._loader(data, val_indices, max(batch_size, 1024), False, seed)
         trainer = Trainer(
-            self.module, train_loader, val_loader if n_val > 0 else None, plan, max_epochs,
-            early_stopping=early_stopping, early_stopping_patience=early_stopping_patience,
+            self.module,
+            train_loader,
+            val_loader if n_val > 0 else None,
+            plan,
+            max_epochs,
+            early_stopping=early_stopping,
+            early_stopping_patience=early_stopping_patience,
             progress_bar=settings.progress_bar if enable_progress_bar is None else enable_progress_bar,
-            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
-            extra_loss_kwargs=loss_kwargs, callbacks=callbacks, **trainer_extra,
-            compile_loss=fused_kernels, check_val_every_n_epoch=check_val_every_n_epoch,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            extra_loss_kwargs=loss_kwargs,
+            callbacks=callbacks,
+            **trainer_extra,
+            compile_loss=fused_kernels,
+            check_val_every_n_epoch=check_val_every_n_epoch,
         )
         try:
             with freed_memory_kept(settings.keep_freed_memory):  # steps reuse the memory the last one freed
@@ -295,8 +341,13 @@ class BaseModel(ScviToolsCompat):
         if mine is not None:  # under torchrun: each rank its share, then all of them, in order, on every rank
             with distributed.local():
                 local = self.get_latent_representation(
-                    adata, mine, give_mean=give_mean, mc_samples=mc_samples, batch_size=batch_size,
-                    return_dist=return_dist, obsm_key=None,
+                    adata,
+                    mine,
+                    give_mean=give_mean,
+                    mc_samples=mc_samples,
+                    batch_size=batch_size,
+                    return_dist=return_dist,
+                    obsm_key=None,
                 )
             if return_dist:
                 return tuple(distributed.gather_rows(part) for part in local)
@@ -308,7 +359,7 @@ class BaseModel(ScviToolsCompat):
         var = np.empty_like(out) if return_dist else None
         pos = 0
         for batch in self._batches(adata, indices, batch_size, sparse_counts=True):
-            if return_dist:
+            if var is not None:  # return_dist
                 m, v = self.module.latent_distribution_parameters(batch)
                 out[pos : pos + len(m)], var[pos : pos + len(m)] = m.cpu().numpy(), v.cpu().numpy()
                 pos += len(m)
@@ -331,7 +382,8 @@ class BaseModel(ScviToolsCompat):
             warnings.warn(
                 f"The AnnData is a view: the latent is returned but not stored in obsm[{key!r}] (storing "
                 "would turn the view into a copy). Store it yourself on the parent, or pass a copy.",
-                UserWarning, stacklevel=3,
+                UserWarning,
+                stacklevel=3,
             )
         else:
             target.obsm[key] = out
@@ -472,7 +524,7 @@ class BaseModel(ScviToolsCompat):
             _archive.write_archive(final, Path(tmp) / "model", overwrite)
 
     @classmethod
-    def load(cls, dir_path: str | os.PathLike, adata=None, device: str | None = None) -> "BaseModel":
+    def load(cls, dir_path: str | os.PathLike, adata=None, device: str | None = None) -> BaseModel:
         """Load a model saved with :meth:`save`. ``adata`` must have the saved genes (in order) and
         known categories; when None, the AnnData saved in the folder is used. ``dir_path`` may also be an
         archive written by ``save(..., archive=True)`` (checked against its manifest first). Loading only
@@ -503,7 +555,9 @@ class BaseModel(ScviToolsCompat):
             settings.device = device if device is not None else old_device
             model._init(adata, registry, meta["init_params"])
         except (TypeError, ValueError, KeyError) as exc:
-            raise ModelFileError(f"{dir_path}: the saved init_params do not fit {cls.__name__} ({exc!s:.200}).") from exc
+            raise ModelFileError(
+                f"{dir_path}: the saved init_params do not fit {cls.__name__} ({exc!s:.200})."
+            ) from exc
         finally:
             settings.device = old_device
         _files.load_weights_into(model.module, dir_path, meta)

@@ -38,6 +38,7 @@ class LinearSCVI(SCVI):
 
     _model_name = "LinearSCVI"
     _latent_key = "X_linear_scvi"
+    module: LDVAE
 
     def __init__(
         self,
@@ -56,10 +57,19 @@ class LinearSCVI(SCVI):
         l1_loadings: float = 0.0,
     ) -> None:
         super(SCVI, self).__init__(
-            adata, n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers, dropout_rate=dropout_rate,
-            dispersion=dispersion, gene_likelihood=gene_likelihood, latent_distribution=latent_distribution,
-            use_observed_lib_size=use_observed_lib_size, encode_covariates=encode_covariates,
-            deeply_inject_covariates=deeply_inject_covariates, loadings=loadings, l1_loadings=l1_loadings,
+            adata,
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            dispersion=dispersion,
+            gene_likelihood=gene_likelihood,
+            latent_distribution=latent_distribution,
+            use_observed_lib_size=use_observed_lib_size,
+            encode_covariates=encode_covariates,
+            deeply_inject_covariates=deeply_inject_covariates,
+            loadings=loadings,
+            l1_loadings=l1_loadings,
         )
 
     def _build_module(self, registry: Registry, **p) -> LDVAE:
@@ -69,9 +79,14 @@ class LinearSCVI(SCVI):
         _check_vae_params(p)
         s = registry.summary
         return LDVAE(
-            n_input=s["n_vars"], n_batch=s["n_batch"], n_labels=s["n_labels"],
-            n_continuous_cov=s["n_continuous"], n_cats_per_cov=s["n_cats_per_cov"],
-            library_log_means=s["library_log_means"], library_log_vars=s["library_log_vars"], **p,
+            n_input=s["n_vars"],
+            n_batch=s["n_batch"],
+            n_labels=s["n_labels"],
+            n_continuous_cov=s["n_continuous"],
+            n_cats_per_cov=s["n_cats_per_cov"],
+            library_log_means=s["library_log_means"],
+            library_log_vars=s["library_log_vars"],
+            **p,
         )
 
     def get_loadings(self) -> pd.DataFrame:

@@ -118,8 +118,16 @@ def load_query_data(
     if _archive.is_archive(reference):
         with _archive.opened(reference) as folder:
             return load_query_data(
-                cls, adata, folder, freeze_expression, freeze_decoder_first_layer, freeze_batchnorm_encoder,
-                freeze_batchnorm_decoder, freeze_dropout, freeze_classifier, unfrozen,
+                cls,
+                adata,
+                folder,
+                freeze_expression,
+                freeze_decoder_first_layer,
+                freeze_batchnorm_encoder,
+                freeze_batchnorm_decoder,
+                freeze_dropout,
+                freeze_classifier,
+                unfrozen,
             )
     name, ref_registry, init_params, source = _reference_parts(reference)
     if name != cls.__name__:
@@ -137,8 +145,14 @@ def load_query_data(
     if unlabeled is not None and args["labels_key"] not in adata.obs.columns:
         adata.obs[args["labels_key"]] = pd.Categorical([unlabeled] * adata.n_obs)  # an unannotated query
     query = Registry.from_anndata(
-        adata, args["layer"], batch_key, args["labels_key"], args["size_factor_key"],
-        args["categorical_covariate_keys"], args["continuous_covariate_keys"], cls._model_name,
+        adata,
+        args["layer"],
+        batch_key,
+        args["labels_key"],
+        args["size_factor_key"],
+        args["categorical_covariate_keys"],
+        args["continuous_covariate_keys"],
+        cls._model_name,
         {k: v for k, v in args.items() if k not in _STANDARD_ARGS},
     )
     registry, new = _merged_registry(ref_registry, query)
@@ -155,13 +169,20 @@ def load_query_data(
         model.module.load_state_dict(copy.deepcopy(source.module.state_dict()))
     if not unfrozen:
         freeze_for_query(
-            model.module, freeze_expression, freeze_decoder_first_layer, freeze_batchnorm_encoder,
-            freeze_batchnorm_decoder, freeze_dropout, freeze_classifier,
+            model.module,
+            freeze_expression,
+            freeze_decoder_first_layer,
+            freeze_batchnorm_encoder,
+            freeze_batchnorm_decoder,
+            freeze_dropout,
+            freeze_classifier,
         )
     q_batches = query.categories["batch"]
     new_lib = [q_batches.index(b) for b in new["batch"]]
     extend_categories(
-        model.module, len(new["batch"]), [len(new[k]) for k in ref_registry.extra_categorical_keys],
+        model.module,
+        len(new["batch"]),
+        [len(new[k]) for k in ref_registry.extra_categorical_keys],
         len(new["labels"]),
         [query.summary["library_log_means"][i] for i in new_lib],
         [query.summary["library_log_vars"][i] for i in new_lib],
@@ -179,7 +200,12 @@ def load_query_data(
 
 
 _STANDARD_ARGS = (
-    "layer", "batch_key", "labels_key", "size_factor_key", "categorical_covariate_keys", "continuous_covariate_keys",
+    "layer",
+    "batch_key",
+    "labels_key",
+    "size_factor_key",
+    "categorical_covariate_keys",
+    "continuous_covariate_keys",
 )
 
 
@@ -207,8 +233,7 @@ def _merged_registry(ref: Registry, query: Registry) -> tuple[Registry, dict[str
         n_cats_per_cov=[len(categories[k]) for k in ref.extra_categorical_keys],
         library_log_means=list(ref.summary["library_log_means"])
         + [query.summary["library_log_means"][i] for i in extra],
-        library_log_vars=list(ref.summary["library_log_vars"])
-        + [query.summary["library_log_vars"][i] for i in extra],
+        library_log_vars=list(ref.summary["library_log_vars"]) + [query.summary["library_log_vars"][i] for i in extra],
     )
     if unlabeled is None:
         summary["n_labels"] = len(categories["labels"])

@@ -53,6 +53,7 @@ class SCANVI(SCVI):
 
     _model_name = "SCANVI"
     _latent_key = "X_scanvi"
+    module: SCANVAE
 
     def __init__(
         self,
@@ -73,12 +74,21 @@ class SCANVI(SCVI):
         use_layer_norm: str = "none",
     ) -> None:
         super(SCVI, self).__init__(
-            adata, n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers, dropout_rate=dropout_rate,
-            dispersion=dispersion, gene_likelihood=gene_likelihood, use_observed_lib_size=use_observed_lib_size,
-            encode_covariates=encode_covariates, deeply_inject_covariates=deeply_inject_covariates,
-            linear_classifier=linear_classifier, classifier_parameters=classifier_parameters,
+            adata,
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            dispersion=dispersion,
+            gene_likelihood=gene_likelihood,
+            use_observed_lib_size=use_observed_lib_size,
+            encode_covariates=encode_covariates,
+            deeply_inject_covariates=deeply_inject_covariates,
+            linear_classifier=linear_classifier,
+            classifier_parameters=classifier_parameters,
             y_prior=None if y_prior is None else [float(p) for p in y_prior],
-            use_batch_norm=use_batch_norm, use_layer_norm=use_layer_norm,
+            use_batch_norm=use_batch_norm,
+            use_layer_norm=use_layer_norm,
         )
         self.was_pretrained = False
 
@@ -100,9 +110,16 @@ class SCANVI(SCVI):
             raise MissingKeyError("SCANVI needs labels_key: the adata.obs column with the cell labels.")
         unlabeled = str(unlabeled_category)
         registry = Registry.from_anndata(
-            adata, layer, batch_key, labels_key, size_factor_key,
-            list(categorical_covariate_keys or []), list(continuous_covariate_keys or []), cls._model_name,
-            extra_args={"unlabeled_category": unlabeled}, **cls._setup_split(),
+            adata,
+            layer,
+            batch_key,
+            labels_key,
+            size_factor_key,
+            list(categorical_covariate_keys or []),
+            list(continuous_covariate_keys or []),
+            cls._model_name,
+            extra_args={"unlabeled_category": unlabeled},
+            **cls._setup_split(),
         )
         # classes: the labels present in the data, minus the unlabeled category, which gets the last code
         classes = [c for c in registry.categories["labels"] if c != unlabeled]
@@ -132,15 +149,20 @@ class SCANVI(SCVI):
         if p.get("y_prior") is not None and len(p["y_prior"]) != n_classes:
             raise InvalidParameterError(f"y_prior needs one probability per class ({n_classes}).")
         return SCANVAE(
-            n_input=s["n_vars"], n_labels=n_classes, n_batch=s["n_batch"],
-            n_continuous_cov=s["n_continuous"], n_cats_per_cov=s["n_cats_per_cov"],
-            library_log_means=s["library_log_means"], library_log_vars=s["library_log_vars"], **p,
+            n_input=s["n_vars"],
+            n_labels=n_classes,
+            n_batch=s["n_batch"],
+            n_continuous_cov=s["n_continuous"],
+            n_cats_per_cov=s["n_cats_per_cov"],
+            library_log_means=s["library_log_means"],
+            library_log_vars=s["library_log_vars"],
+            **p,
         )
 
     @classmethod
     def from_scvi_model(
         cls, scvi_model: SCVI, unlabeled_category: str, labels_key: str | None = None, adata=None, **scanvi_kwargs
-    ) -> "SCANVI":
+    ) -> SCANVI:
         """A SCANVI initialised with the weights of a trained :class:`SCVI` (its hyper-parameters too).
 
         labels_key: default the SCVI's. adata: default the SCVI's; it is set up for SCANVI with the
@@ -185,7 +207,7 @@ class SCANVI(SCVI):
         n_samples_per_label: int | None = None,
         plan_kwargs: dict | None = None,
         **kwargs,
-    ) -> "SCANVI":
+    ) -> SCANVI:
         """Train on labelled and unlabelled cells. Arguments as :meth:`SCVI.train`, plus:
 
         max_epochs: default as SCVI, or, for a model from :meth:`from_scvi_model`, a third of that
@@ -210,10 +232,13 @@ class SCANVI(SCVI):
             weights = torch.as_tensor(
                 np.minimum(1.0, n_samples_per_label / np.maximum(counts, 1)), dtype=torch.float32, device=self.device
             )
-        return super().train(
-            max_epochs=max_epochs, plan_kwargs=plan,
-            loss_kwargs={"classification_ratio": ratio, "class_weights": weights}, **kwargs
+        super().train(
+            max_epochs=max_epochs,
+            plan_kwargs=plan,
+            loss_kwargs={"classification_ratio": ratio, "class_weights": weights},
+            **kwargs,
         )
+        return self
 
     # ------------------------------------------------------------------ outputs
     @torch.no_grad()
@@ -236,8 +261,12 @@ class SCANVI(SCVI):
                 )
         codes = self._cell_data(adata).labels
         codes = codes if indices is None else codes[np.asarray(indices)]
-        logits = np.concatenate([self.module.classify(b).cpu().numpy().astype(np.float64)
-                                 for b in self._batches(adata, indices, batch_size)])
+        logits = np.concatenate(
+            [
+                self.module.classify(b).cpu().numpy().astype(np.float64)
+                for b in self._batches(adata, indices, batch_size)
+            ]
+        )
         labelled = codes < len(self.classes_)
         if labelled.sum() < 10:
             raise InvalidDataError(f"Only {int(labelled.sum())} labelled cells to calibrate on; need at least 10.")
@@ -251,16 +280,24 @@ class SCANVI(SCVI):
 
         self.temperature_ = temperature
         return {
-            "temperature": temperature, "n_cells": int(len(codes)),
+            "temperature": temperature,
+            "n_cells": int(len(codes)),
             "ece_before": expected_calibration_error(probs(1.0), codes),
             "ece_after": expected_calibration_error(probs(temperature), codes),
-            "nll_before": nll(logits, codes), "nll_after": nll(logits, codes, temperature),
+            "nll_before": nll(logits, codes),
+            "nll_after": nll(logits, codes, temperature),
         }
 
     @torch.no_grad()
     def predict(
-        self, adata=None, indices=None, soft: bool = False, batch_size: int | None = None,
-        use_posterior_mean: bool = True, ig_interpretability: bool = False, ig_args: dict | None = None,
+        self,
+        adata=None,
+        indices=None,
+        soft: bool = False,
+        batch_size: int | None = None,
+        use_posterior_mean: bool = True,
+        ig_interpretability: bool = False,
+        ig_args: dict | None = None,
         keep_observed: bool = False,
     ) -> np.ndarray | pd.DataFrame:
         """Label of each cell: an array of class names (n_cells,), or with ``soft`` a DataFrame (cells x
@@ -279,8 +316,10 @@ class SCANVI(SCVI):
                 "attributions); call predict() without it."
             )
         temperature = getattr(self, "temperature_", 1.0)
-        parts = [torch.softmax(self.module.classify(b, sample=not use_posterior_mean) / temperature, dim=-1)
-                 .cpu().numpy() for b in self._batches(adata, indices, batch_size)]
+        parts = [
+            torch.softmax(self.module.classify(b, sample=not use_posterior_mean) / temperature, dim=-1).cpu().numpy()
+            for b in self._batches(adata, indices, batch_size)
+        ]
         n_classes = len(self.classes_)
         probs = np.concatenate(parts) if parts else np.zeros((0, n_classes), dtype=np.float32)
         if keep_observed:

@@ -75,10 +75,18 @@ class SCVI(BaseModel):
         use_layer_norm: str = "none",
     ) -> None:
         super().__init__(
-            adata, n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers, dropout_rate=dropout_rate,
-            dispersion=dispersion, gene_likelihood=gene_likelihood, latent_distribution=latent_distribution,
-            use_observed_lib_size=use_observed_lib_size, encode_covariates=encode_covariates,
-            deeply_inject_covariates=deeply_inject_covariates, use_batch_norm=use_batch_norm,
+            adata,
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            dispersion=dispersion,
+            gene_likelihood=gene_likelihood,
+            latent_distribution=latent_distribution,
+            use_observed_lib_size=use_observed_lib_size,
+            encode_covariates=encode_covariates,
+            deeply_inject_covariates=deeply_inject_covariates,
+            use_batch_norm=use_batch_norm,
             use_layer_norm=use_layer_norm,
         )
 
@@ -102,8 +110,14 @@ class SCVI(BaseModel):
         Raises a :class:`cellvi.errors.CellviError` naming the problem; ``adata`` is changed only on success.
         """
         registry = Registry.from_anndata(
-            adata, layer, batch_key, labels_key, size_factor_key,
-            list(categorical_covariate_keys or []), list(continuous_covariate_keys or []), cls._model_name,
+            adata,
+            layer,
+            batch_key,
+            labels_key,
+            size_factor_key,
+            list(categorical_covariate_keys or []),
+            list(continuous_covariate_keys or []),
+            cls._model_name,
             **cls._setup_split(),
         )
         registry.attach(adata)
@@ -113,9 +127,14 @@ class SCVI(BaseModel):
         _check_norms(p)
         s = registry.summary
         return VAE(
-            n_input=s["n_vars"], n_batch=s["n_batch"], n_labels=s["n_labels"],
-            n_continuous_cov=s["n_continuous"], n_cats_per_cov=s["n_cats_per_cov"],
-            library_log_means=s["library_log_means"], library_log_vars=s["library_log_vars"], **p,
+            n_input=s["n_vars"],
+            n_batch=s["n_batch"],
+            n_labels=s["n_labels"],
+            n_continuous_cov=s["n_continuous"],
+            n_cats_per_cov=s["n_cats_per_cov"],
+            library_log_means=s["library_log_means"],
+            library_log_vars=s["library_log_vars"],
+            **p,
         )
 
     # ------------------------------------------------------------------ query mapping (scArches)
@@ -157,8 +176,16 @@ class SCVI(BaseModel):
         from .query import load_query_data
 
         return load_query_data(
-            cls, adata, reference, freeze_expression, freeze_decoder_first_layer, freeze_batchnorm_encoder,
-            freeze_batchnorm_decoder, freeze_dropout, freeze_classifier, unfrozen,
+            cls,
+            adata,
+            reference,
+            freeze_expression,
+            freeze_decoder_first_layer,
+            freeze_batchnorm_encoder,
+            freeze_batchnorm_decoder,
+            freeze_dropout,
+            freeze_classifier,
+            unfrozen,
         )
 
     # ------------------------------------------------------------------ expression outputs
@@ -167,7 +194,7 @@ class SCVI(BaseModel):
             return [None]
         names = transform_batch if isinstance(transform_batch, (list, tuple)) else [transform_batch]
         known = self.registry.categories["batch"]
-        codes = []
+        codes: list[int | None] = []
         for name in names:
             if str(name) not in known:
                 raise MissingKeyError(f"transform_batch {name!r} is not a batch of the model; batches: {known}.")
@@ -413,9 +440,23 @@ class SCVI(BaseModel):
             )
 
         return differential_expression(
-            self, adata, groupby, group1, group2, idx1, idx2, mode, delta, batch_size, all_stats,
-            batch_correction, fdr_target, n_samples if n_samples_overall is None else n_samples_overall,
-            pseudocounts, test_mode, mc_error,
+            self,
+            adata,
+            groupby,
+            group1,
+            group2,
+            idx1,
+            idx2,
+            mode,
+            delta,
+            batch_size,
+            all_stats,
+            batch_correction,
+            fdr_target,
+            n_samples if n_samples_overall is None else n_samples_overall,
+            pseudocounts,
+            test_mode,
+            mc_error,
         )
 
 

@@ -34,12 +34,18 @@ class LDVAE(VAE):
         l1_loadings: float = 0.0,
         **vae_kwargs,
     ) -> None:
-        super().__init__(n_input, n_batch, n_labels, n_continuous_cov=n_continuous_cov,
-                         n_cats_per_cov=n_cats_per_cov, **vae_kwargs)
+        super().__init__(
+            n_input, n_batch, n_labels, n_continuous_cov=n_continuous_cov, n_cats_per_cov=n_cats_per_cov, **vae_kwargs
+        )
         self.l1_loadings = float(l1_loadings)
         self.decoder = LinearDecoder(
-            self.n_latent, n_input, [n_batch, *n_cats_per_cov], n_continuous_cov,
-            need_r=self.dispersion == "gene-cell", need_dropout=self.gene_likelihood == "zinb", loadings=loadings,
+            self.n_latent,
+            n_input,
+            [n_batch, *n_cats_per_cov],
+            n_continuous_cov,
+            need_r=self.dispersion == "gene-cell",
+            need_dropout=self.gene_likelihood == "zinb",
+            loadings=loadings,
         )
 
     def loss(self, batch: dict, kl_weight: float = 1.0) -> dict:

@@ -21,7 +21,6 @@ from torch.nn import functional as F
 from ..nn import Encoder, FCLayers
 from .vae import VAE, kl_normal, log_normal_density, norm_parts
 
-
 CALIBRATION_BINS = 15
 
 
@@ -29,8 +28,14 @@ class Classifier(nn.Module):
     """``q(y | z1)``: (n_cells, n_latent) -> logits (n_cells, n_classes). With ``n_layers=0`` a linear map."""
 
     def __init__(
-        self, n_input: int, n_classes: int, n_hidden: int = 128, n_layers: int = 1, dropout_rate: float = 0.1,
-        use_batch_norm: bool = True, use_layer_norm: bool = False,
+        self,
+        n_input: int,
+        n_classes: int,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        use_batch_norm: bool = True,
+        use_layer_norm: bool = False,
     ) -> None:
         super().__init__()
         self.hidden = None
@@ -78,8 +83,17 @@ class SCANVAE(VAE):
         self.classifier = Classifier(self.n_latent, n_labels, **cls_params, **norm)
         # q(z2 | z1, y) and p(z1 | z2, y): both Gaussian heads over an MLP with y injected as a category
         self.encoder_z2_z1 = Encoder(self.n_latent, self.n_latent, [n_labels], 0, n_layers, n_hidden, dropout, **norm)
-        self.decoder_z1_z2 = Encoder(self.n_latent, self.n_latent, [n_labels], 0, n_layers, n_hidden, 0.0,
-                                     use_batch_norm=bn_dec, use_layer_norm=ln_dec)
+        self.decoder_z1_z2 = Encoder(
+            self.n_latent,
+            self.n_latent,
+            [n_labels],
+            0,
+            n_layers,
+            n_hidden,
+            0.0,
+            use_batch_norm=bn_dec,
+            use_layer_norm=ln_dec,
+        )
         prior = torch.full((n_labels,), 1.0 / n_labels) if y_prior is None else torch.as_tensor(y_prior).float()
         self.register_buffer("log_y_prior", torch.log(prior / prior.sum()))
 
@@ -164,17 +178,24 @@ class SCANVAE(VAE):
         correct = (pred == labels) & labelled
         # per confidence bin (15 equal-width, as torchmetrics' ECE): labelled cells, their confidence, correct
         bins = torch.clamp((conf * CALIBRATION_BINS).long(), max=CALIBRATION_BINS - 1)[labelled]
-        calib = torch.stack([
-            torch.bincount(bins, minlength=CALIBRATION_BINS).to(conf.dtype),
-            torch.bincount(bins, weights=conf[labelled], minlength=CALIBRATION_BINS),
-            torch.bincount(bins, weights=correct[labelled].to(conf.dtype), minlength=CALIBRATION_BINS),
-        ])
+        calib = torch.stack(
+            [
+                torch.bincount(bins, minlength=CALIBRATION_BINS).to(conf.dtype),
+                torch.bincount(bins, weights=conf[labelled], minlength=CALIBRATION_BINS),
+                torch.bincount(bins, weights=correct[labelled].to(conf.dtype), minlength=CALIBRATION_BINS),
+            ]
+        )
         if classification_ratio:
             loss = loss + classification_ratio * ce
         return {
-            "loss": loss, "reconstruction_loss": rec, "kl_z": z1_part + kl_part, "kl_l": kl_l,
-            "classification_loss": ce.detach(), "classification_correct": correct.sum(),
-            "classification_n": labelled.sum(), "calibration_bins": calib,
+            "loss": loss,
+            "reconstruction_loss": rec,
+            "kl_z": z1_part + kl_part,
+            "kl_l": kl_l,
+            "classification_loss": ce.detach(),
+            "classification_correct": correct.sum(),
+            "classification_n": labelled.sum(),
+            "calibration_bins": calib,
         }
 
     @torch.no_grad()
@@ -182,4 +203,3 @@ class SCANVAE(VAE):
         raise NotImplementedError(
             "The marginal likelihood under scANVI's hierarchical prior is not implemented; use get_elbo()."
         )
-

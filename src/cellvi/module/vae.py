@@ -100,21 +100,47 @@ class VAE(nn.Module):
         enc_cats = cats if encode_covariates else []
         enc_cont = n_continuous_cov if encode_covariates else 0
         self.z_encoder = Encoder(
-            n_input, n_latent, enc_cats, enc_cont, n_layers, n_hidden, dropout_rate,
-            latent_distribution, deeply_inject_covariates, use_batch_norm=bn_enc, use_layer_norm=ln_enc,
+            n_input,
+            n_latent,
+            enc_cats,
+            enc_cont,
+            n_layers,
+            n_hidden,
+            dropout_rate,
+            latent_distribution,
+            deeply_inject_covariates,
+            use_batch_norm=bn_enc,
+            use_layer_norm=ln_enc,
         )
         if not use_observed_lib_size:
             self.l_encoder = Encoder(
-                n_input, 1, enc_cats, enc_cont, 1, n_hidden, dropout_rate, "normal",
-                deeply_inject_covariates, use_batch_norm=bn_enc, use_layer_norm=ln_enc,
+                n_input,
+                1,
+                enc_cats,
+                enc_cont,
+                1,
+                n_hidden,
+                dropout_rate,
+                "normal",
+                deeply_inject_covariates,
+                use_batch_norm=bn_enc,
+                use_layer_norm=ln_enc,
             )
             means = torch.as_tensor(library_log_means if library_log_means is not None else [0.0] * n_batch)
             lvars = torch.as_tensor(library_log_vars if library_log_vars is not None else [1.0] * n_batch)
             self.register_buffer("library_log_means", means.float().reshape(-1))
             self.register_buffer("library_log_vars", lvars.float().reshape(-1))
         self.decoder = Decoder(
-            n_latent, n_input, cats, n_continuous_cov, n_layers, n_hidden, deeply_inject_covariates,
-            bn_dec, ln_dec, need_r=dispersion == "gene-cell",
+            n_latent,
+            n_input,
+            cats,
+            n_continuous_cov,
+            n_layers,
+            n_hidden,
+            deeply_inject_covariates,
+            bn_dec,
+            ln_dec,
+            need_r=dispersion == "gene-cell",
             need_dropout=gene_likelihood == "zinb",
         )
         n_rows = {"gene": 1, "gene-batch": n_batch, "gene-label": n_labels, "gene-cell": 0}[dispersion]
@@ -189,8 +215,12 @@ class VAE(nn.Module):
         else:
             key = "batch" if self.dispersion == "gene-batch" else "labels"
             log_theta = select_rows(self.px_r, batch[key])
-        return {"scale_logits": scale_logits, "library": library, "log_theta": log_theta,
-                "dropout_logits": dropout_logits}
+        return {
+            "scale_logits": scale_logits,
+            "library": library,
+            "log_theta": log_theta,
+            "dropout_logits": dropout_logits,
+        }
 
     @staticmethod
     def scale(gen: dict) -> torch.Tensor:
@@ -216,8 +246,9 @@ class VAE(nn.Module):
         if not torch.compiler.is_compiling():
             rate, theta = self.rate(gen), torch.exp(gen["log_theta"])
             if self.gene_likelihood == "zinb":
-                return D.log_zinb_sum(x, rate, theta, gen["dropout_logits"], nonzero=nonzero,
-                                      log_factorial=log_factorial)
+                return D.log_zinb_sum(
+                    x, rate, theta, gen["dropout_logits"], nonzero=nonzero, log_factorial=log_factorial
+                )
             if self.gene_likelihood == "nb":
                 return D.log_nb_sum(x, rate, theta, nonzero=nonzero, log_factorial=log_factorial)
             return D.log_poisson_sum(x, rate, log_factorial=log_factorial)

@@ -34,8 +34,16 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = FCLayers(
-            n_input, n_hidden, n_cats_per_cov, n_continuous, n_layers, n_hidden, dropout_rate,
-            inject_covariates, use_batch_norm, use_layer_norm,
+            n_input,
+            n_hidden,
+            n_cats_per_cov,
+            n_continuous,
+            n_layers,
+            n_hidden,
+            dropout_rate,
+            inject_covariates,
+            use_batch_norm,
+            use_layer_norm,
         )
         self.mean = nn.Linear(n_hidden, n_output)
         self.log_var = nn.Linear(n_hidden, n_output)
@@ -79,8 +87,16 @@ class Decoder(nn.Module):
     ) -> None:
         super().__init__()
         self.decoder = FCLayers(
-            n_input, n_hidden, n_cats_per_cov, n_continuous, n_layers, n_hidden, 0.0,
-            inject_covariates, use_batch_norm, use_layer_norm,
+            n_input,
+            n_hidden,
+            n_cats_per_cov,
+            n_continuous,
+            n_layers,
+            n_hidden,
+            0.0,
+            inject_covariates,
+            use_batch_norm,
+            use_layer_norm,
         )
         self.scale_head = nn.Linear(n_hidden, n_output)
         self.r_head = nn.Linear(n_hidden, n_output) if need_r else None

@@ -46,10 +46,17 @@ def _sparse_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     which is what ``embedding_bag`` computes. Latents came out 1.3-1.5x faster than with ``torch.addmm``'s
     sparse-times-dense product (MKL; bench/results/sparse_first_layer.md, AMD EPYC, 2 threads), which
     was itself ~3x faster than densifying at 10% non-zeros. Inference only (no gradient to ``x``)."""
-    return torch.nn.functional.embedding_bag(
-        x.col_indices(), _transposed_weight(linear), x.crow_indices(), mode="sum",
-        per_sample_weights=x.values(), include_last_offset=True,
-    ) + linear.bias
+    return (
+        torch.nn.functional.embedding_bag(
+            x.col_indices(),
+            _transposed_weight(linear),
+            x.crow_indices(),
+            mode="sum",
+            per_sample_weights=x.values(),
+            include_last_offset=True,
+        )
+        + linear.bias
+    )
 
 
 class CovariateInjection(nn.Module):

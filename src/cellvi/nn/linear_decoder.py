@@ -30,7 +30,11 @@ class LinearLayer(nn.Module):
     the non-linearity. ``loadings="nonneg"`` applies ``softplus`` to the stored weight."""
 
     def __init__(
-        self, n_in: int, n_out: int, n_cats_per_cov: Sequence[int] = (), n_continuous: int = 0,
+        self,
+        n_in: int,
+        n_out: int,
+        n_cats_per_cov: Sequence[int] = (),
+        n_continuous: int = 0,
         loadings: str = "free",
     ) -> None:
         super().__init__()

@@ -54,13 +54,16 @@ class Report:
 
     def to_html(self) -> str:
         nav = "".join(f'<a href="#s{i}">{html.escape(s.title)}</a>' for i, s in enumerate(self.sections))
-        body = "".join(f'<section id="s{i}"><h2>{html.escape(s.title)}</h2>{s.body}</section>'
-                       for i, s in enumerate(self.sections))
-        return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-                f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-                f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body><main>"
-                f"<h1>{html.escape(self.title)}</h1><p class=\"note\">{html.escape(self.subtitle)}</p>"
-                f"<nav>{nav}</nav>{body}</main></body></html>")
+        body = "".join(
+            f'<section id="s{i}"><h2>{html.escape(s.title)}</h2>{s.body}</section>' for i, s in enumerate(self.sections)
+        )
+        return (
+            f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body><main>"
+            f'<h1>{html.escape(self.title)}</h1><p class="note">{html.escape(self.subtitle)}</p>'
+            f"<nav>{nav}</nav>{body}</main></body></html>"
+        )
 
     def write(self, path: str | Path) -> Path:
         path = Path(path)

@@ -31,15 +31,34 @@ def _umaps(report: Report, tdata, args) -> None:
     import scanpy as sc
 
     rows = _rows(tdata.n_obs, PLOT_CELLS, args.seed)
-    view = sc.AnnData(obs=tdata.obs.iloc[rows].copy(), obsm={"X_umap": tdata.obsm["X_umap"][rows]},
-                      uns={k: v for k, v in tdata.uns.items() if k.endswith("_colors")})  # no matrix copied
-    colours = [(k, t) for k, t in ((args.batch_key, "batch"), (args.labels_key, "labels"),
-                                   ("leiden", "Leiden clusters"), ("dpt_pseudotime", "pseudotime")) if k and k in tdata.obs]
+    view = sc.AnnData(
+        obs=tdata.obs.iloc[rows].copy(),
+        obsm={"X_umap": tdata.obsm["X_umap"][rows]},
+        uns={k: v for k, v in tdata.uns.items() if k.endswith("_colors")},
+    )  # no matrix copied
+    colours = [
+        (k, t)
+        for k, t in (
+            (args.batch_key, "batch"),
+            (args.labels_key, "labels"),
+            ("leiden", "Leiden clusters"),
+            ("dpt_pseudotime", "pseudotime"),
+        )
+        if k and k in tdata.obs
+    ]
     fig, axes = plt.subplots(1, len(colours), figsize=(6.2 * len(colours), 4.6), squeeze=False)
     fig.subplots_adjust(wspace=0.55)
     for ax, (key, title) in zip(axes[0], colours):
-        sc.pl.umap(view, color=key, ax=ax, show=False, title=f"{title} ({key})", frameon=False,
-                   legend_loc="on data" if key == "leiden" else "right margin", legend_fontsize=8)
+        sc.pl.umap(
+            view,
+            color=key,
+            ax=ax,
+            show=False,
+            title=f"{title} ({key})",
+            frameon=False,
+            legend_loc="on data" if key == "leiden" else "right margin",
+            legend_fontsize=8,
+        )
     note = f"UMAP of the scVI latent (X_scvi); {len(rows):,} of {tdata.n_obs:,} cells drawn."
     report.add_figure("UMAP", fig, note)
 
@@ -56,8 +75,12 @@ def _training(report: Report, model) -> None:
     ax.set_ylabel("negative ELBO per cell (lower is better)")
     ax.legend()
     ax.grid(alpha=0.3)
-    report.add_figure("Training curves", fig, f"{len(hist)} epochs; negative evidence lower bound per cell (scvi-tools' sign) on the "
-                      "training cells and on the held-out validation cells (10%). The KL warm-up lasts half the epochs.")
+    report.add_figure(
+        "Training curves",
+        fig,
+        f"{len(hist)} epochs; negative evidence lower bound per cell (scvi-tools' sign) on the "
+        "training cells and on the held-out validation cells (10%). The KL warm-up lasts half the epochs.",
+    )
 
 
 def _integration(report: Report, tdata, summary, args) -> None:
@@ -66,15 +89,21 @@ def _integration(report: Report, tdata, summary, args) -> None:
     m = summary["metrics"]
     lines = []
     if "batch_mixing_entropy" in m:
-        lines.append(f"<li>Batch mixing entropy (k = 50 neighbours, 1 = perfectly mixed, 0 = separate): "
-                     f"<b>{m['batch_mixing_entropy']:.3f}</b></li>")
+        lines.append(
+            f"<li>Batch mixing entropy (k = 50 neighbours, 1 = perfectly mixed, 0 = separate): "
+            f"<b>{m['batch_mixing_entropy']:.3f}</b></li>"
+        )
     if "knn_label_accuracy" in m:
-        lines.append(f"<li>Label conservation, accuracy of a 15-nearest-neighbour classifier of "
-                     f"<code>{html.escape(args.labels_key)}</code> (5-fold): <b>{m['knn_label_accuracy']:.3f}</b></li>")
+        lines.append(
+            f"<li>Label conservation, accuracy of a 15-nearest-neighbour classifier of "
+            f"<code>{html.escape(args.labels_key)}</code> (5-fold): <b>{m['knn_label_accuracy']:.3f}</b></li>"
+        )
     if not lines:
         lines.append("<li>Give --batch-key (with at least two batches) and/or --labels-key for these metrics.</li>")
-    body = (f"<ul>{''.join(lines)}</ul><p class='note'>On {summary['subsamples']['metric_cells']:,} random "
-            f"cells of the scVI latent.</p>")
+    body = (
+        f"<ul>{''.join(lines)}</ul><p class='note'>On {summary['subsamples']['metric_cells']:,} random "
+        f"cells of the scVI latent.</p>"
+    )
     if args.labels_key and args.batch_key:
         body += _scib(analysis, tdata, args)
     report.add("Batch mixing and label conservation", body)
@@ -84,8 +113,10 @@ def _scib(analysis, tdata, args) -> str:
     if getattr(args, "no_scib", False):
         return "<p class='note'>scIB metrics skipped (--no-scib).</p>"
     if not hasattr(analysis, "benchmark_integration"):
-        return ("<p class='note'>scIB metrics need <code>cellvi.analysis.benchmark_integration</code> and the "
-                "<code>integration</code> extra (<code>pip install 'cellvi[integration]'</code>).</p>")
+        return (
+            "<p class='note'>scIB metrics need <code>cellvi.analysis.benchmark_integration</code> and the "
+            "<code>integration</code> extra (<code>pip install 'cellvi[integration]'</code>).</p>"
+        )
     import anndata as ad
 
     from ..errors import CellviError
@@ -100,8 +131,11 @@ def _scib(analysis, tdata, args) -> str:
         table = analysis.benchmark_integration(sub, ["X_scvi"], args.batch_key, args.labels_key, **kwargs)
     except (CellviError, ImportError) as exc:  # a missing extra, or too few batches/labels: say so, go on
         return f"<p class='note'>scIB metrics not computed: {html.escape(str(exc).splitlines()[0][:300])}</p>"
-    return ("<h3>scIB metrics</h3>" + table_html(table.T.rename_axis("metric")) +
-            f"<p class='note'>scib-metrics on {len(rows):,} random cells (exact neighbours), unscaled.</p>")
+    return (
+        "<h3>scIB metrics</h3>"
+        + table_html(table.T.rename_axis("metric"))
+        + f"<p class='note'>scib-metrics on {len(rows):,} random cells (exact neighbours), unscaled.</p>"
+    )
 
 
 def _clusters(report: Report, tdata, args) -> None:
@@ -118,8 +152,11 @@ def _paga(report: Report, tdata) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 5))
     sc.pl.paga(tdata, ax=ax, show=False, threshold=0.05, fontsize=9, node_size_scale=1.5, frameon=False)
-    report.add_figure("PAGA graph", fig, "Abstracted graph of the Leiden clusters (edges: connectivity >= 0.05; "
-                      "node size: cluster size).")
+    report.add_figure(
+        "PAGA graph",
+        fig,
+        "Abstracted graph of the Leiden clusters (edges: connectivity >= 0.05; node size: cluster size).",
+    )
 
 
 def _markers(report: Report, tdata, markers: pd.DataFrame, args) -> None:
@@ -133,37 +170,64 @@ def _markers(report: Report, tdata, markers: pd.DataFrame, args) -> None:
     genes = {str(c): list(g) for c, g in top.groupby("cluster", observed=True)["gene"]}
     used = list(dict.fromkeys(g for gs in genes.values() for g in gs))
     rows = _rows(tdata.n_obs, DOT_CELLS, args.seed)
-    view = sc.AnnData(tdata[rows, used].X.copy(), obs=tdata.obs.iloc[rows][["leiden"]].copy(),
-                      var=pd.DataFrame(index=used))
+    view = sc.AnnData(
+        tdata[rows, used].X.copy(), obs=tdata.obs.iloc[rows][["leiden"]].copy(), var=pd.DataFrame(index=used)
+    )
     sc.pp.normalize_total(view, target_sum=1e4)  # over these genes only: relative display
     sc.pp.log1p(view)
     dp = sc.pl.dotplot(view, genes, groupby="leiden", show=False, return_fig=True, standard_scale="var")
     dp.make_figure()
     fig = plt.gcf()
-    note = (f"Top 3 markers per cluster; dots from {len(rows):,} cells (log-normalised counts, scaled per gene). "
-            f"Markers: cellvi's one-vs-all Bayesian DE (mode 'change', LFC > 0), posterior samples of "
-            f"{args.de_cells:,} random cells per side. All top {markers['rank'].max()} per cluster: markers.csv.")
-    table = markers[["cluster", "rank", "gene", "proba_de", "lfc_mean", "bayes_factor",
-                     "non_zeros_proportion1", "non_zeros_proportion2"]]
-    report.add("Marker genes", figure_html(fig, "marker dot plot") + f"<p class='note'>{html.escape(note)}</p>"
-               + table_html(table, index=False))
+    note = (
+        f"Top 3 markers per cluster; dots from {len(rows):,} cells (log-normalised counts, scaled per gene). "
+        f"Markers: cellvi's one-vs-all Bayesian DE (mode 'change', LFC > 0), posterior samples of "
+        f"{args.de_cells:,} random cells per side. All top {markers['rank'].max()} per cluster: markers.csv."
+    )
+    table = markers[
+        [
+            "cluster",
+            "rank",
+            "gene",
+            "proba_de",
+            "lfc_mean",
+            "bayes_factor",
+            "non_zeros_proportion1",
+            "non_zeros_proportion2",
+        ]
+    ]
+    report.add(
+        "Marker genes",
+        figure_html(fig, "marker dot plot")
+        + f"<p class='note'>{html.escape(note)}</p>"
+        + table_html(table, index=False),
+    )
 
 
 def _summary(report: Report, tdata, summary: dict) -> None:
     info = {
         "input": summary["source"],
         "cells x genes": f"{summary['cells']:,} x {summary['genes']:,} ({summary['genes_trained']:,} trained on)",
-        "opened backed": summary["backed"], "epochs": summary["epochs"], "clusters": summary["clusters"],
+        "opened backed": summary["backed"],
+        "epochs": summary["epochs"],
+        "clusters": summary["clusters"],
         "root cell": summary["root_cell"] or "none (no pseudotime)",
-        "parameters": json.dumps(summary["params"]), "versions": json.dumps(summary["versions"]),
+        "parameters": json.dumps(summary["params"]),
+        "versions": json.dumps(summary["versions"]),
     }
     info_df = pd.DataFrame({"value": [str(v) for v in info.values()]}, index=list(info))
     steps = pd.DataFrame(summary["steps"]).set_index("step")
     sub = summary["subsamples"]
-    note = (f"Subsamples: highly variable genes on {sub['hvg_cells']:,} cells, metrics on {sub['metric_cells']:,}, "
-            f"marker DE {sub['de_cells_per_side']:,} cells per side, plots at most {PLOT_CELLS:,} cells.")
-    report.add("Run summary", table_html(info_df, css_class="kv") + "<h3>Time and memory per step</h3>" + table_html(steps)
-               + f"<p class='note'>{html.escape(note)}</p>")
+    note = (
+        f"Subsamples: highly variable genes on {sub['hvg_cells']:,} cells, metrics on {sub['metric_cells']:,}, "
+        f"marker DE {sub['de_cells_per_side']:,} cells per side, plots at most {PLOT_CELLS:,} cells."
+    )
+    report.add(
+        "Run summary",
+        table_html(info_df, css_class="kv")
+        + "<h3>Time and memory per step</h3>"
+        + table_html(steps)
+        + f"<p class='note'>{html.escape(note)}</p>",
+    )
 
 
 def build_run_report(tdata, model, summary: dict, markers: pd.DataFrame, args) -> Report:
@@ -171,8 +235,11 @@ def build_run_report(tdata, model, summary: dict, markers: pd.DataFrame, args) -
     import matplotlib
 
     matplotlib.use("Agg")
-    report = Report("cellvi run report", f"{summary['source']} - {summary['cells']:,} cells x "
-                    f"{summary['genes']:,} genes - seed {summary['params']['seed']}")
+    report = Report(
+        "cellvi run report",
+        f"{summary['source']} - {summary['cells']:,} cells x "
+        f"{summary['genes']:,} genes - seed {summary['params']['seed']}",
+    )
     _umaps(report, tdata, args)
     _training(report, model)
     _integration(report, tdata, summary, args)

@@ -88,8 +88,9 @@ def setup(device: torch.device | None = None) -> World:
         # torchrun's store outlives a restart of the workers, and the process group's keys (each rank's
         # address) are not told apart by attempt: restarted workers read the dead ones' addresses and
         # fail to connect (measured with torch 2.13, --standalone). Keys of their own per attempt:
-        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size, is_master=False,
-                              timeout=timeout)
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size, is_master=False, timeout=timeout
+        )
         store = dist.PrefixStore(f"cellvi/attempt_{restart_count()}", store)
         dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]), world_size=size, timeout=timeout)
     else:
@@ -215,8 +216,11 @@ def wrap_loss(module: torch.nn.Module, loss_fn: Callable) -> Callable:
     from torch.nn.parallel import DistributedDataParallel
 
     param = next(module.parameters())
-    ids = [param.device.index if param.device.index is not None else torch.cuda.current_device()] \
-        if param.device.type == "cuda" else None
+    ids = (
+        [param.device.index if param.device.index is not None else torch.cuda.current_device()]
+        if param.device.type == "cuda"
+        else None
+    )
     return DistributedDataParallel(_LossForward(module, loss_fn), device_ids=ids, static_graph=True)
 
 
@@ -295,7 +299,15 @@ def launch(command: list[str], nproc: int, max_restarts: int = 0, torchrun_args:
     command = list(command)
     target = ["--module", *command[1:]] if command[:1] == ["-m"] else command
     args = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(int(nproc)),
-        "--max-restarts", str(int(max_restarts)), *torchrun_args, *target,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(int(nproc)),
+        "--max-restarts",
+        str(int(max_restarts)),
+        *torchrun_args,
+        *target,
     ]
     return subprocess.call(args)

@@ -58,10 +58,21 @@ class AdamStep:
         beta1, beta2 = group["betas"]
         base.add_(1)
         torch._fused_adam_(
-            params, grads, exp_avgs, exp_avg_sqs, [], steps,
-            amsgrad=False, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
-            weight_decay=float(group["weight_decay"]), eps=float(group["eps"]), maximize=False,
-            grad_scale=None, found_inf=None,
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            steps,
+            amsgrad=False,
+            lr=float(group["lr"]),
+            beta1=float(beta1),
+            beta2=float(beta2),
+            weight_decay=float(group["weight_decay"]),
+            eps=float(group["eps"]),
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
         )
 
     def _direct_state(self) -> tuple | None:
@@ -94,6 +105,8 @@ def _direct_call_fits(optimizer: torch.optim.Optimizer) -> bool:
     if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
         return False
     group = optimizer.param_groups[0]
-    plain = not any(group.get(k) for k in ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay"))
+    plain = not any(
+        group.get(k) for k in ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay")
+    )
     scalar_lr = not isinstance(group["lr"], torch.Tensor)
     return bool(group.get("fused")) and plain and scalar_lr and hasattr(torch, "_fused_adam_")

@@ -49,7 +49,7 @@ class TrainingPlan:
     min_kl_weight: float = 0.0
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict | None) -> "TrainingPlan":
+    def from_kwargs(cls, kwargs: dict | None) -> TrainingPlan:
         kwargs = dict(kwargs or {})
         unknown = set(kwargs) - set(cls.__dataclass_fields__)
         if unknown:
@@ -168,8 +168,9 @@ class Trainer:
                 n_cells += len(out["kl_z"])
                 if "classification_n" in out:  # scANVI: classification loss and accuracy on labelled cells
                     n_lab = out["classification_n"].double()
-                    cls_sums += torch.stack([out["classification_loss"].double() * n_lab,
-                                             out["classification_correct"].double(), n_lab])
+                    cls_sums += torch.stack(
+                        [out["classification_loss"].double() * n_lab, out["classification_correct"].double(), n_lab]
+                    )
                     if "calibration_bins" in out:
                         bins = out["calibration_bins"].double()
                         calib = bins if calib is None else calib + bins
@@ -221,9 +222,12 @@ class Trainer:
         last_good = copy.deepcopy(self.module.state_dict())
         t0 = time.perf_counter() - (self.rows[-1]["epoch_end_s"] if self.rows else 0.0)
         bar = tqdm(
-            range(start_epoch, self.max_epochs), disable=not (self.progress_bar and distributed.world().main),
+            range(start_epoch, self.max_epochs),
+            disable=not (self.progress_bar and distributed.world().main),
             desc="Training",
-            unit="epoch", initial=start_epoch, total=self.max_epochs,
+            unit="epoch",
+            initial=start_epoch,
+            total=self.max_epochs,
         )
         for epoch in bar:
             self.train_loader.set_epoch(epoch)

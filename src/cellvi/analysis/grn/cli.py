@@ -77,9 +77,18 @@ def run(args) -> int:
     tfs = None
     if args.tfs:
         tfs = [t.strip() for t in Path(args.tfs).read_text().splitlines() if t.strip()]
-    oracle = Oracle(adata, args.cluster_key, args.embedding_key, model=model, layer=args.layer, tfs=tfs,
-                    base_grn=args.base_grn, pseudotime_key=args.pseudotime_key, log1p=not args.as_given,
-                    n_neighbors=args.n_neighbors)
+    oracle = Oracle(
+        adata,
+        args.cluster_key,
+        args.embedding_key,
+        model=model,
+        layer=args.layer,
+        tfs=tfs,
+        base_grn=args.base_grn,
+        pseudotime_key=args.pseudotime_key,
+        log1p=not args.as_given,
+        n_neighbors=args.n_neighbors,
+    )
     perturb = _perturbation(args.perturb)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,9 +98,14 @@ def run(args) -> int:
 
     scores = [oracle.network_scores(cl).assign(cluster=cl) for cl in oracle.links_all]
     pd.concat(scores).to_csv(out / "network_scores.csv")
-    summary = {"cells": adata.n_obs, "genes": adata.n_vars, "edges": len(links),
-               "expression": oracle.expression_source, "regulators": oracle.regulators.source,
-               "timings_s": oracle.timings}
+    summary = {
+        "cells": adata.n_obs,
+        "genes": adata.n_vars,
+        "edges": len(links),
+        "expression": oracle.expression_source,
+        "regulators": oracle.regulators.source,
+        "timings_s": oracle.timings,
+    }
     result = None
     if perturb:
         result = oracle.simulate_shift(perturb, n_propagation=args.n_propagation)

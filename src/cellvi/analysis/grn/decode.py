@@ -33,8 +33,18 @@ def _perturbed_counts(X, lib: np.ndarray, idx: np.ndarray, values: np.ndarray, t
     return out
 
 
-def latent_shift(model, adata, perturb_idx, values, to_counts, nbrs, embedding, sigma: float = 0.05,
-                 layer=None, batch_size: int | None = None) -> dict:
+def latent_shift(
+    model,
+    adata,
+    perturb_idx,
+    values,
+    to_counts,
+    nbrs,
+    embedding,
+    sigma: float = 0.05,
+    layer=None,
+    batch_size: int | None = None,
+) -> dict:
     """Per-cell latent move and its embedding shift. ``to_counts(value, library) -> counts`` converts
     the analysis' expression scale to counts. Returns ``dz`` (n, n_latent), ``shift`` (n, 2),
     ``strength`` (n,) (``||dz_i|| / mean_j ||z_j - z_i||``)."""

@@ -100,8 +100,9 @@ def candidate_regulators(genes, tfs=None, base_grn=None) -> Regulators:
         if not names:
             raise MissingKeyError(f"none of the {len(tfs)} TFs is among the genes (first: {tfs[:5]}).")
         if len(names) < len(set(tfs)):
-            log.warning("%d of %d TFs are not among the genes and are ignored.", len(set(tfs)) - len(names),
-                        len(set(tfs)))
+            log.warning(
+                "%d of %d TFs are not among the genes and are ignored.", len(set(tfs)) - len(names), len(set(tfs))
+            )
         allowed = np.ones((len(names), G), dtype=bool)
         source = f"TF list ({len(names)} TFs)"
     else:
@@ -119,8 +120,9 @@ def _counts(adata, layer):
     return X
 
 
-def expression_matrix(adata, model=None, layer=None, library_size: float = 1e4, log1p: bool = True,
-                      batch_size: int | None = None) -> tuple[np.ndarray, str]:
+def expression_matrix(
+    adata, model=None, layer=None, library_size: float = 1e4, log1p: bool = True, batch_size: int | None = None
+) -> tuple[np.ndarray, str]:
     """Expression (n_cells, n_genes) float32 and a description.
 
     model: a trained SCVI; its denoised expression ``get_normalized_expression(library_size=...)``
@@ -129,8 +131,9 @@ def expression_matrix(adata, model=None, layer=None, library_size: float = 1e4, 
     continuous expression that is not counts).
     """
     if model is not None:
-        expr = model.get_normalized_expression(adata, library_size=library_size, return_numpy=True,
-                                               batch_size=batch_size)
+        expr = model.get_normalized_expression(
+            adata, library_size=library_size, return_numpy=True, batch_size=batch_size
+        )
         expr = np.asarray(expr, dtype=np.float32)
         desc = f"scVI denoised expression (per {library_size:g})"
     else:

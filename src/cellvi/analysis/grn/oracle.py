@@ -46,11 +46,19 @@ class Perturbation:
         """Mean and median perturbation score and mean shift length per cluster."""
         if self.score is None:
             raise InvalidParameterError("no pseudotime was given, so there is no perturbation score.")
-        df = pd.DataFrame({"cluster": self.clusters.to_numpy(), "score": self.score,
-                           "shift_length": np.linalg.norm(self.shift, axis=1)})
+        df = pd.DataFrame(
+            {
+                "cluster": self.clusters.to_numpy(),
+                "score": self.score,
+                "shift_length": np.linalg.norm(self.shift, axis=1),
+            }
+        )
         return df.groupby("cluster", observed=True).agg(
-            mean_score=("score", "mean"), median_score=("score", "median"), mean_shift=("shift_length", "mean"),
-            n_cells=("score", "size"))
+            mean_score=("score", "mean"),
+            median_score=("score", "median"),
+            mean_shift=("shift_length", "mean"),
+            n_cells=("score", "size"),
+        )
 
 
 class Oracle:
@@ -65,9 +73,20 @@ class Oracle:
     sparse transitions.
     """
 
-    def __init__(self, adata, cluster_key: str, embedding_key: str = "X_umap", model=None, layer=None,
-                 tfs=None, base_grn=None, pseudotime_key: str | None = None, log1p: bool = True,
-                 library_size: float = 1e4, n_neighbors: int = 30):
+    def __init__(
+        self,
+        adata,
+        cluster_key: str,
+        embedding_key: str = "X_umap",
+        model=None,
+        layer=None,
+        tfs=None,
+        base_grn=None,
+        pseudotime_key: str | None = None,
+        log1p: bool = True,
+        library_size: float = 1e4,
+        n_neighbors: int = 30,
+    ):
         if cluster_key not in adata.obs:
             raise MissingKeyError(f"cluster_key {cluster_key!r} not in adata.obs.")
         if embedding_key not in adata.obsm:
@@ -96,9 +115,19 @@ class Oracle:
         self.coefs: dict = {}
 
     # ------------------------------------------------------------------ GRN
-    def fit_grn(self, alpha: float = 10.0, n_bootstraps: int = 20, feature_fraction: float = 0.8,
-                min_cells: int = 30, skip_small: bool = False, p: float = 0.001, top_k: int | None = 2000,
-                device=None, seed: int = 0, pvalue: str = "bootstrap") -> pd.DataFrame:
+    def fit_grn(
+        self,
+        alpha: float = 10.0,
+        n_bootstraps: int = 20,
+        feature_fraction: float = 0.8,
+        min_cells: int = 30,
+        skip_small: bool = False,
+        p: float = 0.001,
+        top_k: int | None = 2000,
+        device=None,
+        seed: int = 0,
+        pvalue: str = "bootstrap",
+    ) -> pd.DataFrame:
         """Fit a bagging ridge GRN per cluster (see :func:`~cellvi.analysis.grn.bagging_ridge`), then keep
         edges with p < ``p`` and the ``top_k`` largest |coef| per cluster (``pvalue``: see
         :func:`~cellvi.analysis.grn.bagging_ridge`; ``"celloracle"`` for CellOracle's t-test). A cluster with fewer than
@@ -109,7 +138,8 @@ class Oracle:
         if len(small) and not skip_small:
             raise ClusterTooSmallError(
                 f"clusters too small to fit a GRN (< {max(min_cells, 3)} cells): {dict(small)}; merge them, "
-                "lower min_cells or pass skip_small=True.")
+                "lower min_cells or pass skip_small=True."
+            )
         t0 = time.perf_counter()
         reg = self.regulators
         for k, cl in enumerate(sizes.index):
@@ -117,8 +147,18 @@ class Oracle:
                 log.warning("cluster %r (%d cells) skipped: too small.", cl, sizes[cl])
                 continue
             rows = np.flatnonzero((self.clusters == cl).to_numpy())
-            fit = bagging_ridge(self.expression[rows], reg.index, reg.allowed, alpha, n_bootstraps,
-                                feature_fraction, seed + k, device, reg.shared, pvalue=pvalue)
+            fit = bagging_ridge(
+                self.expression[rows],
+                reg.index,
+                reg.allowed,
+                alpha,
+                n_bootstraps,
+                feature_fraction,
+                seed + k,
+                device,
+                reg.shared,
+                pvalue=pvalue,
+            )
             self.links_all[cl] = links_table(fit, reg.names, self.genes, reg.allowed, cluster=cl)
         self.timings["fit_grn_s"] = time.perf_counter() - t0
         return self.filter_links(p, top_k)
@@ -157,8 +197,15 @@ class Oracle:
             self._nbrs = S.knn(self.embedding, self.n_neighbors)
         return self._nbrs
 
-    def simulate_shift(self, perturb: dict, n_propagation: int = 3, sigma_corr: float = 0.05,
-                       scale_by_strength: bool = True, grid_steps: int = 40, smooth: float = 0.8) -> Perturbation:
+    def simulate_shift(
+        self,
+        perturb: dict,
+        n_propagation: int = 3,
+        sigma_corr: float = 0.05,
+        scale_by_strength: bool = True,
+        grid_steps: int = 40,
+        smooth: float = 0.8,
+    ) -> Perturbation:
         """Simulate setting genes to values (expression scale of the analysis; 0 is a knockout).
 
         The change propagates ``n_propagation`` times through each cluster's filtered GRN, with the
@@ -211,8 +258,18 @@ class Oracle:
         if model is None:
             raise InvalidParameterError("scvi_shift needs a trained SCVI model (Oracle(model=...)).")
         idx, values = self._perturb_index(result.perturb)
-        out = latent_shift(model, self.adata, idx, values, self._to_counts, self.neighbours(), self.embedding,
-                           sigma, self.layer, batch_size)
+        out = latent_shift(
+            model,
+            self.adata,
+            idx,
+            values,
+            self._to_counts,
+            self.neighbours(),
+            self.embedding,
+            sigma,
+            self.layer,
+            batch_size,
+        )
         agree = shift_agreement(result.shift, out["shift"])
         per = pd.DataFrame({"cluster": self.clusters.to_numpy(), "cosine": agree["cosine"]})
         agree["by_cluster"] = per.groupby("cluster", observed=True)["cosine"].agg(["median", "count"])
@@ -220,7 +277,10 @@ class Oracle:
         if result.gradient is not None:
             out["score"] = S.perturbation_score(out["shift"], result.gradient)
             both = (result.score != 0) & (out["score"] != 0)
-            out["score_sign_agreement"] = float((np.sign(result.score[both]) == np.sign(out["score"][both])).mean()) \
-                if both.any() else float("nan")
+            out["score_sign_agreement"] = (
+                float((np.sign(result.score[both]) == np.sign(out["score"][both])).mean())
+                if both.any()
+                else float("nan")
+            )
         result.scvi = out
         return out

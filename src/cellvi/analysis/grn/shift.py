@@ -11,13 +11,19 @@ import scipy.sparse as sp
 import torch
 
 __all__ = [
-    "embedding_shift", "grid_field", "knn", "perturbation_score", "propagate", "pseudotime_gradient",
+    "embedding_shift",
+    "grid_field",
+    "knn",
+    "perturbation_score",
+    "propagate",
+    "pseudotime_gradient",
     "transition_matrix",
 ]
 
 
-def propagate(X: np.ndarray, C: sp.spmatrix, perturb_idx: np.ndarray, values: np.ndarray,
-              n_propagation: int = 3) -> np.ndarray:
+def propagate(
+    X: np.ndarray, C: sp.spmatrix, perturb_idx: np.ndarray, values: np.ndarray, n_propagation: int = 3
+) -> np.ndarray:
     """Simulated expression change (n, G) of cells ``X`` (n, G) when the genes ``perturb_idx`` are set to
     ``values`` (CellOracle's ``_do_simulation``): ``delta <- delta @ C`` ``n_propagation`` times, the
     perturbed genes reset to their input change after each step, and ``X + delta`` clipped at 0."""
@@ -53,8 +59,14 @@ def knn(embedding: np.ndarray, k: int = 30) -> np.ndarray:
     return idx[~self_col].reshape(len(idx), k).astype(np.int64)
 
 
-def transition_matrix(X: np.ndarray, delta: np.ndarray, nbrs: np.ndarray, sigma_corr: float = 0.05,
-                      genes: np.ndarray | None = None, chunk: int | None = None) -> tuple[sp.csr_matrix, np.ndarray]:
+def transition_matrix(
+    X: np.ndarray,
+    delta: np.ndarray,
+    nbrs: np.ndarray,
+    sigma_corr: float = 0.05,
+    genes: np.ndarray | None = None,
+    chunk: int | None = None,
+) -> tuple[sp.csr_matrix, np.ndarray]:
     """Transition probabilities over each cell's neighbours, sparse (n, n) CSR with k entries per row.
 
     ``p_ij ∝ exp(corr(X_j - X_i, delta_i) / sigma_corr)`` (velocyto/CellOracle), Pearson correlation over
@@ -113,8 +125,9 @@ def transition_matrix(X: np.ndarray, delta: np.ndarray, nbrs: np.ndarray, sigma_
     return T, strength
 
 
-def embedding_shift(T: sp.csr_matrix, embedding: np.ndarray, nbrs: np.ndarray,
-                    strength: np.ndarray | None = None) -> np.ndarray:
+def embedding_shift(
+    T: sp.csr_matrix, embedding: np.ndarray, nbrs: np.ndarray, strength: np.ndarray | None = None
+) -> np.ndarray:
     """Per-cell shift (n, d) on the embedding: ``sum_j p_ij u_ij - mean_j u_ij`` with ``u_ij`` the unit
     vector from cell i to neighbour j (CellOracle's ``calculate_embedding_shift``). With ``strength``,
     each vector is scaled by ``min(strength_i, 1)`` so that a perturbation that barely changes a cell
@@ -130,14 +143,17 @@ def embedding_shift(T: sp.csr_matrix, embedding: np.ndarray, nbrs: np.ndarray,
     return v.astype(np.float32)
 
 
-def pseudotime_gradient(embedding: np.ndarray, pseudotime: np.ndarray, nbrs: np.ndarray,
-                        ridge: float = 1e-6) -> np.ndarray:
+def pseudotime_gradient(
+    embedding: np.ndarray, pseudotime: np.ndarray, nbrs: np.ndarray, ridge: float = 1e-6
+) -> np.ndarray:
     """Unit pseudotime gradient (n, d) at every cell: the local least-squares slope of pseudotime over
     each cell's neighbours on the embedding (the developmental direction; 0 where flat)."""
     D = embedding[nbrs] - embedding[:, None, :]  # (n, k, d)
     dt = pseudotime[nbrs] - pseudotime[:, None]  # (n, k)
     A = np.einsum("nkd,nke->nde", D, D)
-    A += ridge * np.trace(A, axis1=1, axis2=2)[:, None, None] / A.shape[1] * np.eye(A.shape[1]) + 1e-12 * np.eye(A.shape[1])
+    A += ridge * np.trace(A, axis1=1, axis2=2)[:, None, None] / A.shape[1] * np.eye(A.shape[1]) + 1e-12 * np.eye(
+        A.shape[1]
+    )
     g = np.linalg.solve(A, np.einsum("nkd,nk->nd", D, dt)[..., None])[..., 0]
     norm = np.linalg.norm(g, axis=1, keepdims=True)
     return np.divide(g, norm, out=np.zeros_like(g), where=norm > 0)
@@ -149,8 +165,14 @@ def perturbation_score(shift: np.ndarray, gradient: np.ndarray) -> np.ndarray:
     return np.einsum("nd,nd->n", shift, gradient)
 
 
-def grid_field(embedding: np.ndarray, vectors: np.ndarray, steps: int = 40, smooth: float = 0.8,
-               n_neighbors: int = 100, min_mass: float = 0.05) -> dict:
+def grid_field(
+    embedding: np.ndarray,
+    vectors: np.ndarray,
+    steps: int = 40,
+    smooth: float = 0.8,
+    n_neighbors: int = 100,
+    min_mass: float = 0.05,
+) -> dict:
     """Gaussian-kernel average of per-cell ``vectors`` (n, d, d=2) on a ``steps x steps`` grid over the
     embedding (CellOracle's ``calculate_grid_arrows``; kernel sd = ``smooth`` x grid spacing).
     Returns ``points`` (m, 2), ``vectors`` (m, 2), ``mass`` (m,) and ``mask`` (m,) of points whose kernel
