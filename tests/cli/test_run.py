@@ -106,3 +106,19 @@ def test_scanpy_neighbours_work_on_a_large_latent():
     adata.obsm["X_scvi"] = np.random.default_rng(0).normal(size=(5000, 10)).astype(np.float32)
     sc.pp.neighbors(adata, use_rep="X_scvi")
     assert adata.obsp["connectivities"].shape == (5000, 5000)
+
+
+def test_linear_run_shows_the_gene_programmes(tiny_input, tmp_path):
+    """`cellvi run --linear` trains LinearSCVI and its report has a loadings section with a picture."""
+    import anndata
+
+    from cellvi.cli import main
+
+    out = tmp_path / "linear"
+    args = ["run", str(tiny_input), "-o", str(out), "--batch-key", "batch", "--linear", "--max-epochs", "2"]
+    assert main(args + ["--n-top-genes", "150", "--no-progress", "--no-scib", "--de-cells", "50"]) == 0
+    page = (out / "report.html").read_text()
+    section = page.split("<h2>Gene programmes (LinearSCVI loadings)", 1)[1].split("<h2", 1)[0]
+    assert "<img" in section
+    assert anndata.read_h5ad(out / "result.h5ad").obsm["X_scvi"].shape == (600, 10)
+    assert '"model_class": "LinearSCVI"' in (out / "model" / "model.json").read_text()

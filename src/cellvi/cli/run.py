@@ -58,6 +58,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     root.add_argument("--root-group", help="a Leiden cluster (or a --labels-key value) holding the root")
     root.add_argument("--root-cell", help="obs name of the root cell for pseudotime")
     p.add_argument("--scanvi", action="store_true", help="also train SCANVI on --labels-key (saved as model/)")
+    p.add_argument(
+        "--linear", action="store_true", help="LinearSCVI (linear decoder): the report shows each factor's top genes"
+    )
     p.add_argument("--unlabeled-category", default="Unknown", help="label of unlabelled cells for --scanvi")
     p.add_argument(
         "--de-cells", type=int, default=1000, help="cells sampled per side of each marker comparison (default 1000)"
@@ -136,6 +139,7 @@ def _params(args) -> dict:
         "root_group",
         "root_cell",
         "scanvi",
+        "linear",
         "de_cells",
         "seed",
     ]
@@ -247,8 +251,9 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
             mask = _select_genes(adata, args, steps)
             tdata = subset_counts(adata, np.flatnonzero(mask), args.layer, [args.batch_key, args.labels_key])
         with steps.step("train scVI"):
-            cellvi.model.SCVI.setup_anndata(tdata, batch_key=args.batch_key)
-            model = cellvi.model.SCVI(tdata, n_latent=args.n_latent, gene_likelihood=args.gene_likelihood)
+            model_class = cellvi.model.LinearSCVI if args.linear else cellvi.model.SCVI
+            model_class.setup_anndata(tdata, batch_key=args.batch_key)
+            model = model_class(tdata, n_latent=args.n_latent, gene_likelihood=args.gene_likelihood)
             epochs = args.max_epochs or int(min(400, max(1, round(400 * 20000 / tdata.n_obs))))
             # KL warm-up over half the epochs (scvi-tools: 400 epochs, often longer than the training)
             model.train(
@@ -257,8 +262,7 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
                 check_val_every_n_epoch=1,
             )  # the report plots validation per epoch
         with steps.step("latent"):
-            latent = model.get_latent_representation(tdata)
-            tdata.obsm["X_scvi"] = latent
+            latent = model.get_latent_representation(tdata, obsm_key="X_scvi")
         scanvi = None
         if args.scanvi:
             with steps.step("train SCANVI"):

@@ -230,6 +230,17 @@ def _summary(report: Report, tdata, summary: dict) -> None:
     )
 
 
+def _loadings(report: Report, model) -> None:
+    from cellvi.analysis import plot_loadings
+
+    report.add_figure(
+        "Gene programmes (LinearSCVI loadings)",
+        plot_loadings(model, n_top=10),
+        "Each latent factor's ten largest loadings: the genes whose log-rate the factor raises most "
+        "(docs/linear_decoder.md). Batch offsets are not part of the loadings.",
+    )
+
+
 def build_run_report(tdata, model, summary: dict, markers: pd.DataFrame, args) -> Report:
     """The report of one ``cellvi run``: tdata holds X_scvi, X_umap, leiden, PAGA (and dpt_pseudotime)."""
     import matplotlib
@@ -242,6 +253,8 @@ def build_run_report(tdata, model, summary: dict, markers: pd.DataFrame, args) -
     )
     _umaps(report, tdata, args)
     _training(report, model)
+    if hasattr(model, "get_loadings"):
+        _loadings(report, model)
     _integration(report, tdata, summary, args)
     _clusters(report, tdata, args)
     _paga(report, tdata)
