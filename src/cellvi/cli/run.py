@@ -262,7 +262,7 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
                 check_val_every_n_epoch=1,
             )  # the report plots validation per epoch
         with steps.step("latent"):
-            latent = model.get_latent_representation(tdata, obsm_key="X_scvi")
+            model.get_latent_representation(tdata, obsm_key="X_scvi")  # stored in obsm
         scanvi = None
         if args.scanvi:
             with steps.step("train SCANVI"):
