@@ -184,9 +184,16 @@ def test_cli_grn_writes_links_figures_and_report_section(tmp_path, sim):
     a.write_h5ad(path)
     (tmp_path / "tfs.txt").write_text("TF0\nTF1\nTF2\nTF3")
     out = tmp_path / "out"
+    from cellvi.report import Report
+
+    run_report = Report("cellvi run report")
+    run_report.add("UMAP", "<p>stand-in</p>")
+    run_report.write(tmp_path / "run_report.html")
     rc = main(
         [
             "grn",
+            "--report",
+            str(tmp_path / "run_report.html"),
             "--data",
             str(path),
             "--cluster-key",
@@ -208,6 +215,9 @@ def test_cli_grn_writes_links_figures_and_report_section(tmp_path, sim):
     assert rc == 0
     for f in ("links.csv", "network_scores.csv", "shift.png", "score.png", "grn_section.html", "summary.json"):
         assert (out / f).stat().st_size > 0
+    own, added = (out / "report.html").read_text(), (tmp_path / "run_report.html").read_text()
+    assert own.count("<img") >= 1 and "<h2>UMAP</h2>" in added
+    assert added.count('<section id="grn">') == 1 and added.count('href="#grn"') == 1  # the section, once
     assert (
         main(
             [

@@ -35,6 +35,9 @@ def register(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=2000)
     p.add_argument("--n-propagation", type=int, default=3)
     p.add_argument("--n-neighbors", type=int, default=30)
+    p.add_argument(
+        "--report", help="report.html of a `cellvi run` to add the GRN section to (also written to OUT/report.html)"
+    )
     p.add_argument("-o", "--out", default="grn_output", help="output folder (default: grn_output)")
     p.set_defaults(func=run)
 
@@ -120,6 +123,30 @@ def run(args) -> int:
         summary["perturbation"] = {"genes": perturb, "timings_s": result.timings}
     title, body = grn_report_section(oracle, result)
     (out / "grn_section.html").write_text(f"<h2>{title}</h2>\n{body}\n")
+    _write_reports(out, title, body, args.report)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps(summary, indent=1, default=str))
     return 0
+
+
+def _write_reports(out, title: str, body: str, run_report) -> None:
+    """OUT/report.html (the GRN section alone, self-contained) and, with ``--report``, the section added
+    at the end of a `cellvi run` report (which cellvi.report wrote: one <main>, one <nav>)."""
+    import html
+    from pathlib import Path
+
+    from ...errors import InvalidDataError
+    from ...report import Report
+
+    report = Report("cellvi grn report", "gene regulatory networks and in-silico perturbation")
+    report.add(title, body)
+    report.write(out / "report.html")
+    if run_report is None:
+        return
+    path = Path(run_report)
+    page = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if page.count("</main>") != 1 or page.count("</nav>") != 1:
+        raise InvalidDataError(f"--report {path} is not a report written by `cellvi run`.")
+    link = f'<a href="#grn">{html.escape(title)}</a></nav>'
+    section = f'<section id="grn"><h2>{html.escape(title)}</h2>{body}</section></main>'
+    path.write_text(page.replace("</nav>", link).replace("</main>", section), encoding="utf-8")
