@@ -60,7 +60,7 @@ def stage_scvi(a) -> None:
         _, _, out = module(tensors, loss_kwargs={"kl_weight": KL_WEIGHT})
         out.loss.backward()
         grads = {k: p.grad.detach().clone() for k, p in module.named_parameters() if p.grad is not None}
-        train_loss = float(out.loss)
+        train_loss = float(out.loss.detach())
         module.load_state_dict(state)
         module.eval()
         with torch.no_grad():
@@ -99,7 +99,7 @@ def stage_cellvi(a) -> None:
         out["loss"].backward()
         grads = cellvi_grads_as_scvi({k: p.grad for k, p in vae.named_parameters() if p.grad is not None},
                                      ref["n_latent"])
-        train_loss = float(out["loss"])
+        train_loss = float(out["loss"].detach())
         vae.load_state_dict(scvi_to_cellvi_state(ref["state"], ref["n_latent"]))
         vae.eval()
         with torch.no_grad():
@@ -113,6 +113,12 @@ def stage_cellvi(a) -> None:
         return float((a_ - b_).abs().max() / b_.abs().max().clamp_min(1e-30))
 
     grad_rel = {k: rel(grads[k], g) for k, g in ref["grads"].items() if k in grads}
+    grad_max = {k: float(g.abs().max()) for k, g in ref["grads"].items() if k in grads}
+    # a linear layer's bias right before batch norm (train mode) has zero gradient in exact arithmetic:
+    # both libraries return round-off there, so its relative difference says nothing
+    pre_bn = [k for k in grad_rel if k.endswith("Layer 0.0.bias")]
+    scale = max(grad_max.values())
+    checked = {k: v for k, v in grad_rel.items() if k not in pre_bn}
     missing = sorted(set(k for k in ref["grads"] if not k.startswith("l_encoder")) - set(grads))
     res = {
         "scvi_tools": ref["scvi"], "epochs_trained": ref["epochs"], "minibatch_cells": int(X.shape[0]),
@@ -123,7 +129,9 @@ def stage_cellvi(a) -> None:
                            "rel_diff": abs(float(out_eval["loss"]) - ref["eval_loss"]) / abs(ref["eval_loss"])},
         "eval_reconstruction_max_rel_diff": rel(out_eval["reconstruction_loss"], ref["eval_rec"]),
         "latent_max_rel_diff": rel(latent, ref["latent"]),
-        "gradient_max_rel_diff": max(grad_rel.values()), "gradient_rel_diff": grad_rel,
+        "gradient_max_rel_diff": max(checked.values()), "gradient_rel_diff": grad_rel,
+        "gradient_max_abs": grad_max, "pre_batchnorm_biases": pre_bn,
+        "pre_batchnorm_bias_grad_max_abs_relative_to_largest_gradient": max(grad_max[k] for k in pre_bn) / scale,
         "scvi_gradients_without_cellvi_counterpart": missing,
     }
     out_dir = Path(a.results)
@@ -139,7 +147,11 @@ def stage_cellvi(a) -> None:
              f"| loss, eval mode | {ref['eval_loss']:.6f} | {float(out_eval['loss']):.6f} | {res['eval_mode_loss']['rel_diff']:.1e} |",
              f"| per-cell reconstruction loss, eval | | | {res['eval_reconstruction_max_rel_diff']:.1e} |",
              f"| latent (posterior mean), eval | | | {res['latent_max_rel_diff']:.1e} |",
-             f"| gradients ({len(grad_rel)} parameters), worst | | | {res['gradient_max_rel_diff']:.1e} |", "",
+             f"| gradients ({len(checked)} parameters), worst | | | {res['gradient_max_rel_diff']:.1e} |", "",
+             f"The two biases before batch norm ({', '.join(f'`{k}`' for k in pre_bn)}) have zero gradient in exact "
+             "arithmetic (batch norm subtracts the batch mean); both libraries return round-off there, at most "
+             f"{res['pre_batchnorm_bias_grad_max_abs_relative_to_largest_gradient']:.1e} of the largest gradient "
+             "entry, so they are left out of the worst case.", "",
              "Gradient per parameter: " + ", ".join(f"`{k}` {v:.1e}" for k, v in grad_rel.items()), "",
              f"scvi-tools parameters with a gradient and no cellvi counterpart: {missing or 'none'} "
              "(scvi-tools builds an unused library encoder; it gets no gradient with the observed library).", ""]
