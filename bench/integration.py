@@ -29,7 +29,7 @@ import platform
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SCVI_PY = Path(os.environ.get("SCVI_PYTHON", HERE / ".venv-scvi" / "bin" / "python"))
+SCVI_PY = Path(os.environ.get("SCVI_PYTHON", HERE / ".venv-scvi" / "bin" / "python"))  # setup_scvi_env.sh
 DATA = Path(os.environ.get("CELLVI_DATA_DIR", REPO.parent / "shared" / "data"))
 SHARED = {  # labelled multi-batch shared sets: (file, batch key, label key)
     "pbmc_3chemistries": ("pbmc_3chemistries.h5ad", "batch", "cell_type"),
@@ -164,11 +164,19 @@ def bench_dataset(name: str, path: Path, batch_key: str, label_key: str, a) -> N
 
     work = Path(a.work_dir) / name
     work.mkdir(parents=True, exist_ok=True)
-    jobs = [(lib, seed) for seed in range(a.seeds) for lib in a.libs]
+    jobs = [(lib, seed) for seed in range(a.first_seed, a.first_seed + a.seeds) for lib in a.libs]
+    if a.score_only:  # whatever embeddings are cached, any number of seeds per library
+        jobs = sorted(((p.stem.split("_")[0], int(p.stem.split("_")[1])) for p in work.glob("*_*.npz")),
+                      key=lambda j: (j[1], list(LIBS).index(j[0])))
     print(f"{name}: {len(jobs)} worker runs", flush=True)
     with ThreadPoolExecutor(a.jobs) as pool:
-        info = list(pool.map(lambda j: run_worker(j[0], path, batch_key, label_key, j[1],
-                                                  work / f"{j[0]}_{j[1]}.npz"), jobs))
+        futures = [pool.submit(run_worker, lib, path, batch_key, label_key, seed, work / f"{lib}_{seed}.npz")
+                   for lib, seed in jobs]
+        for fut in as_completed(futures):
+            if fut.exception() is not None:  # stop at the first failure, with its message
+                for other in futures:
+                    other.cancel()
+                raise fut.exception()
     adata = ad.read_h5ad(path)
     adata.obsm["PCA"] = unintegrated_pca(adata)
     keys, rows, seconds = ["PCA"], [("PCA", 0)], {}
@@ -190,7 +198,7 @@ def bench_dataset(name: str, path: Path, batch_key: str, label_key: str, a) -> N
     scores.insert(0, "method", [m for m, _ in rows])
     meta = dict(dataset=name, path=str(path), n_cells=int(adata.n_obs), n_genes=int(adata.n_vars),
                 batch_key=batch_key, label_key=label_key, n_batches=int(adata.obs[batch_key].nunique()),
-                n_labels=int(adata.obs[label_key].nunique()), seeds=a.seeds, scib_metrics=scib_metrics.__version__,
+                n_labels=int(adata.obs[label_key].nunique()), seeds=sorted({s for _, s in jobs}), scib_metrics=scib_metrics.__version__,
                 python=platform.python_version(), command="python " + " ".join(sys.argv),
                 median_seconds={k: float(np.median(v)) for k, v in seconds.items()})
     write_outputs(name, meta, scores, bm, Path(a.out_dir))
@@ -206,6 +214,8 @@ def main(argv=None):
     p.add_argument("--simulated", type=int, default=0, help="also a simulated set of this many cells")
     p.add_argument("--sim-batches", type=int, default=4)
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--score-only", action="store_true", help="score the cached embeddings, run nothing")
     p.add_argument("--libs", nargs="*", default=list(LIBS), choices=list(LIBS))
     p.add_argument("--jobs", type=int, default=2, help="worker processes at once (1 thread each)")
     p.add_argument("--work-dir", default=str(HERE / "data" / "integration_work"))

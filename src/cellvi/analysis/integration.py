@@ -116,8 +116,8 @@ def benchmark_integration(
         raise InvalidDataError(f"adata.obs[{label_key!r}] has a single label: bio conservation cannot be scored.")
     if neighbors not in ("pynndescent", "exact"):
         raise InvalidParameterError(f"neighbors must be 'pynndescent' or 'exact', got {neighbors!r}.")
-    pre = _embedding(adata, pre_integrated_obsm_key) if pre_integrated_obsm_key else _unintegrated_pca(adata)
     Benchmarker = _import_scib_metrics()
+    pre = _embedding(adata, pre_integrated_obsm_key) if pre_integrated_obsm_key else _unintegrated_pca(adata)
 
     obs = pd.DataFrame({"batch": batches, "label": labels}, index=adata.obs_names.astype(str))
     work = ad.AnnData(np.zeros((adata.n_obs, 1), dtype=np.float32), obs=obs)
