@@ -13,12 +13,17 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pytest
+import torch
 
 import cellvi
 from cellvi.analysis import benchmark_integration
 from tests.conftest import real_data_path
 
-REFERENCE_BIO = None  # bench/results/integration_pbmc_3chemistries.csv, cellvi SCVI, seed 0
+REFERENCE_BIO = 0.6286  # bench/results/integration_pbmc_3chemistries.csv, cellvi SCVI, seed 0 (1 thread)
+# Seeds 0, 1, 3 gave 0.629, 0.693, 0.673 (sd 0.033): another seed, or other hardware whose float
+# round-off sends training down another path, can move the score by more than this tolerance. At
+# seed 0 on one thread (as the reference) the value is reproducible; a failure on new hardware
+# should be checked against a rerun of the benchmark's seeds before it is read as a regression.
 TOLERANCE = 0.02
 BIO = ["Isolated labels", "KMeans NMI", "KMeans ARI", "Silhouette label", "cLISI"]
 BATCH = ["BRAS", "iLISI", "KBET", "Graph connectivity", "PCR comparison"]
@@ -30,10 +35,15 @@ def scored():
     adata = ad.read_h5ad(real_data_path("pbmc_3chemistries.h5ad"))
     cellvi.settings.seed = 0
     cellvi.settings.progress_bar = False
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the reference run (bench/integration_worker.py)
     cellvi.model.SCVI.setup_anndata(adata, batch_key="batch")
     model = cellvi.model.SCVI(adata)
-    model.train()  # defaults: 400 epochs at 1,200 cells, as the reference
-    adata.obsm["X_scvi"] = model.get_latent_representation()
+    try:
+        model.train()  # defaults: 400 epochs at 1,200 cells, as the reference
+        adata.obsm["X_scvi"] = model.get_latent_representation()
+    finally:
+        torch.set_num_threads(threads)
     log = np.log1p(adata.X.toarray() / adata.X.sum(1).A * 1e4)
     u, s, _ = np.linalg.svd(log - log.mean(0), full_matrices=False)
     adata.obsm["X_pca10"] = u[:, :10] * s[:10]  # the same shape as the latent: one JAX compilation
