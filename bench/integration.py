@@ -139,7 +139,7 @@ def write_outputs(name: str, meta: dict, scores: pd.DataFrame, bm, out_dir: Path
               "|---|" + "---|" * len(batch_cols)]
     for m in order:
         lines.append(f"| {m} | " + " | ".join(fmt(m, k) for k in batch_cols) + " |")
-    lines += ["", f"Seconds per seed (training + latent, median; machine shared, noisy): "
+    lines += ["", "Seconds per seed (training + latent, median; machine shared, noisy): "
               + ", ".join(f"{k} {v:.0f}" for k, v in meta["median_seconds"].items()), ""]
     (out_dir / f"integration_{name}.md").write_text("\n".join(lines))
     if bm is not None:  # the scib-metrics table of the seed means, drawn by Benchmarker itself
