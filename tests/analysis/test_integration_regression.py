@@ -33,6 +33,8 @@ BATCH = ["BRAS", "iLISI", "KBET", "Graph connectivity", "PCR comparison"]
 def scored():
     pytest.importorskip("scib_metrics")
     adata = ad.read_h5ad(real_data_path("pbmc_3chemistries.h5ad"))
+    for key in ("batch", "cell_type"):  # as bench/integration_worker.py reads it
+        adata.obs[key] = adata.obs[key].astype(str).astype("category")
     cellvi.settings.seed = 0
     cellvi.settings.progress_bar = False
     threads = torch.get_num_threads()
