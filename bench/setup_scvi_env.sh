@@ -19,3 +19,5 @@ import scvi, torch
 print(f"scvi {scvi.__version__}, torch {torch.__version__}: import {time.perf_counter() - t:.2f} s, "
       f"RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 PY
+# the integration benchmark's other methods and its scoring (bench/integration_worker.py --lib baselines)
+"$VENV/bin/python" -m pip install -q -c "$HERE/constraints-scvi.txt" harmonypy==2.1.0 scanorama==1.7.4 scib-metrics==0.5.10

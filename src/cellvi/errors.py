@@ -42,3 +42,7 @@ class TrainingDivergedError(CellviError, ValueError):
 
 class NotSetUpError(CellviError, ValueError):
     """The AnnData was not prepared with ``setup_anndata``."""
+
+
+class MissingDependencyError(CellviError, ImportError):
+    """An optional dependency (a ``cellvi[...]`` extra) is not installed."""

@@ -1,0 +1,309 @@
+"""Integration benchmark: scIB metrics of cellvi, scvi-tools, Harmony, Scanorama and PCA, over seeds.
+
+    .venv/bin/python bench/integration.py                       # both labelled shared sets, 5 seeds
+    .venv/bin/python bench/integration.py --h5ad my.h5ad --batch-key donor --label-key cell_type
+    .venv/bin/python bench/integration.py --simulated 20000     # simulated, strong gene-specific batches
+
+For each dataset and seed, bench/integration_worker.py computes the embeddings in a subprocess (see its
+docstring for every method's defaults): cellvi SCVI and SCANVI in this environment, scvi-tools SCVI and
+SCANVI and Harmony and Scanorama in bench/.venv-scvi (bench/setup_scvi_env.sh). Unintegrated PCA
+(normalise_total + log1p + 50-component PCA, scanpy defaults, all genes) is computed here; it is
+deterministic, so it is scored once. Every embedding of every seed is then scored in one call of
+:func:`cellvi.analysis.benchmark_integration` (scib-metrics' Benchmarker at its defaults, PCA as the
+unintegrated embedding, totals unscaled, 0.6 bio + 0.4 batch): unscaled scores of one embedding do not
+depend on the others, so one call gives the same numbers as one call per seed.
+
+Output, per dataset: bench/results/integration_<name>.{csv,json,md,png}: the per-seed scores (CSV),
+mean ± sd per method of every metric (JSON, markdown) and the scib-metrics results table of the seed
+means (plot_results_table) as a figure. Embeddings are cached in --work-dir (re-runs add seeds only).
+The 10-batch >= 100k-cell case of the issue is `--simulated 100000 --sim-batches 10` (not run here:
+a 2-core machine shared with other jobs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SCVI_PY = Path(os.environ.get("SCVI_PYTHON", HERE / ".venv-scvi" / "bin" / "python"))  # setup_scvi_env.sh
+DATA = Path(os.environ.get("CELLVI_DATA_DIR", REPO.parent / "shared" / "data"))
+SHARED = {  # labelled multi-batch shared sets: (file, batch key, label key)
+    "pbmc_3chemistries": ("pbmc_3chemistries.h5ad", "batch", "cell_type"),
+    "cellbench_3celllines_2protocols": ("cellbench_3celllines_2protocols.h5ad", "batch", "cell_type"),
+}
+LIBS = {
+    "cellvi": ("cellvi", ("SCVI", "SCANVI")),
+    "scvi": ("scvi-tools", ("SCVI", "SCANVI")),
+    "baselines": ("", ("Harmony", "Scanorama")),
+}
+BIO = ["Isolated labels", "KMeans NMI", "KMeans ARI", "Silhouette label", "cLISI"]
+SUMMARY = ["Total", "Bio conservation", "Batch correction"]
+
+
+def simulated(n_cells: int, n_batches: int, path: Path, seed: int = 0) -> Path:
+    """Strong gene-specific batch effects (per-gene log factors sd 1.0, library shifts sd 0.3) and nested
+    cell types: 3 broad types x 3 subtypes, subtypes differing from their broad type in 3% of genes
+    with smaller fold changes (written as obs["cell_type"] = subtype, obs["cell_type_broad"])."""
+    import cellvi
+
+    if path.exists():
+        return path
+    broad = cellvi.data.simulate(
+        n_cells, 2000, n_batches, 3, seed=seed, batch_effect=1.0, batch_library_shift=0.3, de_fraction=0.1, de_lfc=2.0
+    )
+    rng = np.random.default_rng(seed)
+    sub = rng.integers(0, 3, n_cells)
+    import scipy.sparse as sp
+
+    X = broad.X.toarray().astype(np.int32)  # 20k x 2000: 160 MB
+    types = broad.obs["cell_type"].to_numpy()
+    for t in range(3):  # subtype effects within each broad type: down-regulation by binomial thinning
+        for s in range(3):
+            cells = np.flatnonzero((types == f"type{t}") & (sub == s))
+            genes = rng.choice(X.shape[1], int(0.03 * X.shape[1]), replace=False)
+            factor = np.exp(-np.abs(rng.normal(0, 1.0, len(genes))))
+            X[np.ix_(cells, genes)] = rng.binomial(X[np.ix_(cells, genes)], factor)
+    broad.X = sp.csr_matrix(X.astype(np.float32))
+    broad.obs["cell_type_broad"] = broad.obs["cell_type"].astype(str)
+    broad.obs["cell_type"] = [f"{b}.{s}" for b, s in zip(broad.obs["cell_type_broad"], sub)]
+    broad.write_h5ad(path)
+    return path
+
+
+def run_worker(lib: str, data: Path, batch_key: str, label_key: str, seed: int, out: Path) -> dict:
+    if out.exists():
+        return {"cached": True}
+    py = sys.executable if lib == "cellvi" else str(SCVI_PY)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO / "src") if lib == "cellvi" else "",
+    }
+    cmd = [
+        py,
+        str(HERE / "integration_worker.py"),
+        "--lib",
+        lib,
+        "--data",
+        str(data),
+        "--batch-key",
+        batch_key,
+        "--label-key",
+        label_key,
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+    ]
+    t = time.perf_counter()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
+    print(f"  {lib} seed {seed}: {time.perf_counter() - t:.0f} s {res.stdout.strip()}", flush=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def unintegrated_pca(adata) -> np.ndarray:
+    import scanpy as sc
+
+    norm = adata.copy()
+    sc.pp.normalize_total(norm)
+    sc.pp.log1p(norm)
+    sc.pp.pca(norm, n_comps=50)
+    return norm.obsm["X_pca"]
+
+
+def mean_sd(df: pd.DataFrame) -> pd.DataFrame:
+    g = df.groupby("method", sort=False)
+    return pd.concat(
+        {
+            "mean": g.mean(numeric_only=True),
+            "sd": g.std(ddof=1, numeric_only=True),
+            "n": g.size().to_frame("seeds").reindex(columns=["seeds"]),
+        },
+        axis=1,
+    )
+
+
+def write_outputs(name: str, meta: dict, scores: pd.DataFrame, bm, out_dir: Path) -> None:
+    metrics = [c for c in scores.columns if c not in ("method", "seed")]
+    scores.to_csv(out_dir / f"integration_{name}.csv", index=False)
+    g = scores.groupby("method", sort=False)[metrics]
+    mean, sd, n = g.mean(), g.std(ddof=1), g.size()
+    summary = {
+        m: {
+            "seeds": int(n[m]),
+            **{k: {"mean": float(mean.loc[m, k]), "sd": float(sd.loc[m, k]) if n[m] > 1 else None} for k in metrics},
+        }
+        for m in mean.index
+    }
+    with open(out_dir / f"integration_{name}.json", "w") as f:
+        json.dump({**meta, "summary": summary, "per_seed": scores.to_dict(orient="records")}, f, indent=1)
+
+    def fmt(m, k):
+        return f"{mean.loc[m, k]:.3f} ± {sd.loc[m, k]:.3f}" if n[m] > 1 else f"{mean.loc[m, k]:.3f}"
+
+    order = mean["Total"].sort_values(ascending=False).index
+    lines = [
+        f"# Integration benchmark: {name}",
+        "",
+        f"{meta['n_cells']:,} cells x {meta['n_genes']:,} genes, {meta['n_batches']} batches "
+        f"(`{meta['batch_key']}`), {meta['n_labels']} labels (`{meta['label_key']}`). scib-metrics "
+        f"{meta['scib_metrics']} Benchmarker defaults, unscaled; Total = 0.6 bio + 0.4 batch. "
+        f"kNN: {meta['neighbors']}. Mean ± sd over seeds (sample sd); PCA is deterministic. "
+        f"Command: `{meta['command']}`",
+        "",
+        "| method | seeds | Total | Bio conservation | Batch correction | " + " | ".join(BIO) + " |",
+        "|---|---|---|---|---|" + "---|" * len(BIO),
+    ]
+    for m in order:
+        lines.append(f"| {m} | {n[m]} | " + " | ".join(fmt(m, k) for k in SUMMARY + BIO) + " |")
+    batch_cols = [c for c in metrics if c not in BIO + SUMMARY]
+    lines += [
+        "",
+        "Batch-correction metrics:",
+        "",
+        "| method | " + " | ".join(batch_cols) + " |",
+        "|---|" + "---|" * len(batch_cols),
+    ]
+    for m in order:
+        lines.append(f"| {m} | " + " | ".join(fmt(m, k) for k in batch_cols) + " |")
+    lines += [
+        "",
+        "Seconds per seed (training + latent, median; machine shared, noisy): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in meta["median_seconds"].items()),
+        "",
+    ]
+    (out_dir / f"integration_{name}.md").write_text("\n".join(lines))
+    if bm is not None:  # the scib-metrics table of the seed means, drawn by Benchmarker itself
+        import matplotlib
+
+        matplotlib.use("Agg")
+        raw = bm._results
+        types = raw["Metric Type"]
+        by_method = raw.drop(columns="Metric Type").T.astype(float)
+        by_method.index = [k.split("#")[0] for k in by_method.index]
+        means = by_method.groupby(level=0, sort=False).mean().T
+        means["Metric Type"] = types
+        bm._results, bm._embedding_obsm_keys = means, list(means.columns[:-1])
+        tab = bm.plot_results_table(min_max_scale=False, show=False)
+        tab.ax.figure.savefig(out_dir / f"integration_{name}.png", dpi=120, bbox_inches="tight")
+
+
+def bench_dataset(name: str, path: Path, batch_key: str, label_key: str, a) -> None:
+    import anndata as ad
+    import scib_metrics
+
+    from cellvi.analysis import benchmark_integration
+
+    work = Path(a.work_dir) / name
+    work.mkdir(parents=True, exist_ok=True)
+    jobs = [(lib, seed) for seed in range(a.first_seed, a.first_seed + a.seeds) for lib in a.libs]
+    if a.score_only:  # whatever embeddings are cached, any number of seeds per library
+        jobs = sorted(
+            ((p.stem.split("_")[0], int(p.stem.split("_")[1])) for p in work.glob("*_*.npz")),
+            key=lambda j: (j[1], list(LIBS).index(j[0])),
+        )
+    print(f"{name}: {len(jobs)} worker runs", flush=True)
+    with ThreadPoolExecutor(a.jobs) as pool:
+        futures = [
+            pool.submit(run_worker, lib, path, batch_key, label_key, seed, work / f"{lib}_{seed}.npz")
+            for lib, seed in jobs
+        ]
+        for fut in as_completed(futures):
+            if fut.exception() is not None:  # stop at the first failure, with its message
+                for other in futures:
+                    other.cancel()
+                raise fut.exception()
+    adata = ad.read_h5ad(path)
+    adata.obsm["PCA"] = unintegrated_pca(adata)
+    keys, rows, seconds = ["PCA"], [("PCA", 0)], {}
+    for lib, seed in jobs:
+        z = np.load(work / f"{lib}_{seed}.npz")
+        prefix, methods = LIBS[lib]
+        for m in methods:
+            method = f"{prefix} {m}".strip()
+            adata.obsm[f"{method}#{seed}"] = z[m]
+            keys.append(f"{method}#{seed}")
+            rows.append((method, seed))
+            seconds.setdefault(method, []).append(float(z[f"seconds_{m}"]))
+    t = time.perf_counter()
+    df, bm = benchmark_integration(
+        adata, keys, batch_key, label_key, pre_integrated_obsm_key="PCA", neighbors=a.neighbors, return_benchmarker=True
+    )
+    print(f"  scored {len(keys)} embeddings in {time.perf_counter() - t:.0f} s", flush=True)
+    scores = df.reset_index(drop=True)
+    scores.insert(0, "seed", [s for _, s in rows])
+    scores.insert(0, "method", [m for m, _ in rows])
+    meta = dict(
+        dataset=name,
+        path=str(path),
+        n_cells=int(adata.n_obs),
+        n_genes=int(adata.n_vars),
+        batch_key=batch_key,
+        label_key=label_key,
+        n_batches=int(adata.obs[batch_key].nunique()),
+        n_labels=int(adata.obs[label_key].nunique()),
+        seeds=sorted({s for _, s in jobs}),
+        scib_metrics=scib_metrics.__version__,
+        python=platform.python_version(),
+        command="python " + " ".join(sys.argv),
+        neighbors=a.neighbors,
+        median_seconds={k: float(np.median(v)) for k, v in seconds.items()},
+    )
+    write_outputs(name, meta, scores, bm, Path(a.out_dir))
+    print((Path(a.out_dir) / f"integration_{name}.md").read_text(), flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="*", default=list(SHARED), help="shared sets (default both)")
+    p.add_argument("--h5ad", help="another labelled multi-batch .h5ad (raw counts in X)")
+    p.add_argument("--batch-key")
+    p.add_argument("--label-key")
+    p.add_argument("--simulated", type=int, default=0, help="also a simulated set of this many cells")
+    p.add_argument("--sim-batches", type=int, default=4)
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument(
+        "--neighbors",
+        choices=["pynndescent", "exact"],
+        default="pynndescent",
+        help="kNN for the scIB metrics: scib-metrics' default, or exact (as the regression test)",
+    )
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--score-only", action="store_true", help="score the cached embeddings, run nothing")
+    p.add_argument("--libs", nargs="*", default=list(LIBS), choices=list(LIBS))
+    p.add_argument("--jobs", type=int, default=2, help="worker processes at once (1 thread each)")
+    p.add_argument("--work-dir", default=str(HERE / "data" / "integration_work"))
+    p.add_argument("--out-dir", default=str(HERE / "results"))
+    a = p.parse_args(argv)
+    sets = [(n, DATA / SHARED[n][0], *SHARED[n][1:]) for n in a.datasets]
+    if a.h5ad:
+        if not (a.batch_key and a.label_key):
+            p.error("--h5ad needs --batch-key and --label-key")
+        sets.append((Path(a.h5ad).stem, Path(a.h5ad), a.batch_key, a.label_key))
+    if a.simulated:
+        name = f"simulated_{a.simulated}_{a.sim_batches}b"
+        Path(a.work_dir).mkdir(parents=True, exist_ok=True)
+        sets.append(
+            (name, simulated(a.simulated, a.sim_batches, Path(a.work_dir) / f"{name}.h5ad"), "batch", "cell_type")
+        )
+    for name, path, bk, lk in sets:
+        bench_dataset(name, path, bk, lk, a)
+
+
+if __name__ == "__main__":
+    main()
