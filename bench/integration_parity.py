@@ -47,7 +47,7 @@ def stage_scvi(a) -> None:
     import torch.distributions as td
 
     orig = td.Normal.rsample
-    td.Normal.rsample = lambda self, sample_shape=torch.Size(): self.loc + self.scale * eps
+    td.Normal.rsample = lambda self, sample_shape=(): self.loc + self.scale * eps
     try:
         module.train()
         for m in module.modules():
