@@ -7,7 +7,6 @@ Plots show at most ``PLOT_CELLS`` random cells and the marker dot plot at most `
 from __future__ import annotations
 
 import html
-import inspect
 import json
 
 import numpy as np
@@ -112,11 +111,6 @@ def _integration(report: Report, tdata, summary, args) -> None:
 def _scib(analysis, tdata, args) -> str:
     if getattr(args, "no_scib", False):
         return "<p class='note'>scIB metrics skipped (--no-scib).</p>"
-    if not hasattr(analysis, "benchmark_integration"):
-        return (
-            "<p class='note'>scIB metrics need <code>cellvi.analysis.benchmark_integration</code> and the "
-            "<code>integration</code> extra (<code>pip install 'cellvi[integration]'</code>).</p>"
-        )
     import anndata as ad
 
     from ..errors import CellviError
@@ -124,11 +118,8 @@ def _scib(analysis, tdata, args) -> str:
     rows = _rows(tdata.n_obs, SCIB_CELLS, args.seed)
     sub = ad.AnnData(tdata.X[rows], obs=tdata.obs.iloc[rows][[args.batch_key, args.labels_key]].copy())
     sub.obsm["X_scvi"] = tdata.obsm["X_scvi"][rows]
-    kwargs = {}
-    if "neighbors" in inspect.signature(analysis.benchmark_integration).parameters:
-        kwargs["neighbors"] = "exact"
     try:
-        table = analysis.benchmark_integration(sub, ["X_scvi"], args.batch_key, args.labels_key, **kwargs)
+        table = analysis.benchmark_integration(sub, ["X_scvi"], args.batch_key, args.labels_key, neighbors="exact")
     except (CellviError, ImportError) as exc:  # a missing extra, or too few batches/labels: say so, go on
         return f"<p class='note'>scIB metrics not computed: {html.escape(str(exc).splitlines()[0][:300])}</p>"
     return (
