@@ -123,6 +123,7 @@ def _objective_fn(ctx: dict, adata):
                     raise optuna.TrialPruned(f"validation ELBO {elbo:.2f} at epoch {epoch}")
 
             callbacks.append(report)
+        trial.set_user_attr("pid", os.getpid())  # the worker process, also for trials pruned in training
         t0 = time.perf_counter()
         model.train(
             max_epochs=ctx["max_epochs"],
@@ -134,7 +135,6 @@ def _objective_fn(ctx: dict, adata):
         )
         elbo = -float(model.history["elbo_validation"].dropna().iloc[-1])  # history: the negative ELBO
         trial.set_user_attr("train_s", time.perf_counter() - t0)
-        trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("elbo_validation", elbo)
         if not math.isfinite(elbo):
             raise TrainingDivergedError(f"the validation ELBO is {elbo}")
