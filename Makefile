@@ -53,7 +53,7 @@ docs: $(DOCS_STAMP)
 
 # Open the built site in headless Chromium and check a tutorial page (needs chromium + chromedriver).
 docs-check: $(DOCS_STAMP)
-	CELLVI_REQUIRE_DOCS=1 $(BIN)/python -m pytest -q tests/test_docs_site.py
+	CELLVI_REQUIRE_DOCS=1 $(BIN)/python -m pytest -q tests/test_docs_site.py tests/docs
 
 docs-clean:
 	rm -rf docs/_build docs/reference/generated

@@ -211,16 +211,22 @@ def tune(
         path, ``sqlite:///PATH`` or ``postgresql://user@host:port/db``. With the same URL and name,
         ``cellvi tune`` on other machines joins the study (``load_if_exists``).
     max_epochs
-        Epochs per trial. pruner: "median" (Optuna's MedianPruner) or "asha" (successive halving) on
-        the validation ELBO after each epoch, or None; pruning applies to the single objectives only
-        (Optuna cannot prune multi-objective trials).
+        Epochs per trial.
+    pruner
+        "median" (Optuna's MedianPruner) or "asha" (successive halving) on the validation ELBO after
+        each epoch, or None; pruning applies to the single objectives only (Optuna cannot prune
+        multi-objective trials).
     setup_kwargs
-        More arguments of ``setup_anndata`` (e.g. ``layer``, covariates). threads_per_job: torch threads
-        of each process (default 1 when ``n_jobs > 1``).
+        More arguments of ``setup_anndata`` (e.g. ``layer``, covariates).
+    threads_per_job
+        Torch threads of each process (default 1 when ``n_jobs > 1``).
 
-    A trial whose training diverges is recorded as failed and the search goes on. Returns a
-    :class:`TuneResult`; with ``output_dir`` also writes best_config.json, trials.csv, pareto.csv,
-    the plots (objective_vs_params.png, param_importances.png) and the trained model (best_model/).
+    Returns
+    -------
+    TuneResult
+        A trial whose training diverges is recorded as failed and the search goes on. With
+        ``output_dir`` also writes best_config.json, trials.csv, pareto.csv, the plots
+        (objective_vs_params.png, param_importances.png) and the trained model (best_model/).
     """
     import anndata
     import optuna

@@ -23,8 +23,9 @@ class LinearSCVI(SCVI):
     every batch, and :meth:`get_loadings` returns ``W`` (genes x factors). Unlike scvi-tools,
     ``categorical_covariate_keys`` / ``continuous_covariate_keys`` are accepted and query mapping
     (:meth:`load_query_data`) works: a new batch learns its own offsets while ``W`` stays fixed.
+    The parameters below come in addition to :class:`SCVI`'s.
 
-    Parameters (besides :class:`SCVI`'s)
+    Parameters
     ----------
     loadings
         "nonneg" (default: ``W = softplus(V) >= 0``, so that a factor's programme is its largest

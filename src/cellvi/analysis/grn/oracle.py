@@ -129,7 +129,7 @@ class Oracle:
         pvalue: str = "bootstrap",
     ) -> pd.DataFrame:
         """Fit a bagging ridge GRN per cluster (see :func:`~cellvi.analysis.grn.bagging_ridge`), then keep
-        edges with p < ``p`` and the ``top_k`` largest |coef| per cluster (``pvalue``: see
+        edges with p < ``p`` and the ``top_k`` largest ``|coef|`` per cluster (``pvalue``: see
         :func:`~cellvi.analysis.grn.bagging_ridge`; ``"celloracle"`` for CellOracle's t-test). A cluster with fewer than
         ``min_cells`` cells raises ClusterTooSmallError (or, with ``skip_small``, is left without GRN).
         Returns the filtered links (cluster, source, target, coef_mean, coef_raw, coef_abs, p, -logp)."""
