@@ -222,7 +222,6 @@ def test_cli_grn_writes_links_figures_and_report_section(tmp_path, sim):
         main(
             [
                 "grn",
-                "--data",
                 str(path),
                 "--cluster-key",
                 "branch",

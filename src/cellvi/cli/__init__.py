@@ -18,7 +18,7 @@ EXAMPLES = """examples:
   cellvi de out/model data.h5ad --groupby leiden --group1 0 --group2 1 -o de.csv
   cellvi map-query ref_out/model query.h5ad -o query_out
   cellvi info out/model
-  cellvi grn --data out/result.h5ad --cluster-key leiden --perturb GATA1=0 -o grn_out
+  cellvi grn out/result.h5ad --cluster-key leiden --perturb GATA1=0 -o grn_out
   cellvi tune data.h5ad -o tuning --n-trials 20 --n-jobs 2
 
 Run `cellvi COMMAND --help` for the options of a command.

@@ -1,6 +1,6 @@
 """``cellvi grn``: per-cluster GRNs and one perturbation from the command line.
 
-    cellvi grn --data adata.h5ad --cluster-key leiden --embedding-key X_umap --tfs tfs.txt \\
+    cellvi grn adata.h5ad --cluster-key leiden --embedding-key X_umap --tfs tfs.txt \\
         --perturb GATA1=0 --pseudotime-key dpt_pseudotime --out grn_output [--model model_dir]
 
 Writes ``links.csv`` (filtered edges), ``network_scores.csv``, ``shift.png``, ``score.png`` (with pseudotime),
@@ -18,7 +18,8 @@ __all__ = ["register", "run"]
 def register(subparsers) -> None:
     """Add the ``grn`` subcommand to an argparse ``subparsers``."""
     p = subparsers.add_parser("grn", help="per-cluster gene regulatory networks and in-silico perturbation")
-    p.add_argument("--data", required=True, help=".h5ad with counts (or expression with --as-given)")
+    p.add_argument("input", nargs="?", metavar="INPUT", help=".h5ad with counts (or expression with --as-given)")
+    p.add_argument("--data", help="the same as INPUT (the earlier spelling, still accepted)")
     p.add_argument("--cluster-key", required=True)
     p.add_argument("--embedding-key", default="X_umap")
     p.add_argument("--model", help="folder of a trained SCVI: use its denoised expression")
@@ -68,7 +69,11 @@ def run(args) -> int:
     from ...errors import InvalidParameterError
     from . import Oracle, grn_report_section, plot_score, plot_shift
 
-    path = Path(args.data)
+    if args.input and args.data and args.input != args.data:
+        raise InvalidParameterError(f"two inputs given: INPUT {args.input!r} and --data {args.data!r}; give one.")
+    if not (args.input or args.data):
+        raise InvalidParameterError("no input: give the .h5ad file as INPUT (cellvi grn data.h5ad ...).")
+    path = Path(args.input or args.data)
     if not path.is_file():
         raise InvalidParameterError(f"no such file: {path}")
     adata = anndata.read_h5ad(path)
