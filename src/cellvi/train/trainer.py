@@ -179,9 +179,8 @@ class Trainer:
         # one all-reduce for the epoch's sums (a no-op on one process), with how many ranks have calibration
         # bins and their summed widths (a rank whose share of the cells is empty has none)
         n_bins = 0 if calib is None else calib.shape[1]
-        totals = distributed.sum_over_ranks(
-            torch.cat([sums, sums.new_tensor([n_cells]), cls_sums, sums.new_tensor([float(calib is not None), float(n_bins)])])
-        ).cpu()
+        has_bins = sums.new_tensor([float(calib is not None), float(n_bins)])
+        totals = distributed.sum_over_ranks(torch.cat([sums, sums.new_tensor([n_cells]), cls_sums, has_bins])).cpu()
         mean = (totals[:3] / max(float(totals[3]), 1.0)).tolist()
         cls_sums = totals[4:7]
         if totals[7] > 0:  # the bins of the whole data: summed over ranks
