@@ -60,7 +60,7 @@ def launch_or_join(args) -> int | None:
         threads = str(max(1, (os.cpu_count() or 1) // nproc))
         env = {
             STATUS_ENV: status,
-            ARGV_ENV: json.dumps(args.argv),
+            ARGV_ENV: json.dumps(getattr(args, "argv", sys.argv[1:])),  # main() records the command line
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads),
         }
         rc = launch(["-m", __name__], nproc, env=env)
