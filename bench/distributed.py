@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -179,6 +180,8 @@ def markdown(res: dict) -> str:
         for p in res["parameters"]
     ]
     lines += ["", res["note"], ""]
+    if res.get("command"):
+        lines += [f"Command: `{res['command']}`", ""]
     return "\n".join(lines)
 
 
@@ -237,6 +240,7 @@ def main() -> None:
         "epochs": a.epochs,
         "batch_size": a.batch_size,
         "repeats": a.repeats,
+        "command": shlex.join(["python", "bench/distributed.py", *sys.argv[1:]]),
         "runs": runs,
         "summary": summary,
         "parameters": params,
