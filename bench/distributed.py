@@ -4,10 +4,11 @@ Each run is a fresh set of processes: ``nproc=1`` is a plain ``python`` process 
 path), ``nproc>1`` is started by :func:`cellvi.train.distributed.launch` (torchrun). Every process
 reads the .h5ad into memory (as an unchanged user script would), trains the default SCVI at the same
 global ``batch_size`` for ``--epochs`` epochs, then the held-out ELBO is computed (split over ranks).
-Configurations alternate (1, N, 1, N, ...) so that drifts of a shared machine hit both.
+Configurations alternate in ABBA order (1, N, N, 1, 1, N, ...) so that drifts of a shared machine hit
+both alike; ``--repeats`` (default 3) runs of each, medians reported.
 
-    .venv/bin/python bench/distributed.py                         # 200,000 x 2,000 simulated cells
-    .venv/bin/python bench/distributed.py --cells 50000 --repeats 2
+    .venv/bin/python bench/distributed.py                         # 200,000 x 2,000 simulated cells, 3 x 2 runs
+    .venv/bin/python bench/distributed.py --cells 50000 --repeats 3 --epochs 2
 
 ``s/epoch`` is the median over the epochs after the first (the first holds one-off costs); cells/s is
 training cells / that. ``other CPU`` is the share of the machine's CPU that other processes used while
@@ -19,10 +20,12 @@ Results: bench/results/distributed.json and distributed.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -103,6 +106,22 @@ def parameter_volume(genes: int, n_batch: int = 1) -> dict:
     return {"genes": genes, "n_batch": n_batch, "parameters": n, "allreduce_bytes_per_step": 4 * n}
 
 
+def describe_machine() -> str:
+    """CPU model, cores, memory, Python and torch, the date and the load average when the benchmark starts."""
+    import torch
+
+    model = "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{model} ({platform.machine()}), {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average at start "
+        f"{load}, no GPU"
+    )
+
+
 def run(nproc: int, data: Path, a, out: Path) -> dict:
     args = [
         str(Path(__file__).resolve()),
@@ -161,6 +180,8 @@ def markdown(res: dict) -> str:
         for p in res["parameters"]
     ]
     lines += ["", res["note"], ""]
+    if res.get("command"):
+        lines += [f"Command: `{res['command']}`", ""]
     return "\n".join(lines)
 
 
@@ -174,7 +195,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--nproc", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="runs per configuration (medians; default 3)")
+    p.add_argument("--note", default="", help="a sentence for the results file (the conditions of the run)")
     p.add_argument("--params", action="store_true", help="print the all-reduce volume per step and exit")
     a = p.parse_args()
     if a.worker:
@@ -189,9 +211,10 @@ def main() -> None:
         import cellvi
 
         cellvi.data.simulate(n_cells=a.cells, n_genes=a.genes, n_batches=3, n_cell_types=5, seed=0, path=data)
+    machine = describe_machine()
     runs = []
     for rep in range(a.repeats):
-        for nproc in (1, a.nproc):
+        for nproc in (1, a.nproc) if rep % 2 == 0 else (a.nproc, 1):  # ABBA: drifts hit both alike
             r = run(nproc, data, a, HERE / "data" / f"distributed_{nproc}_{rep}.json")
             print(
                 f"{nproc} process(es): {r['s_per_epoch']:.1f} s/epoch, {r['train_cells_per_s']:.0f} cells/s, "
@@ -211,17 +234,18 @@ def main() -> None:
     for row in summary:
         row["speedup"] = row["train_cells_per_s"] / summary[0]["train_cells_per_s"]
     res = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{time.strftime('%Y-%m-%d')}, no GPU",
+        "machine": machine,
         "cells": a.cells,
         "genes": a.genes,
         "epochs": a.epochs,
         "batch_size": a.batch_size,
         "repeats": a.repeats,
+        "command": shlex.join(["python", "bench/distributed.py", *sys.argv[1:]]),
         "runs": runs,
         "summary": summary,
         "parameters": params,
-        "note": "Timings on a shared machine are noisy: read the speed-up with the 'other CPU' column.",
+        "note": (a.note + " " if a.note else "")
+        + "Timings on a shared machine are noisy: read the speed-up with the 'other CPU' column.",
     }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "distributed.json").write_text(json.dumps(res, indent=1))

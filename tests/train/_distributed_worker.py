@@ -5,7 +5,7 @@
 Nothing in it is distributed-specific except what it records (per rank, into OUT_DIR) for the test to
 check: it trains with a different seed on each rank and checkpoints every epoch, rank 1 SIGKILLs itself
 in epoch KILL_EPOCH of the first attempt (torchrun then restarts both workers, which resume from the
-checkpoint), then saves the model, infers, trains with early stopping, and trains and infers from the
+checkpoint), then saves the model, infers, trains SCANVI from it (its calibration error), trains with early stopping, and trains and infers from the
 backed file recording which rows each rank reads. (One launch for all: starting Python processes is
 most of the time these tests take.)
 """
@@ -73,6 +73,13 @@ def main(data: str, out: Path) -> None:
     np.save(out / f"expr_{rank}.npy", model.get_normalized_expression(return_numpy=True))
     model.write_latent(out / "latent.h5ad", overwrite=True)
     rec["elbo"] = model.get_elbo(indices=model.validation_indices)
+    scanvi = cellvi.model.SCANVI.from_scvi_model(model, "Unknown", labels_key="cell_type")
+    scanvi.train(max_epochs=2, batch_size=BATCH)  # validates after the last epoch
+    rec["scanvi"] = {
+        "history": scanvi.history.reset_index().to_dict("list"),
+        "validation": scanvi.validation_indices.tolist(),
+    }
+    scanvi.save(out / "scanvi", overwrite=True)
     stopped = cellvi.model.SCVI(adata, **MODEL)
     stopped.train(
         max_epochs=200, batch_size=BATCH, early_stopping=True, early_stopping_patience=2, plan_kwargs={"lr": 5e-3}

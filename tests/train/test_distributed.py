@@ -176,3 +176,15 @@ def test_distributed_inference_keeps_the_cell_order(run, single):
     written = ad.read_h5ad(run["out"] / "latent.h5ad")
     assert written.obs_names.tolist() == adata.obs_names.tolist()
     np.testing.assert_allclose(written.obsm["X_scvi"], latent, rtol=1e-5, atol=1e-5)
+
+
+def test_scanvi_calibration_error_is_that_of_all_validation_cells(run, single):
+    """The history's calibration error sums the confidence bins over ranks: it equals the expected
+    calibration error of the saved classifier on all validation cells, computed in one process."""
+    adata, _ = single
+    r0, r1 = (r["scanvi"] for r in run["ranks"])
+    assert _history(r0) == _history(r1)
+    scanvi = cellvi.model.SCANVI.load(run["out"] / "scanvi", adata)
+    ece = scanvi.calibrate(indices=r0["validation"])["ece_before"]  # the validation pass: posterior mean, eval
+    assert ece > 0.01  # not trivially 0 (each rank's own bins over all cells give another value)
+    np.testing.assert_allclose(r0["history"]["validation_calibration_error"][-1], ece, rtol=1e-3, atol=1e-4)

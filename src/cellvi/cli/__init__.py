@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `run --nproc N` runs it again under torchrun
     from ..errors import CellviError
 
     try:

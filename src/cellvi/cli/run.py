@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import _distributed_run as dist_run
 from ._common import (
     CliError,
     Steps,
     check_obs_key,
     read_input,
-    staged_dir,
     subset_counts,
 )
 
@@ -68,6 +68,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-scib", action="store_true", help="skip the scIB metrics table (slow on large data)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train data-parallel in N processes started by torchrun (docs/distributed.md; default 1)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -99,6 +105,8 @@ def register(sub) -> None:
 
 
 def run_command(args) -> int:
+    if (rc := dist_run.launch_or_join(args)) is not None:  # --nproc N: torchrun runs this in N processes
+        return rc
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise CliError(f"{out} already exists; pass --overwrite to replace it")
@@ -112,6 +120,8 @@ def run_command(args) -> int:
 def demo_command(args) -> int:
     from ..data import simulate_trajectory
 
+    if (rc := dist_run.launch_or_join(args)) is not None:  # --nproc N: torchrun runs this in N processes
+        return rc
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise CliError(f"{out} already exists; pass --overwrite to replace it")
@@ -142,6 +152,7 @@ def _params(args) -> dict:
         "linear",
         "de_cells",
         "seed",
+        "nproc",
     ]
     return {k: getattr(args, k, None) for k in keys}
 
@@ -246,7 +257,7 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
     t_start = time.perf_counter()
     cellvi.settings.seed = args.seed
     cellvi.settings.progress_bar = not args.no_progress
-    with staged_dir(out, args.overwrite) as tmp:
+    with dist_run.staged_dir(out, args.overwrite) as tmp:  # rank 0's under --nproc
         with steps.step("highly variable genes"):
             mask = _select_genes(adata, args, steps)
             tdata = subset_counts(adata, np.flatnonzero(mask), args.layer, [args.batch_key, args.labels_key])
@@ -269,6 +280,7 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
                 scanvi = cellvi.model.SCANVI.from_scvi_model(model, args.unlabeled_category, labels_key=args.labels_key)
                 scanvi.train()
                 tdata.obsm["X_scanvi"] = scanvi.get_latent_representation(tdata)
+        dist_run.main_rank_only()  # --nproc: the other ranks exit; rank 0 goes on as one process
         with steps.step("neighbours, UMAP, Leiden, PAGA"):
             sc.pp.neighbors(tdata, use_rep="X_scvi", random_state=args.seed)
             sc.tl.umap(tdata, random_state=args.seed)

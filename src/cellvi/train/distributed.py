@@ -286,12 +286,19 @@ def rows_to_main(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
 
 
 # ---------------------------------------------------------------------- launching
-def launch(command: list[str], nproc: int, max_restarts: int = 0, torchrun_args: Iterable[str] = ()) -> int:
+def launch(
+    command: list[str],
+    nproc: int,
+    max_restarts: int = 0,
+    torchrun_args: Iterable[str] = (),
+    env: dict[str, str] | None = None,
+) -> int:
     """Run ``command`` (a script and its arguments, ``["train.py", "--epochs", "10"]``, or
     ``["-m", "package.module", ...]``) in ``nproc`` processes on this machine with torchrun
     (``python -m torch.distributed.run --standalone``), as ``torchrun --nproc-per-node nproc`` would;
-    ``max_restarts`` restarts failed workers (resuming from ``checkpoint_dir``). Returns torchrun's exit
-    status. Several nodes: call torchrun directly (see docs/distributed.md)."""
+    ``max_restarts`` restarts failed workers (resuming from ``checkpoint_dir``); ``env``: environment
+    variables added for the processes. Returns torchrun's exit status. Several nodes: call torchrun
+    directly (see docs/distributed.md)."""
     if int(nproc) < 1:
         from ..errors import InvalidParameterError
 
@@ -310,4 +317,4 @@ def launch(command: list[str], nproc: int, max_restarts: int = 0, torchrun_args:
         *torchrun_args,
         *target,
     ]
-    return subprocess.call(args)
+    return subprocess.call(args, env={**os.environ, **env} if env else None)

@@ -176,10 +176,16 @@ class Trainer:
                         calib = bins if calib is None else calib + bins
         if train:
             distributed.sync_buffers(self.module)
-        # one all-reduce for the epoch's sums (a no-op on one process); the calibration bins stay per rank
-        totals = distributed.sum_over_ranks(torch.cat([sums, sums.new_tensor([n_cells]), cls_sums])).cpu()
+        # one all-reduce for the epoch's sums (a no-op on one process), with how many ranks have calibration
+        # bins and their summed widths (a rank whose share of the cells is empty has none)
+        n_bins = 0 if calib is None else calib.shape[1]
+        has_bins = sums.new_tensor([float(calib is not None), float(n_bins)])
+        totals = distributed.sum_over_ranks(torch.cat([sums, sums.new_tensor([n_cells]), cls_sums, has_bins])).cpu()
         mean = (totals[:3] / max(float(totals[3]), 1.0)).tolist()
         cls_sums = totals[4:7]
+        if totals[7] > 0:  # the bins of the whole data: summed over ranks
+            n_bins = int(totals[8] / totals[7])
+            calib = distributed.sum_over_ranks(calib if calib is not None else sums.new_zeros((3, n_bins)))
         tag = "train" if train else "validation"
         row = {  # scvi-tools' names and signs: "elbo" is the negative ELBO, lower is better
             f"elbo_{tag}": mean[1] + mean[2],
