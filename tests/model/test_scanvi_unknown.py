@@ -97,3 +97,27 @@ def test_calibration_is_saved_with_the_model(left_out, tmp_path):
     uncalibrated = SCANVI.load(tmp_path / "m", adata=model.adata)
     del uncalibrated.temperature_
     assert not np.allclose(uncalibrated.predict(soft=True).to_numpy(), soft.to_numpy())
+
+
+def test_integrated_gradients_completeness(left_out):
+    """The attributions of a cell sum to logit(x) - logit(0) of its predicted class (completeness)."""
+    import torch
+
+    from cellvi.module.attribution import integrated_gradients
+
+    model, _, _ = left_out
+    batch = next(model._batches(indices=np.arange(40)))
+    with torch.no_grad():
+        logits, zero = model.module.classify(batch), model.module.classify({**batch, "X": batch["X"] * 0})
+    target = logits.argmax(1)
+    with torch.enable_grad():
+        attrs = integrated_gradients(model.module.classify, batch, target, n_steps=128)
+    rows = torch.arange(40)
+    gap = (logits[rows, target] - zero[rows, target]).numpy()
+    np.testing.assert_allclose(attrs.sum(1).numpy(), gap, rtol=0, atol=0.05 * np.abs(gap).mean())
+    labels, table = model.predict(indices=np.arange(40), ig_interpretability=True, ig_args={"n_steps": 16})
+    assert len(labels) == 40 and len(table) == model.adata.n_vars and (table["cells"] == 40).all()
+    assert table["attribution_mean"].is_monotonic_decreasing
+    assert set(table["feature"]) == set(model.adata.var_names)
+    with pytest.raises(InvalidParameterError, match="n_steps"):
+        model.predict(ig_interpretability=True, ig_args={"baselines": 1})

@@ -82,3 +82,39 @@ def from_json(saved: dict) -> dict:
     out["class_means"] = np.asarray(saved["class_means"], dtype=np.float64)
     out["precision"] = np.asarray(saved["precision"], dtype=np.float64)
     return out
+
+
+def detector_of(model) -> dict:
+    detector = getattr(model, "unknown_detector_", None)
+    if detector is None:
+        raise InvalidParameterError(
+            "No unknown-type detector: call calibrate() on the reference model (trained with "
+            "train_size < 1) before mapping the query; it is saved with the model."
+        )
+    return detector
+
+
+def threshold_of(detector: dict, threshold: float | str) -> float:
+    """``predict``'s ``unknown_threshold``: "auto" (the reference's threshold of the default score) or a number."""
+    if isinstance(threshold, str):
+        if threshold != "auto":
+            raise InvalidParameterError(f"unknown_threshold must be 'auto', a number or None, got {threshold!r}.")
+        return float(detector["thresholds"][detector["method"]])
+    return float(threshold)
+
+
+def extras_of(model) -> dict:
+    """What SCANVI saves beside its weights: the calibration temperature and the detector."""
+    out: dict = {}
+    if getattr(model, "temperature_", None) is not None:
+        out["temperature"] = float(model.temperature_)
+    if getattr(model, "unknown_detector_", None) is not None:
+        out["unknown_detector"] = to_json(model.unknown_detector_)
+    return out
+
+
+def restore_extras(model, extras: dict) -> None:
+    if "temperature" in extras:
+        model.temperature_ = float(extras["temperature"])
+    if "unknown_detector" in extras:
+        model.unknown_detector_ = from_json(extras["unknown_detector"])

@@ -314,38 +314,16 @@ class SCANVI(SCVI):
         return _unknown.score(detector, logits, latent, method or detector["method"], self._temperature())
 
     def _detector(self) -> dict:
-        detector = getattr(self, "unknown_detector_", None)
-        if detector is None:
-            raise InvalidParameterError(
-                "No unknown-type detector: call calibrate() on the reference model (trained with "
-                "train_size < 1) before mapping the query; it is saved with the model."
-            )
-        return detector
-
-    def _unknown_mask(self, adata, indices, threshold: float | str, batch_size: int | None) -> np.ndarray:
-        detector = self._detector()
-        if isinstance(threshold, str):
-            if threshold != "auto":
-                raise InvalidParameterError(f"unknown_threshold must be 'auto', a number or None, got {threshold!r}.")
-            threshold = detector["thresholds"][detector["method"]]
-        return self.unknown_score(adata, indices, batch_size=batch_size) > float(threshold)
+        return _unknown.detector_of(self)
 
     def _temperature(self) -> float:
         return float(getattr(self, "temperature_", None) or 1.0)
 
     def _saved_extras(self) -> dict:
-        out: dict = {}
-        if getattr(self, "temperature_", None) is not None:
-            out["temperature"] = float(self.temperature_)
-        if getattr(self, "unknown_detector_", None) is not None:
-            out["unknown_detector"] = _unknown.to_json(self.unknown_detector_)
-        return out
+        return _unknown.extras_of(self)
 
     def _restore_extras(self, extras: dict) -> None:
-        if "temperature" in extras:
-            self.temperature_ = float(extras["temperature"])
-        if "unknown_detector" in extras:
-            self.unknown_detector_ = _unknown.from_json(extras["unknown_detector"])
+        _unknown.restore_extras(self, extras)
 
     @torch.no_grad()
     def predict(
@@ -367,18 +345,26 @@ class SCANVI(SCVI):
         As in scvi-tools, every cell gets the classifier's prediction, labelled ones too. After
         :meth:`calibrate` the probabilities are temperature-scaled (the labels are the same).
         keep_observed=True (a cellvi extra): a labelled cell keeps its observed label (probability 1 with
-        ``soft``) instead. The data's labels are never changed. ``ig_interpretability`` (integrated
-        gradients) is not implemented in cellvi and raises.
+        ``soft``) instead. The data's labels are never changed.
+
+        ig_interpretability: also return, as scvi-tools does, a table of integrated-gradients attributions
+        of each cell's predicted-class logit to each gene's counts (baseline: zero counts; ``ig_args``:
+        ``{"n_steps": 50}``), one row per gene ranked by the mean over cells (``feature``,
+        ``feature_idx``, ``modality``, ``attribution_mean``, ``attribution_std``, ``cells``): the
+        result is ``(labels_or_probabilities, table)``. Unlike scvi-tools, no captum is needed.
 
         unknown_threshold (a cellvi extra, hard labels only): ``"auto"`` marks ``"unknown"`` the cells
         whose :meth:`unknown_score` exceeds the threshold fitted by :meth:`calibrate` on the reference; a
         number uses that threshold instead; None (default, as scvi-tools) marks none.
         """
         if ig_interpretability:
-            raise InvalidParameterError(
-                "predict(ig_interpretability=True) is not implemented in cellvi (integrated-gradients "
-                "attributions); call predict() without it."
-            )
+            from . import _ig
+
+            kwargs = dict(soft=soft, batch_size=batch_size, use_posterior_mean=use_posterior_mean)
+            kwargs.update(keep_observed=keep_observed, unknown_threshold=unknown_threshold)
+            result = self.predict(adata, indices, **kwargs)
+            attrs = _ig.attributions(self, adata, indices, batch_size, ig_args)
+            return result, _ig.ranked_features(self, attrs)
         if unknown_threshold is not None and soft:
             raise InvalidParameterError(
                 "unknown_threshold applies to hard labels; with soft=True call unknown_score() for the scores."
@@ -398,7 +384,9 @@ class SCANVI(SCVI):
         if not soft:
             labels = np.asarray(self.classes_, dtype=object)[probs.argmax(1)]
             if unknown_threshold is not None:
-                labels[self._unknown_mask(adata, indices, unknown_threshold, batch_size)] = _unknown.UNKNOWN_LABEL
+                threshold = _unknown.threshold_of(self._detector(), unknown_threshold)
+                unknown = self.unknown_score(adata, indices, batch_size=batch_size) > threshold
+                labels[unknown] = _unknown.UNKNOWN_LABEL
             return labels
         obs_names = (self.adata if adata is None else adata).obs_names
         if indices is not None:
