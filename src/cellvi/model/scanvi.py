@@ -360,9 +360,15 @@ class SCANVI(SCVI):
         if ig_interpretability:
             from . import _ig
 
-            kwargs = dict(soft=soft, batch_size=batch_size, use_posterior_mean=use_posterior_mean)
-            kwargs.update(keep_observed=keep_observed, unknown_threshold=unknown_threshold)
-            result = self.predict(adata, indices, **kwargs)
+            result = self.predict(
+                adata,
+                indices,
+                soft=soft,
+                batch_size=batch_size,
+                use_posterior_mean=use_posterior_mean,
+                keep_observed=keep_observed,
+                unknown_threshold=unknown_threshold,
+            )
             attrs = _ig.attributions(self, adata, indices, batch_size, ig_args)
             return result, _ig.ranked_features(self, attrs)
         if unknown_threshold is not None and soft:
