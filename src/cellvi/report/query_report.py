@@ -38,7 +38,9 @@ def _umaps(report: Report, query, seed: int) -> None:
     sc.pp.neighbors(view, use_rep="X_scvi", n_neighbors=min(15, max(2, view.n_obs - 1)), random_state=seed)
     sc.tl.umap(view, random_state=seed)
     if "is_unknown" in view.obs:
-        view.obs["marked unknown"] = view.obs["is_unknown"].map({True: "unknown", False: "known"}).astype("category")
+        marked = np.where(view.obs["is_unknown"].to_numpy(bool), "unknown", "known")
+        view.obs["marked unknown"] = pd.Categorical(marked, categories=["known", "unknown"])
+        view.uns["marked unknown_colors"] = ["#c8c8c8", "#d62728"]
     colours = [
         k for k in ("predicted_labels", "prediction_confidence", "unknown_score", "marked unknown") if k in view.obs
     ]
