@@ -7,7 +7,7 @@ from sklearn.metrics import roc_auc_score
 
 import cellvi
 from cellvi.analysis import unknown
-from cellvi.errors import InvalidParameterError
+from cellvi.errors import InvalidDataError, InvalidParameterError
 from cellvi.model import SCANVI, SCVI
 
 
@@ -60,6 +60,8 @@ def test_unknown_type_is_scored_and_marked(left_out, tmp_path):
     assert report["unknown_method"] == "mahalanobis" and report["unknown_threshold"] > 0
     qm = SCANVI.load_query_data(query.copy(), model)
     qm.train(max_epochs=5)
+    with pytest.raises(InvalidDataError, match="reference"):  # its training cells are unlabelled
+        qm.calibrate(adata=model.adata, indices=model.validation_indices)
     unseen = truth == "type3"
     for method in unknown.SCORES:
         s = qm.unknown_score(method=method)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..analysis import unknown as scores
-from ..errors import InvalidParameterError
+from ..errors import InvalidDataError, InvalidParameterError
 
 DEFAULT_METHOD = "mahalanobis"  # chosen by bench/scanvi_unknown.py (bench/results/scanvi_unknown.md)
 DEFAULT_QUANTILE = 0.95
@@ -43,6 +43,11 @@ def fit(model, heldout_logits, heldout_latent, reference_indices, temperature: f
     codes = model._cell_data().labels[reference_indices]
     labelled = codes < len(model.classes_)
     reference_indices, codes = np.asarray(reference_indices)[labelled], codes[labelled]
+    if len(codes) < 2 * len(model.classes_):
+        raise InvalidDataError(
+            f"Only {len(codes)} labelled training cells to describe the {len(model.classes_)} reference classes "
+            "for the unknown score; calibrate the reference model (not a query model)."
+        )
     _, ref_latent = logits_and_latent(model, None, reference_indices)
     gauss = scores.class_gaussians(ref_latent, codes, len(model.classes_))
     if len(ref_latent) > MAX_REFERENCE_CELLS:
