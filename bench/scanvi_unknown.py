@@ -151,11 +151,24 @@ def report(out: dict, quiet: bool = False) -> None:
     med = {m: float(np.median([r[f"auroc_{m}"] for r in rows])) for m in scores}
     wins = {m: sum(max(scores, key=lambda s: r[f"auroc_{s}"]) == m for r in rows) for m in scores}
     acc = float(np.median([r["known_accuracy"] for r in rows]))
+    for name in sorted({r["dataset"] for r in rows}):
+        sub = [r for r in rows if r["dataset"] == name]
+        lines.append(
+            f"| median, {name.removesuffix('.h5ad')} ({len(sub)} splits) | | | | "
+            + " | ".join(f"{np.median([r[f'auroc_{m}'] for r in sub]):.3f}" for m in scores)
+            + f" | {np.median([r['known_accuracy'] for r in sub]):.3f} |"
+        )
     lines += [
         f"| **median over {len(rows)} splits** | | | | "
         + " | ".join(f"**{med[m]:.3f}**" for m in scores)
         + f" | {acc:.3f} |",
         "| splits where best | | | | " + " | ".join(str(wins[m]) for m in scores) + " | |",
+        "| mean over splits | | | | "
+        + " | ".join(f"{np.mean([r[f'auroc_{m}'] for r in rows]):.3f}" for m in scores)
+        + f" | {np.mean([r['known_accuracy'] for r in rows]):.3f} |",
+        "| splits with AUROC >= 0.8 | | | | "
+        + " | ".join(str(sum(r[f"auroc_{m}"] >= 0.8 for r in rows)) for m in scores)
+        + " | |",
         "",
         "## At the reference threshold (95% quantile of the score on held-out labelled reference cells)",
         "",
