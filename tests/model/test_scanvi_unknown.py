@@ -72,6 +72,8 @@ def test_unknown_type_is_scored_and_marked(left_out, tmp_path):
     marked = qm.predict(unknown_threshold="auto") == "unknown"
     assert marked[unseen].mean() > 0.5 and marked[~unseen].mean() < 0.3
     assert (qm.predict(unknown_threshold=np.inf) != "unknown").all()
+    ref_marked = model.predict(unknown_threshold=-np.inf, keep_observed=True)  # observed labels are kept
+    np.testing.assert_array_equal(ref_marked, model.adata.obs["cell_type"].astype(str).to_numpy())
     assert "unknown" not in set(qm.predict())  # scvi-tools' default: every cell gets a class
     with pytest.raises(InvalidParameterError, match="soft"):
         qm.predict(soft=True, unknown_threshold="auto")

@@ -382,6 +382,7 @@ class SCANVI(SCVI):
         ]
         n_classes = len(self.classes_)
         probs = np.concatenate(parts) if parts else np.zeros((0, n_classes), dtype=np.float32)
+        observed = np.zeros(len(probs), dtype=bool)
         if keep_observed:
             labels = self._cell_data(adata).labels
             labels = labels if indices is None else labels[np.asarray(indices)]
@@ -389,10 +390,10 @@ class SCANVI(SCVI):
             probs[observed] = np.eye(n_classes, dtype=probs.dtype)[labels[observed]]
         if not soft:
             labels = np.asarray(self.classes_, dtype=object)[probs.argmax(1)]
-            if unknown_threshold is not None:
+            if unknown_threshold is not None:  # an observed label is never replaced
                 threshold = _unknown.threshold_of(self._detector(), unknown_threshold)
                 unknown = self.unknown_score(adata, indices, batch_size=batch_size) > threshold
-                labels[unknown] = _unknown.UNKNOWN_LABEL
+                labels[unknown & ~observed] = _unknown.UNKNOWN_LABEL
             return labels
         obs_names = (self.adata if adata is None else adata).obs_names
         if indices is not None:
