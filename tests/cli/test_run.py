@@ -1,9 +1,11 @@
 import json
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 
 from cellvi.cli import main
+from cellvi.model._files import read_meta
 
 
 def test_run_writes_every_output(tiny_run, tiny_input):
@@ -75,13 +77,22 @@ def test_tools_use_the_saved_model(tiny_run, tiny_input, tmp_path, capsys):
     )
     mapped = ad.read_h5ad(tmp_path / "q" / "result.h5ad")
     assert mapped.obsm["X_scvi"].shape == (100, 10)
-    assert set(mapped.obs["predicted_labels"]) <= {
-        "root",
-        "branch1_early",
-        "branch1_late",
-        "branch2_early",
-        "branch2_late",
-    }
+    classes = {"root", "branch1_early", "branch1_late", "branch2_early", "branch2_late"}
+    assert set(mapped.obs["predicted_labels"]) <= classes
+    # the reference was calibrated by `cellvi run --scanvi`: calibrated confidence and unknown cells
+    extras = read_meta(tiny_run / "model")["extras"]
+    assert 0 < extras["temperature"] != 1.0
+    conf = mapped.obs["prediction_confidence"].to_numpy()
+    assert ((conf >= 1 / len(classes)) & (conf <= 1)).all()
+    threshold = extras["unknown_detector"]["thresholds"][extras["unknown_detector"]["method"]]
+    np.testing.assert_array_equal(
+        mapped.obs["is_unknown"].to_numpy(), mapped.obs["unknown_score"].to_numpy() > threshold
+    )
+    expected = np.where(mapped.obs["is_unknown"], "unknown", mapped.obs["predicted_labels"])
+    np.testing.assert_array_equal(mapped.obs["predicted_labels_or_unknown"].to_numpy(), expected)
+    report = (tmp_path / "q" / "report.html").read_text()
+    assert "Predicted labels" in report and "marked unknown" in report and "UMAP of the query" in report
+    assert report.count("data:image/png;base64,") == 1
     capsys.readouterr()
     assert main(["info", str(tiny_run), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

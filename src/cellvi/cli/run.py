@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -279,6 +280,7 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
             with steps.step("train SCANVI"):
                 scanvi = cellvi.model.SCANVI.from_scvi_model(model, args.unlabeled_category, labels_key=args.labels_key)
                 scanvi.train()
+                _calibrate(scanvi)
                 tdata.obsm["X_scanvi"] = scanvi.get_latent_representation(tdata)
         dist_run.main_rank_only()  # --nproc: the other ranks exit; rank 0 goes on as one process
         with steps.step("neighbours, UMAP, Leiden, PAGA"):
@@ -379,3 +381,14 @@ def _versions() -> dict:
         except PackageNotFoundError:
             out[pkg] = "not installed"
     return out
+
+
+def _calibrate(scanvi) -> None:
+    """Temperature and unknown-type detector on the held-out labelled cells, saved with the model for
+    ``cellvi map-query``; with too few such cells, a notice and the model as it is."""
+    from ..errors import CellviError
+
+    try:
+        scanvi.calibrate()
+    except CellviError as exc:
+        print(f"cellvi: SCANVI not calibrated ({exc}); map-query will give uncalibrated labels.", file=sys.stderr)

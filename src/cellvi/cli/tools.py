@@ -67,10 +67,15 @@ def register(sub) -> None:
     p.add_argument("input", metavar="QUERY", help="query .h5ad, 10x .h5, 10x folder or .zarr of raw counts")
     p.add_argument("--layer", help="layer holding the raw counts (default: X)")
     p.add_argument("--max-epochs", type=int, default=100, help="query training epochs (default 100)")
+    p.add_argument(
+        "--unknown-threshold",
+        type=float,
+        help="unknown score above which a cell is marked unknown (default: the threshold fitted on the reference)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("-o", "--out", required=True, help="output folder: result.h5ad and model/")
+    p.add_argument("-o", "--out", required=True, help="output folder: result.h5ad, report.html and model/")
     p.set_defaults(func=map_query_command)
 
     p = sub.add_parser(
@@ -209,18 +214,52 @@ def map_query_command(args) -> int:
     model = cls.load_query_data(tdata, str(folder))
     model.train(max_epochs=args.max_epochs)
     query.obsm["X_scvi"] = model.get_latent_representation(tdata)
+    summary = {"reference": str(folder), "model": meta["model_class"], "query": args.input, "epochs": args.max_epochs}
     if meta["model_class"] == "SCANVI":
-        probs = model.predict(tdata, soft=True, keep_observed=False)
-        query.obs["predicted_labels"] = np.asarray(probs.columns)[probs.to_numpy().argmax(1)]
-        query.obs["prediction_probability"] = probs.to_numpy().max(1)
+        summary.update(_transfer_labels(model, tdata, query, args.unknown_threshold))
+    from ..report.query_report import build_query_report
+
     with staged_dir(out, args.overwrite) as tmp:
         model.save(tmp / "model")
         query.write_h5ad(tmp / "result.h5ad")
+        build_query_report(query, summary, args.seed).write(tmp / "report.html")
     what = (
         "latent and predicted labels" if meta["model_class"] == "SCANVI" else "latent (an SCVI reference has no labels)"
     )
-    print(f"Wrote {out}/result.h5ad ({query.n_obs:,} query cells: {what}) and {out}/model/.")
+    print(f"Wrote {out}/result.h5ad ({query.n_obs:,} query cells: {what}), {out}/report.html and {out}/model/.")
+    if "cells marked unknown" in summary:
+        print(f"Cells marked unknown: {summary['cells marked unknown']}.")
     return 0
+
+
+def _transfer_labels(model, tdata, query, threshold: float | None) -> dict:
+    """obs columns of the transferred labels: ``predicted_labels`` (always a reference class, as
+    scvi-tools), ``prediction_confidence`` (its calibrated probability) and, when the reference was
+    calibrated, ``unknown_score``, ``is_unknown`` and ``predicted_labels_or_unknown``. Returns the summary."""
+    from ..report.query_report import unknown_counts
+
+    probs = model.predict(tdata, soft=True, keep_observed=False)
+    labels = np.asarray(probs.columns)[probs.to_numpy().argmax(1)]
+    query.obs["predicted_labels"] = labels
+    query.obs["prediction_confidence"] = probs.to_numpy().max(1)
+    calibrated = getattr(model, "temperature_", None) is not None
+    out = {"confidence": f"temperature {model.temperature_:.3g}" if calibrated else "not calibrated (temperature 1)"}
+    detector = getattr(model, "unknown_detector_", None)
+    if detector is None:
+        print(
+            "cellvi: the reference was not calibrated (SCANVI.calibrate()), so no cell is scored as unknown.",
+            file=sys.stderr,
+        )
+        out["unknown cells"] = "not scored: reference not calibrated"
+        return out
+    threshold = detector["thresholds"][detector["method"]] if threshold is None else threshold
+    score = model.unknown_score(tdata)
+    query.obs["unknown_score"] = score
+    query.obs["is_unknown"] = score > threshold
+    query.obs["predicted_labels_or_unknown"] = np.where(score > threshold, "unknown", labels)
+    out["unknown score"] = f"{detector['method']}, threshold {threshold:.4g}"
+    out["cells marked unknown"] = unknown_counts(score > threshold)
+    return out
 
 
 def info_command(args) -> int:

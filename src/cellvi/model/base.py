@@ -502,6 +502,7 @@ class BaseModel(ScviToolsCompat):
             "registry": json.loads(self.registry.to_json()),
             "is_trained": self.is_trained,
             "history": json.loads(self.history.reset_index().to_json(orient="records")) if len(self.history) else [],
+            "extras": self._saved_extras(),
         }
         distributed.on_main(lambda: self._save(dir_path, overwrite, save_anndata, meta))
 
@@ -567,7 +568,16 @@ class BaseModel(ScviToolsCompat):
         model.is_trained = bool(meta.get("is_trained", True))
         if meta.get("history"):
             model.history = pd.DataFrame(meta["history"]).set_index("epoch")
+        model._restore_extras(meta.get("extras") or {})
         return model
+
+    def _saved_extras(self) -> dict:
+        """JSON-serialisable state beyond the weights that a subclass saves with the model (e.g. SCANVI's
+        calibration); given back to :meth:`_restore_extras` by :meth:`load` and ``load_query_data``."""
+        return {}
+
+    def _restore_extras(self, extras: dict) -> None:
+        pass
 
 
 def _check_positive(name: str, value) -> None:

@@ -194,8 +194,13 @@ def load_query_data(
     registry.attach(adata)
     model._data_cache = None
     model._plan_defaults = {"weight_decay": 0.0}  # L2 would move the frozen reference rows
-    if getattr(reference, "temperature_", None) is not None:  # SCANVI.calibrate() of the reference
-        model.temperature_ = reference.temperature_
+    from .base import BaseModel
+
+    # state saved beside the weights (SCANVI.calibrate()'s temperature and unknown-type detector)
+    if isinstance(source, BaseModel):
+        model._restore_extras(source._saved_extras())
+    elif isinstance(source, dict) and "state" not in source:
+        model._restore_extras(source.get("extras") or {})
     return model
 
 

@@ -12,6 +12,7 @@ from ..data import Registry
 from ..errors import InvalidDataError, InvalidParameterError, MissingKeyError, RegistryMismatchError
 from ..module import SCANVAE
 from ..module.vae import DISPERSIONS, LIKELIHOODS
+from . import _unknown
 from .base import _check_positive
 from .scvi import SCVI, _check_choice, _check_norms
 
@@ -242,14 +243,20 @@ class SCANVI(SCVI):
 
     # ------------------------------------------------------------------ outputs
     @torch.no_grad()
-    def calibrate(self, adata=None, indices=None, batch_size: int | None = None) -> dict:
+    def calibrate(
+        self, adata=None, indices=None, batch_size: int | None = None, unknown_quantile: float = 0.95
+    ) -> dict:
         """Fit a temperature to the classifier on labelled cells it was not trained on, so that
-        ``predict(soft=True)`` gives probabilities whose confidence matches their accuracy.
+        ``predict(soft=True)`` gives probabilities whose confidence matches their accuracy; and fit the
+        detector of cell types the reference never saw (:meth:`unknown_score`), whose threshold is the
+        ``unknown_quantile`` of the score on those same held-out cells.
 
         Default cells: the labelled cells among the validation cells of the last ``train()`` (train with
-        ``train_size < 1``); or pass ``adata``/``indices`` of held-out labelled cells. Returns the
-        temperature, the number of cells and the expected calibration error (15 bins) and NLL on those
-        cells before and after. Not saved with the model: calibrate again after loading."""
+        ``train_size < 1``); or pass ``adata``/``indices`` of held-out labelled cells. The detector's
+        reference statistics come from the model's labelled training cells. Returns the temperature, the
+        number of cells, the expected calibration error (15 bins) and NLL on those cells before and after,
+        and the unknown-score threshold. Saved with the model and copied to query models
+        (``load_query_data``)."""
         from ..analysis.calibration import expected_calibration_error, fit_temperature, nll
 
         if adata is None and indices is None:
@@ -261,17 +268,18 @@ class SCANVI(SCVI):
                 )
         codes = self._cell_data(adata).labels
         codes = codes if indices is None else codes[np.asarray(indices)]
-        logits = np.concatenate(
-            [
-                self.module.classify(b).cpu().numpy().astype(np.float64)
-                for b in self._batches(adata, indices, batch_size)
-            ]
-        )
+        logits, latent = _unknown.logits_and_latent(self, adata, indices, batch_size)
         labelled = codes < len(self.classes_)
         if labelled.sum() < 10:
             raise InvalidDataError(f"Only {int(labelled.sum())} labelled cells to calibrate on; need at least 10.")
-        logits, codes = logits[labelled], codes[labelled].astype(np.int64)
+        logits, latent, codes = logits[labelled], latent[labelled], codes[labelled].astype(np.int64)
         temperature = fit_temperature(logits, codes)
+        reference = np.asarray(self.train_indices)
+        if len(reference) == 0:  # a loaded model: every cell of its data that is not a calibration cell
+            reference = np.arange(self.adata.n_obs)
+            if adata is None:
+                reference = np.setdiff1d(reference, np.arange(self.adata.n_obs)[np.asarray(indices)])
+        self.unknown_detector_ = _unknown.fit(self, logits, latent, reference, temperature, unknown_quantile)
 
         def probs(t):
             z = logits / t
@@ -286,7 +294,36 @@ class SCANVI(SCVI):
             "ece_after": expected_calibration_error(probs(temperature), codes),
             "nll_before": nll(logits, codes),
             "nll_after": nll(logits, codes, temperature),
+            "unknown_method": self.unknown_detector_["method"],
+            "unknown_threshold": self.unknown_detector_["thresholds"][self.unknown_detector_["method"]],
         }
+
+    def unknown_score(
+        self, adata=None, indices=None, method: str | None = None, batch_size: int | None = None
+    ) -> np.ndarray:
+        """(n_cells,) score that a cell's type is none the reference was trained on; higher = more likely
+        unknown. Default ``method``: the one chosen by measurement (``bench/scanvi_unknown.py``),
+        ``"mahalanobis"``: the Mahalanobis distance of the cell's latent mean to the nearest class mean of the
+        labelled reference cells (shared covariance; a class-conditional Gaussian density). Also
+        ``"knn_distance"`` (mean distance to the 15 nearest labelled reference cells, of at most 5,000 kept),
+        ``"energy"``, ``"entropy"``, ``"max_probability"`` (see :mod:`cellvi.analysis.unknown`). Needs
+        :meth:`calibrate` on the reference first. Threshold fitted there:
+        ``unknown_detector_["thresholds"][method]``."""
+        detector = self._detector()
+        logits, latent = _unknown.logits_and_latent(self, adata, indices, batch_size)
+        return _unknown.score(detector, logits, latent, method or detector["method"], self._temperature())
+
+    def _detector(self) -> dict:
+        return _unknown.detector_of(self)
+
+    def _temperature(self) -> float:
+        return float(getattr(self, "temperature_", None) or 1.0)
+
+    def _saved_extras(self) -> dict:
+        return _unknown.extras_of(self)
+
+    def _restore_extras(self, extras: dict) -> None:
+        _unknown.restore_extras(self, extras)
 
     @torch.no_grad()
     def predict(
@@ -299,6 +336,7 @@ class SCANVI(SCVI):
         ig_interpretability: bool = False,
         ig_args: dict | None = None,
         keep_observed: bool = False,
+        unknown_threshold: float | str | None = None,
     ) -> np.ndarray | pd.DataFrame:
         """Label of each cell: an array of class names (n_cells,), or with ``soft`` a DataFrame (cells x
         classes) of class probabilities from the classifier, at the posterior mean of the latent (or one
@@ -307,28 +345,56 @@ class SCANVI(SCVI):
         As in scvi-tools, every cell gets the classifier's prediction, labelled ones too. After
         :meth:`calibrate` the probabilities are temperature-scaled (the labels are the same).
         keep_observed=True (a cellvi extra): a labelled cell keeps its observed label (probability 1 with
-        ``soft``) instead. The data's labels are never changed. ``ig_interpretability`` (integrated
-        gradients) is not implemented in cellvi and raises.
+        ``soft``) instead. The data's labels are never changed.
+
+        ig_interpretability: also return, as scvi-tools does, a table of integrated-gradients attributions
+        of each cell's predicted-class logit to each gene's counts (baseline: zero counts; ``ig_args``:
+        ``{"n_steps": 50}``), one row per gene ranked by the mean over cells (``feature``,
+        ``feature_idx``, ``modality``, ``attribution_mean``, ``attribution_std``, ``cells``): the
+        result is ``(labels_or_probabilities, table)``. Unlike scvi-tools, no captum is needed.
+
+        unknown_threshold (a cellvi extra, hard labels only): ``"auto"`` marks ``"unknown"`` the cells
+        whose :meth:`unknown_score` exceeds the threshold fitted by :meth:`calibrate` on the reference; a
+        number uses that threshold instead; None (default, as scvi-tools) marks none.
         """
         if ig_interpretability:
-            raise InvalidParameterError(
-                "predict(ig_interpretability=True) is not implemented in cellvi (integrated-gradients "
-                "attributions); call predict() without it."
+            from . import _ig
+
+            result = self.predict(
+                adata,
+                indices,
+                soft=soft,
+                batch_size=batch_size,
+                use_posterior_mean=use_posterior_mean,
+                keep_observed=keep_observed,
+                unknown_threshold=unknown_threshold,
             )
-        temperature = getattr(self, "temperature_", 1.0)
+            attrs = _ig.attributions(self, adata, indices, batch_size, ig_args)
+            return result, _ig.ranked_features(self, attrs)
+        if unknown_threshold is not None and soft:
+            raise InvalidParameterError(
+                "unknown_threshold applies to hard labels; with soft=True call unknown_score() for the scores."
+            )
+        temperature = self._temperature()
         parts = [
             torch.softmax(self.module.classify(b, sample=not use_posterior_mean) / temperature, dim=-1).cpu().numpy()
             for b in self._batches(adata, indices, batch_size)
         ]
         n_classes = len(self.classes_)
         probs = np.concatenate(parts) if parts else np.zeros((0, n_classes), dtype=np.float32)
+        observed = np.zeros(len(probs), dtype=bool)
         if keep_observed:
             labels = self._cell_data(adata).labels
             labels = labels if indices is None else labels[np.asarray(indices)]
             observed = labels < n_classes
             probs[observed] = np.eye(n_classes, dtype=probs.dtype)[labels[observed]]
         if not soft:
-            return np.asarray(self.classes_, dtype=object)[probs.argmax(1)]
+            labels = np.asarray(self.classes_, dtype=object)[probs.argmax(1)]
+            if unknown_threshold is not None:  # an observed label is never replaced
+                threshold = _unknown.threshold_of(self._detector(), unknown_threshold)
+                unknown = self.unknown_score(adata, indices, batch_size=batch_size) > threshold
+                labels[unknown & ~observed] = _unknown.UNKNOWN_LABEL
+            return labels
         obs_names = (self.adata if adata is None else adata).obs_names
         if indices is not None:
             obs_names = obs_names[np.asarray(indices)]
