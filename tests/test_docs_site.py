@@ -2,8 +2,8 @@
 
 Needs a built site (``make docs``) and Debian's ``chromium`` + ``chromium-driver``. Under ``make test`` the
 site is usually not built yet, so the test skips with the reason; ``make docs-check`` (CI, after
-``make docs``) sets ``CELLVI_REQUIRE_DOCS=1``, which turns every skip into a failure. A screenshot of the
-tutorial page is written to ``docs/_build/screenshots/``.
+``make docs``) sets ``CELLVI_REQUIRE_DOCS=1``, which turns every skip into a failure. A screenshot of each
+tutorial page checked is written to ``docs/_build/screenshots/``.
 """
 
 from __future__ import annotations
@@ -85,9 +85,45 @@ def test_tutorial_page_renders_with_executed_outputs(browser):
     nav = driver.find_element(By.CSS_SELECTOR, ".sidebar-tree").text
     for title in ("Label transfer", "Differential expression", "Data larger than memory", "Trajectories"):
         assert title in nav
+    links = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, ".sidebar-tree a")]
+    for name, _, _ in NEW_TUTORIALS.values():
+        assert any(link.endswith(f"tutorials/{name}.html") for link in links), name
     shots = REPO / "docs" / "_build" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     assert driver.save_screenshot(str(shots / "tutorial_integration.png"))
+
+
+# The tutorials of the features added later: page, title, a text the executed notebook printed, figures.
+NEW_TUTORIALS = {
+    "Gene regulatory networks and in-silico perturbation": ("grn_perturbation", "moving cells agree in direction", 4),
+    "Training on several processes": ("distributed", "torchrun exit status: 0", 1),
+    "Tuning hyper-parameters": ("autotune", "best configuration:", 2),
+}
+
+
+@pytest.mark.parametrize("title", list(NEW_TUTORIALS))
+def test_feature_tutorials_render_with_executed_outputs(browser, title):
+    from selenium.webdriver.common.by import By
+
+    name, printed, n_images = NEW_TUTORIALS[title]
+    page = f"tutorials/{name}.html"
+    _need((SITE / page).is_file(), f"{page} was not built")
+    driver = _open(browser, page)
+    assert title in driver.title
+    assert len(driver.find_elements(By.CSS_SELECTOR, "div.cell_output")) >= 3
+    text = driver.find_element(By.TAG_NAME, "article").text
+    assert "Traceback" not in text
+    assert printed in text
+    assert "<Figure size" not in text  # a figure printed as its repr instead of drawn
+    images = driver.find_elements(By.CSS_SELECTOR, "div.cell_output img")
+    assert len(images) >= n_images
+    for img in images:
+        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 100
+    shots = REPO / "docs" / "_build" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    driver.set_window_size(1400, max(2200, driver.execute_script("return document.body.scrollHeight")))
+    assert driver.save_screenshot(str(shots / f"tutorial_{name}.png"))
+    driver.set_window_size(1400, 2200)
 
 
 def test_api_and_performance_pages(browser):

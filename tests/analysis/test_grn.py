@@ -109,9 +109,15 @@ def test_transitions_are_sparse_rows_of_k_probabilities_and_grid_and_figure(sim)
     assert sp.issparse(T) and T.nnz == sim.n_obs * 12
     np.testing.assert_allclose(np.asarray(T.sum(1)).ravel(), 1.0, rtol=1e-5)
     assert res.grid["vectors"].shape == (40 * 40, 2) and res.grid["mask"].any()
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    backend, open_figures = matplotlib.get_backend(), plt.get_fignums()
     fig = grn.plot_shift(res, o.embedding)
     title, html = grn.grn_report_section(o, res)
     assert fig.axes and "<img" in html and "TF1" in title
+    # the figures are not pyplot's: nothing left open, a notebook's backend is not switched
+    assert plt.get_fignums() == open_figures and matplotlib.get_backend() == backend
 
 
 def test_base_grn_layout_restricts_regulators(tmp_path, sim):

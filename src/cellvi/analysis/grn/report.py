@@ -12,14 +12,13 @@ __all__ = ["grn_report_section", "plot_score", "plot_shift"]
 
 
 def _axes(ax):
-    import matplotlib
-
     if ax is None:
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        # a Figure outside pyplot: no backend switch (which would stop a notebook's inline plots), no
+        # figure left open; Jupyter shows the returned Figure, and savefig works without a display
+        from matplotlib.figure import Figure
 
-        fig, ax = plt.subplots(figsize=(5.5, 5))
-        return fig, ax
+        fig = Figure(figsize=(5.5, 5))
+        return fig, fig.add_subplot()
     return ax.figure, ax
 
 
