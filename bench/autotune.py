@@ -20,9 +20,10 @@ Per data set:
 cellbench_3celllines_2protocols is cut to 2,000 highly variable genes (scanpy seurat_v3 on the tune cells'
 counts) to keep the run inside the CPU budget. The data sets run in parallel, one process each.
 
-    PYTHONPATH=src python bench/autotune.py --n-trials 12 --max-epochs 100 --seeds 0 1 2
+    PYTHONPATH=src python bench/autotune.py --n-trials 12 --max-epochs 80 --seeds 0 1 2
 
-Writes bench/results/autotune.{json,md} and autotune_<set>_<objective>_{objective_vs_params,param_importances}.png.
+``--part FILE --sets NAME`` runs one data set in this process (e.g. with other ``--objectives``) and
+``--merge FILE ...`` writes the results from such parts. Writes bench/results/autotune.{json,md} and autotune_<set>_<objective>_{objective_vs_params,param_importances}.png.
 """
 
 from __future__ import annotations
@@ -213,7 +214,8 @@ def write(parts: list[dict], args, wall_s: float, load: tuple) -> None:
         "objectives": args.objectives,
         "seeds": args.seeds,
         "test_frac": args.test_frac,
-        "wall_s": round(wall_s),
+        "wall_s": None if wall_s != wall_s else round(wall_s),
+        "note": args.note,
         "load_average_start_end": load,
         "sets": parts,
     }
@@ -236,6 +238,8 @@ def write(parts: list[dict], args, wall_s: float, load: tuple) -> None:
         "data sets ran in parallel. Times are noisy; CPU seconds are this benchmark's own.",
         "",
     ]
+    if args.note:
+        md += [args.note, ""]
     for p in parts:
         md += [f"## {p['data']} ({p['n_tune']} tune + {p['n_test']} test cells, {p['n_genes']} genes)", ""]
         md += ["| configuration | test ELBO | test scIB total | bio | batch | train s |", "|---|---|---|---|---|---|"]
@@ -244,9 +248,13 @@ def write(parts: list[dict], args, wall_s: float, load: tuple) -> None:
             f"| {fmt(r['test_batch'], 3)} | {fmt(r['train_s'], 0)} |"
             for r in p["summary"]
         ]
-        md += ["", "| search | wall s | CPU s | trials | best configuration |", "|---|---|---|---|---|"]
+        md += [
+            "",
+            "| search | wall s | CPU s | trials | best configuration (both: its best-scIB trial) |",
+            "|---|---|---|---|---|",
+        ]
         for obj, s in p["searches"].items():
-            best = s.get("best_params") or s["best_scib"]["params"]
+            best = s.get("best_params") or s["best_scib"]["params"]  # "both": its best scIB trial
             md.append(f"| {obj} | {s['search_wall_s']} | {s['search_cpu_s']} | {s['trial_states']} | {short(best)} |")
         for obj, s in p["searches"].items():
             md += ["", f"Trials of the `{obj}` search (plots: autotune_{p['data']}_{obj}_*.png):", ""]
@@ -272,11 +280,17 @@ def main() -> None:
     p.add_argument("--objectives", nargs="+", default=["elbo", "both"], choices=["elbo", "scib", "both"])
     p.add_argument("--test-frac", type=float, default=0.3)
     p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one set, write JSON to this path
+    p.add_argument("--part", help="run only the first of --sets in this process and write its JSON to PART")
+    p.add_argument("--merge", nargs="+", help="write the results from these PART JSON files (no runs)")
+    p.add_argument("--note", default="", help="a sentence for the results (e.g. how the parts were run)")
     args = p.parse_args()
     sys.path.insert(0, str(REPO / "src"))
     if args.part:
         Path(args.part).write_text(json.dumps(run_set(args.sets[0], args), default=str))
+        return
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        write(parts, args, float("nan"), (round(os.getloadavg()[0], 1),) * 2)
         return
     load0 = round(os.getloadavg()[0], 1)
     t0 = time.perf_counter()
