@@ -145,14 +145,19 @@ def run_set(name: str, args) -> dict:
     from cellvi.autotune.space import split as split_params
 
     evals, latents = [], {}
+    if args.default_epochs:
+        if not args.objectives:  # a part that only adds this baseline
+            configs = {}
+        configs[f"default, {args.default_epochs} epochs"] = {}
     for label, params in configs.items():
         init, plan, train = split_params(params, SCVI)
+        epochs = args.default_epochs if label.endswith(" epochs") else args.max_epochs
         for seed in args.seeds:
             cellvi.settings.seed = seed
             SCVI.setup_anndata(tune_set, batch_key=BATCH)
             model = SCVI(tune_set, **init)
             c0, t0 = time.process_time(), time.perf_counter()
-            model.train(max_epochs=args.max_epochs, plan_kwargs=plan, enable_progress_bar=False, **train)
+            model.train(max_epochs=epochs, plan_kwargs=plan, enable_progress_bar=False, **train)
             row = {"config": label, "seed": seed, "train_s": round(time.perf_counter() - t0, 1)}
             row["train_cpu_s"] = round(time.process_time() - c0, 1)
             SCVI.setup_anndata(test_set, batch_key=BATCH)
@@ -173,6 +178,29 @@ def run_set(name: str, args) -> dict:
     out["cpu_s"] = round(time.process_time(), 1)
     out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return out
+
+
+def command_args() -> list[str]:
+    """sys.argv without the --note text."""
+    args = sys.argv[1:]
+    return args[: args.index("--note")] + args[args.index("--note") + 2 :] if "--note" in args else args
+
+
+def merge_parts(parts: list[dict]) -> list[dict]:
+    """One part per data set: searches, configurations and evaluations of parts of the same set are pooled
+    (the scIB metrics are unscaled, so an embedding's scores do not depend on the others of its call)."""
+    merged: dict[str, dict] = {}
+    for part in parts:
+        if part["data"] not in merged:
+            merged[part["data"]] = part
+            continue
+        into = merged[part["data"]]
+        into["searches"].update(part["searches"])
+        into["configs"].update(part["configs"])
+        seen = {(e["config"], e["seed"]) for e in into["evals"]}
+        into["evals"] += [e for e in part["evals"] if (e["config"], e["seed"]) not in seen]
+        into["cpu_s"] = into.get("cpu_s", 0) + part.get("cpu_s", 0)
+    return list(merged.values())
 
 
 def summarize(evals: list[dict]) -> list[dict]:
@@ -208,7 +236,7 @@ def short(params: dict) -> str:
 
 def write(parts: list[dict], args, wall_s: float, load: tuple) -> None:
     res = {
-        "command": "PYTHONPATH=src python bench/autotune.py " + " ".join(sys.argv[1:]),
+        "command": "PYTHONPATH=src python bench/autotune.py " + " ".join(command_args()),
         "n_trials": args.n_trials,
         "max_epochs": args.max_epochs,
         "objectives": args.objectives,
@@ -257,7 +285,12 @@ def write(parts: list[dict], args, wall_s: float, load: tuple) -> None:
             best = s.get("best_params") or s["best_scib"]["params"]  # "both": its best scIB trial
             md.append(f"| {obj} | {s['search_wall_s']} | {s['search_cpu_s']} | {s['trial_states']} | {short(best)} |")
         for obj, s in p["searches"].items():
-            md += ["", f"Trials of the `{obj}` search (plots: autotune_{p['data']}_{obj}_*.png):", ""]
+            md += [
+                "",
+                f"Trials of the `{obj}` search (plots: autotune_{p['data']}_{obj}_*.png; a PRUNED trial's ELBO "
+                "is its validation ELBO at the epoch where it was stopped):",
+                "",
+            ]
             cols = [c for c in s["trials"][0] if c not in ("duration_s",)]
             md += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
             for t in s["trials"]:
@@ -277,7 +310,8 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int, default=100)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--sets", nargs="+", default=list(SETS))
-    p.add_argument("--objectives", nargs="+", default=["elbo", "both"], choices=["elbo", "scib", "both"])
+    p.add_argument("--default-epochs", type=int, help="also evaluate SCVI's defaults trained this many epochs")
+    p.add_argument("--objectives", nargs="*", default=["elbo", "both"], choices=["elbo", "scib", "both"])
     p.add_argument("--test-frac", type=float, default=0.3)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--part", help="run only the first of --sets in this process and write its JSON to PART")
@@ -289,7 +323,7 @@ def main() -> None:
         Path(args.part).write_text(json.dumps(run_set(args.sets[0], args), default=str))
         return
     if args.merge:
-        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        parts = merge_parts([json.loads(Path(f).read_text()) for f in args.merge])
         write(parts, args, float("nan"), (round(os.getloadavg()[0], 1),) * 2)
         return
     load0 = round(os.getloadavg()[0], 1)
