@@ -22,7 +22,8 @@ counts) to keep the run inside the CPU budget. The data sets run in parallel, on
 
     PYTHONPATH=src python bench/autotune.py --n-trials 12 --max-epochs 80 --seeds 0 1 2
 
-``--part FILE --sets NAME`` runs one data set in this process (e.g. with other ``--objectives``) and
+``--default-epochs 400`` also evaluates the defaults trained for that many epochs (SCVI's own default
+for fewer than 20,000 cells). ``--part FILE --sets NAME`` runs one data set in this process (e.g. with other ``--objectives``) and
 ``--merge FILE ...`` writes the results from such parts. Writes bench/results/autotune.{json,md} and autotune_<set>_<objective>_{objective_vs_params,param_importances}.png.
 """
 
@@ -234,7 +235,7 @@ def short(params: dict) -> str:
     return ", ".join(parts)
 
 
-def write(parts: list[dict], args, wall_s: float, load: tuple) -> None:
+def write(parts: list[dict], args, wall_s: float, load: tuple | None) -> None:
     res = {
         "command": "PYTHONPATH=src python bench/autotune.py " + " ".join(command_args()),
         "n_trials": args.n_trials,
@@ -262,8 +263,9 @@ def write(parts: list[dict], args, wall_s: float, load: tuple) -> None:
         "total of the test cells' latent (scib-metrics Benchmarker, exact kNN, unscaled, 0.6 bio + 0.4 batch). "
         "Mean ± sd over seeds.",
         "",
-        f"Machine: shared 2-core machine with other helpers' jobs (load average at start/end {load}); the "
-        "data sets ran in parallel. Times are noisy; CPU seconds are this benchmark's own.",
+        "Machine: shared 2-core machine with other helpers' jobs"
+        + (f" (load average at start/end {load}); the data sets ran in parallel" if load else "")
+        + ". Times are noisy; CPU seconds are this benchmark's own.",
         "",
     ]
     if args.note:
@@ -324,7 +326,7 @@ def main() -> None:
         return
     if args.merge:
         parts = merge_parts([json.loads(Path(f).read_text()) for f in args.merge])
-        write(parts, args, float("nan"), (round(os.getloadavg()[0], 1),) * 2)
+        write(parts, args, float("nan"), None)
         return
     load0 = round(os.getloadavg()[0], 1)
     t0 = time.perf_counter()
