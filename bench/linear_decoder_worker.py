@@ -22,6 +22,7 @@ def main() -> None:
     p.add_argument("--n-latent", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--loadings", default=None, help="cellvi only: nonneg or free")
+    p.add_argument("--l1", type=float, default=0.0, help="cellvi only: l1_loadings")
     p.add_argument("--batch-key", default="batch")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
@@ -36,6 +37,8 @@ def main() -> None:
     kwargs = {"n_latent": a.n_latent}
     if a.lib == "cellvi" and a.loadings:
         kwargs["loadings"] = a.loadings
+    if a.l1:
+        kwargs["l1_loadings"] = a.l1
     model = lib.model.LinearSCVI(adata, **kwargs)
     t = time.perf_counter()
     train_kwargs = {"max_epochs": a.epochs}
@@ -54,6 +57,7 @@ def main() -> None:
         "epochs": a.epochs,
         "n_latent": a.n_latent,
         "loadings": a.loadings,
+        "l1_loadings": a.l1,
         "seed": a.seed,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

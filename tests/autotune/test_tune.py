@@ -102,3 +102,12 @@ def test_cli_two_workers_share_a_postgres_study(small_adata, tmp_path, postgres_
     assert len(study.trials) == 4 and len(done) == 4
     assert len({t.user_attrs["pid"] for t in study.trials}) == 2  # both worker processes ran trials
     assert (tmp_path / "out" / "best_model" / "model.safetensors").exists()
+
+
+def test_cli_help_shows_examples(capsys):
+    from cellvi.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out and "cellvi tune data.h5ad -o tuning" in out and "--objective both" in out

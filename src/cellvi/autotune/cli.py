@@ -4,13 +4,30 @@ the trained model (best_model/) to OUTDIR."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+
+EXAMPLES = """examples:
+  cellvi tune data.h5ad -o tuning --batch-key batch --n-trials 20 --n-jobs 2 --max-epochs 100
+  cellvi tune data.h5ad -o tuning --batch-key batch --label-key cell_type --objective both --n-trials 12
+  cellvi tune data.h5ad -o tuning --space space.json --model LinearSCVI --pruner asha
+  cellvi tune data.h5ad -o tuning_b --storage postgresql://user@dbhost:5432/optuna --study-name pbmc
+
+The same --storage URL and --study-name on several machines join one study. Writes best_config.json,
+trials.csv, pareto.csv (--objective both), objective_vs_params.png, param_importances.png and best_model/.
+"""
 
 
 def register(subparsers) -> None:
     """Add the ``tune`` subcommand to an argparse ``subparsers``."""
-    p = subparsers.add_parser("tune", help="search hyper-parameters with Optuna (docs/autotune.md)")
+    p = subparsers.add_parser(
+        "tune",
+        help="search hyper-parameters with Optuna (docs/autotune.md)",
+        description="Hyper-parameter search of an SCVI or LinearSCVI on raw counts, with Optuna.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("input", help="an .h5ad of raw counts")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.set_defaults(func=run)
