@@ -144,9 +144,7 @@ class AtomPools:
                 rows = [self.rng.choice(self.rows_of[a], c, p=self.weights[a]) for a, c in zip(atoms, counts) if c]
             else:
                 rows = [
-                    self.rows_of[a][:c] if side == 1 else self.rows_of[a][r - c :]
-                    for a, c in zip(atoms, counts)
-                    if c
+                    self.rows_of[a][:c] if side == 1 else self.rows_of[a][r - c :] for a, c in zip(atoms, counts) if c
                 ]
             idx.append(self.rng.permutation(np.concatenate(rows)))
         return self.pool[idx[0]], self.pool[idx[1]]

@@ -85,8 +85,4 @@ def scales_and_log_weights(module, batch: dict, anchor: Anchors, out: torch.Tens
             "dropout_logits": _per_pair(gen["dropout_logits"], n, sel, n_anchor),
         }
         log_px_z[sel] = module.log_likelihood(anchor.x.repeat(k, 1), one).reshape(k, n_anchor)
-    return (
-        log_pz
-        + torch.logsumexp(log_px_z - anchor.log_px[None], dim=1)
-        - torch.logsumexp(log_qz, dim=1)
-    )
+    return log_pz + torch.logsumexp(log_px_z - anchor.log_px[None], dim=1) - torch.logsumexp(log_qz, dim=1)
