@@ -16,6 +16,7 @@ Results: bench/results/de_importance.{json,md}. Timings on a shared machine are 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import resource
@@ -35,7 +36,6 @@ def main(argv=None):
     import scanpy as sc
     import torch
 
-    import cellvi
     from de_benchmark import gene_sets
 
     p = argparse.ArgumentParser()
@@ -44,9 +44,12 @@ def main(argv=None):
     p.add_argument("--max-cells", type=int, default=256)
     p.add_argument("--n-mc", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--lib", choices=["cellvi", "scvi"], default="cellvi")  # scvi: run with bench/.venv-scvi
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cellvi.settings.progress_bar = False
+    lib = importlib.import_module(args.lib)  # the same API
+    if args.lib == "cellvi":
+        lib.settings.progress_bar = False
     sets = gene_sets()
     alpha = sets["HALLMARK_INTERFERON_ALPHA_RESPONSE"]
     both = alpha | sets["HALLMARK_INTERFERON_GAMMA_RESPONSE"]
@@ -54,10 +57,10 @@ def main(argv=None):
     sc.pp.filter_genes(adata, min_cells=100)
     runs = []
     for seed in args.seeds:
-        cellvi.settings.seed = seed
+        lib.settings.seed = seed
         a = adata.copy()
-        cellvi.model.SCVI.setup_anndata(a)
-        model = cellvi.model.SCVI(a)
+        lib.model.SCVI.setup_anndata(a)
+        model = lib.model.SCVI(a)
         t = time.perf_counter()
         model.train(max_epochs=args.epochs, batch_size=256, train_size=1.0)
         run = {"seed": seed, "train_s": time.perf_counter() - t}
@@ -76,7 +79,7 @@ def main(argv=None):
             tops[weights] = order[:TOP]
             run[weights] = {
                 "de_s": secs,
-                "n_pairs": int(res["n_pairs"].iloc[0]),
+                "n_pairs": int(res["n_pairs"].iloc[0]) if "n_pairs" in res else None,
                 "frac_top_in_hallmark_ifn_alpha": float(np.mean([g in alpha for g in order[:TOP]])),
                 "frac_top_in_hallmark_ifn_alpha_or_gamma": float(np.mean([g in both for g in order[:TOP]])),
                 "rank_of_named_isgs": {g: (order.index(g) if g in order else None) for g in NAMED_ISGS},
@@ -87,6 +90,7 @@ def main(argv=None):
         runs.append(run)
         print(json.dumps(run), flush=True)
     out = {
+        "lib": args.lib,
         "data": "pbmc_ifnb_stimulation.h5ad",
         "n_cells": adata.n_obs,
         "n_genes": adata.n_vars,
@@ -96,8 +100,10 @@ def main(argv=None):
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "runs": runs,
     }
-    (HERE / "results" / "de_importance.json").write_text(json.dumps(out, indent=1))
-    (HERE / "results" / "de_importance.md").write_text(markdown(out))
+    name = "de_importance" if args.lib == "cellvi" else "de_importance_scvi"
+    (HERE / "results" / f"{name}.json").write_text(json.dumps(out, indent=1))
+    if args.lib == "cellvi":
+        (HERE / "results" / "de_importance.md").write_text(markdown(out))
 
 
 def markdown(out) -> str:

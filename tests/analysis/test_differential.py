@@ -438,6 +438,7 @@ def test_importance_log_weights_follow_their_formula(trained, monkeypatch):
     np.testing.assert_allclose(out.numpy(), torch.softmax(gen["scale_logits"], -1).numpy(), rtol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:weights='importance'")  # degenerate weights: measured, and warned
 def test_importance_weighted_de_keeps_the_columns_and_finds_the_de_genes(trained):
     adata = trained.adata
     kw = {"importance_weighting_kwargs": {"max_cells": 64, "n_mc_samples": 20}}

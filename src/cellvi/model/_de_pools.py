@@ -11,9 +11,13 @@ the per-comparison path decodes 2K, and no array ever has more than a round's ro
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ._de import Comparison, scale_samples
+
+DEGENERATE_ESS = 0.05  # warn when an atom's importance weights have an effective sample size below 5%
 
 
 class AtomPools:
@@ -55,6 +59,7 @@ class AtomPools:
         self.importance = importance
         self.anchors: dict[int, object] = {}  # per atom, its module.importance.Anchors
         self.weights: dict[int, np.ndarray] = {}  # per atom, this round's normalised weights of rows_of
+        self.warned = False
 
     def atoms_of(self, comp: Comparison, side: int) -> np.ndarray:
         """Boolean (n_atoms,): the atoms of side 1 or 2 of ``comp`` (side 2 of a None group: the rest)."""
@@ -100,7 +105,11 @@ class AtomPools:
 
     def _draw_weighted(self, model, adata, wanted: list, r: int, batch_size) -> None:
         """:meth:`draw` for ``weights="importance"``: each atom's ``r`` samples in passes of its own
-        (a sample's weight depends on its atom's anchors), and their normalised weights."""
+        (a sample's weight depends on its atom's anchors), and their normalised weights. The samples
+        come from the anchors only (at most ``max_cells`` random cells of the atom): the encoder's
+        mixture over the anchors is then exactly the proposal the weights correct. (Samples of other
+        cells, as scvi-tools draws for groups over ``max_cells``, can lie where no anchor's q(z | x)
+        reaches, get an overwhelming weight, and collapse the weights onto one sample: measured.)"""
         import torch
 
         from ..analysis.differential import importance_weights
@@ -114,7 +123,8 @@ class AtomPools:
                     model.module, model._batches(adata, cells, batch_size), opts["n_mc_samples"]
                 )
             pos = self.rows + np.arange(r)
-            cells, lap = self.order[a][pos % self.sizes[a]], pos // self.sizes[a]
+            n_anchor = min(opts["max_cells"], int(self.sizes[a]))
+            cells, lap = self.order[a][pos % n_anchor], pos // n_anchor
             log_w = np.empty(r)
             start = j * r
             for k in np.unique(lap):
@@ -130,6 +140,15 @@ class AtomPools:
                 start = at
             self.rows_of[a] = np.arange(j * r, (j + 1) * r)
             self.weights[a] = importance_weights(log_w, opts["truncation"])
+            ess = 1.0 / float(np.sum(self.weights[a] ** 2))  # Kish's effective sample size
+            if ess < DEGENERATE_ESS * r and not self.warned:
+                self.warned = True
+                warnings.warn(
+                    f"weights='importance': the importance weights are degenerate (effective sample size "
+                    f"{ess:.1f} of {r} samples), so few posterior samples decide the result; prefer "
+                    "weights='uniform' (see docs/differential_expression.md).",
+                    stacklevel=4,
+                )
         self.rows += r
 
     def pairs(self, comp: Comparison, r: int) -> tuple[np.ndarray, np.ndarray]:
