@@ -86,6 +86,17 @@ def main(argv=None):
                 "n_de_fdr_0.05": int(res["is_de_fdr_0.05"].sum()),
                 "top10": order[:10],
             }
+        if args.lib == "cellvi":  # Kish's effective sample size of one round's weights (500 samples)
+            from cellvi.model._de import IMPORTANCE_DEFAULTS
+            from cellvi.model._de_pools import AtomPools
+
+            masks = [(a.obs["condition"] == c).to_numpy() for c in ("stim", "ctrl")]
+            for trunc in (False, True):
+                opts = {**IMPORTANCE_DEFAULTS, "max_cells": args.max_cells, "n_mc_samples": args.n_mc}
+                pools = AtomPools(masks, np.random.default_rng(seed), importance={**opts, "truncation": trunc})
+                pools.draw(model, None, np.array([True, True, False]), 500, [None], None)
+                key = "ess_of_500_truncated" if trunc else "ess_of_500"
+                run[key] = [float(1 / np.sum(pools.weights[k] ** 2)) for k in (0, 1)]  # stim, ctrl
         run["top30_overlap"] = len(set(tops["uniform"]) & set(tops["importance"])) / TOP
         runs.append(run)
         print(json.dumps(run), flush=True)
