@@ -139,15 +139,26 @@ def markdown(out) -> str:
             f"| {w} | {med(w, 'frac_top_in_hallmark_ifn_alpha'):.2f} | "
             f"{med(w, 'frac_top_in_hallmark_ifn_alpha_or_gamma'):.2f} | {med(w, 'de_s'):.1f} |"
         )
+    if "ess_of_500" in out["runs"][0]:
+        ess = "; ".join(
+            f"seed {r['seed']}: {r['ess_of_500'][0]:.1f} / {r['ess_of_500'][1]:.1f} "
+            f"(truncation=True: {r['ess_of_500_truncated'][0]:.1f} / {r['ess_of_500_truncated'][1]:.1f})"
+            for r in out["runs"]
+        )
+        lines += ["", f"Effective sample size (Kish, 1 / sum(w^2)) of one round's 500 weights, stim / ctrl: {ess}."]
     lines += [
         "",
-        "| seed | weights | ranks of " + ", ".join(NAMED_ISGS) + " | pairs | top-30 overlap |",
-        "|---|---|---|---|---|",
+        "| seed | weights | ranks of "
+        + ", ".join(NAMED_ISGS)
+        + " | genes called DE (FDR 0.05) | pairs | top-30 overlap |",
+        "|---|---|---|---|---|---|",
     ]
     for r in out["runs"]:
         for w in ("uniform", "importance"):
             ranks = ", ".join(str(v) for v in r[w]["rank_of_named_isgs"].values())
-            lines.append(f"| {r['seed']} | {w} | {ranks} | {r[w]['n_pairs']} | {r['top30_overlap']:.2f} |")
+            lines.append(
+                f"| {r['seed']} | {w} | {ranks} | {r[w]['n_de_fdr_0.05']} | {r[w]['n_pairs']} | {r['top30_overlap']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
