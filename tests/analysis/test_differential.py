@@ -442,7 +442,7 @@ def test_importance_log_weights_follow_their_formula(trained, monkeypatch):
 def test_importance_weighted_de_keeps_the_columns_and_finds_the_de_genes(trained):
     adata = trained.adata
     kw = {"importance_weighting_kwargs": {"max_cells": 64, "n_mc_samples": 20}}
-    args = {"groupby": "cell_type", "group1": "type0", "group2": "type1", "mode": "change", "n_samples": 1000}
+    args = {"groupby": "cell_type", "group1": "type0", "group2": "type1", "mode": "change", "n_samples": 500}
     uniform = trained.differential_expression(**args)
     res = trained.differential_expression(**args, weights="importance", **kw)
     assert list(res.columns) == list(uniform.columns) and len(res) == adata.n_vars
