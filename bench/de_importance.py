@@ -2,6 +2,7 @@
 stimulation (pbmc_ifnb_stimulation, Kang et al. 2018), stim vs ctrl, change mode.
 
     python bench/de_importance.py                 # --seeds 0 1 --epochs 30 --max-cells 256 --n-mc 100
+    bench/.venv-scvi/bin/python bench/de_importance.py --lib scvi --seeds 0   # scvi-tools 1.4.2, same settings
 
 Genes seen in fewer than 100 cells are dropped (as the known-biology test), to keep the importance
 weights (samples x anchors x genes likelihoods) affordable on a 2-core machine. Per seed: one SCVI
@@ -10,7 +11,8 @@ trained, then DE with ``weights="uniform"`` and with ``weights="importance"``
 (lfc_mean > 0) sorted by proba_de then lfc_mean; reported: the fraction of the top 30 in the MSigDB
 Hallmark interferon-alpha set and in alpha + gamma (bench/genesets/msigdb_hallmark_interferon.txt),
 the ranks of ISG15, IFI6, IFIT1, IFIT3, MX1, the overlap of the two top-30 lists, and DE seconds.
-Results: bench/results/de_importance.{json,md}. Timings on a shared machine are noisy.
+Results: bench/results/de_importance.{json,md} (run cellvi last: its markdown includes
+de_importance_scvi.json when present). Timings on a shared machine are noisy.
 """
 
 from __future__ import annotations
@@ -159,6 +161,27 @@ def markdown(out) -> str:
             lines.append(
                 f"| {r['seed']} | {w} | {ranks} | {r[w]['n_de_fdr_0.05']} | {r[w]['n_pairs']} | {r['top30_overlap']:.2f} |"
             )
+    peer = HERE / "results" / "de_importance_scvi.json"
+    if peer.exists():
+        sv = json.loads(peer.read_text())
+        lines += [
+            "",
+            f"## scvi-tools 1.4.2, the same settings (`bench/.venv-scvi/bin/python bench/de_importance.py --lib scvi "
+            f"--seeds {' '.join(str(r['seed']) for r in sv['runs'])}`; peak RSS {sv['peak_rss_mb']:.0f} MB)",
+            "",
+            "| seed | weights | IFN-alpha | IFN-alpha or gamma | ranks of "
+            + ", ".join(NAMED_ISGS)
+            + " | genes called DE | DE s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in sv["runs"]:
+            for w in ("uniform", "importance"):
+                x = r[w]
+                ranks = ", ".join(str(v) for v in x["rank_of_named_isgs"].values())
+                lines.append(
+                    f"| {r['seed']} | {w} | {x['frac_top_in_hallmark_ifn_alpha']:.2f} | "
+                    f"{x['frac_top_in_hallmark_ifn_alpha_or_gamma']:.2f} | {ranks} | {x['n_de_fdr_0.05']} | {x['de_s']:.1f} |"
+                )
     return "\n".join(lines) + "\n"
 
 
