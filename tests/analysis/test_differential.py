@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 from tests.conftest import real_data_path
@@ -378,3 +379,85 @@ def test_ifnb_stimulation_ranks_interferon_stimulated_genes_first():
     assert max(ranks) < 0.05 * adata.n_vars, dict(zip(isgs, ranks))
     assert np.median(ranks) < 30, dict(zip(isgs, ranks))
     assert (res.loc[isgs, "lfc_mean"] > 1).all()  # each at least two-fold up
+
+
+# ---------------------------------------------------------------------------------------- importance weights
+def test_importance_weights_are_normalised_and_reduce_to_uniform(rng):
+    log_w = rng.normal(0, 3, size=50) - 800.0  # far from 0: must not underflow
+    w = de.importance_weights(log_w)
+    assert (w >= 0).all() and np.isclose(w.sum(), 1.0)
+    assert (np.argsort(w) == np.argsort(log_w)).all()  # monotone in the log weight
+    np.testing.assert_allclose(de.importance_weights(np.full(7, -3.2)), np.full(7, 1 / 7))
+    t = de.importance_weights(log_w, truncation=True)
+    assert np.isclose(t.sum(), 1.0) and t.min() > w.min() and t.max() < w.max()  # lower spread
+    with pytest.raises(ValueError):
+        de.importance_weights(np.array([0.0, np.inf]))
+
+
+def test_inlier_mask_flags_a_far_cell(rng):
+    latent = rng.standard_normal((200, 4))
+    latent[17] = 25.0
+    keep = de.inlier_mask(latent)
+    assert not keep[17] and 0.85 < keep.mean() < 0.95  # about the envelope's 10% contamination
+
+
+@torch.no_grad()
+def test_importance_log_weights_follow_their_formula(trained, monkeypatch):
+    """The batched, chunked log weights equal the formula evaluated one (sample, anchor) pair at a
+    time: log p(z) + logsumexp_a [log p(x_a | z) - log p(x_a)] - logsumexp_a log q(z | x_a)."""
+    from cellvi.module import importance as imp
+    from cellvi.module.vae import log_normal_density
+
+    module = trained.module
+    types = trained.adata.obs["cell_type"].to_numpy()
+    anchors = imp.anchors(module, trained._batches(None, np.flatnonzero(types == "type0")[:9]), n_mc_samples=5)
+    (batch,) = trained._batches(None, np.r_[0:4, 300:304])  # cells of several types and batches
+    monkeypatch.setattr(imp, "CHUNK_ELEMENTS", 3 * 9 * module.n_input)  # chunks of 3 samples: 3 passes
+    torch.manual_seed(5)
+    out = torch.empty((8, module.n_input))
+    log_w = imp.scales_and_log_weights(module, batch, anchors, out)
+    torch.manual_seed(5)
+    inf = module.inference(batch, sample=True)
+    gen = module.generative(inf["z"], inf["library"], batch)
+    for i in range(8):
+        z = inf["z"][i : i + 1]
+        terms, log_q = [], []
+        for a in range(9):
+            one = {
+                k: (v[i : i + 1] if v is not None and v.dim() == 2 and v.shape[0] == 8 else v) for k, v in gen.items()
+            }
+            one["library"] = anchors.log_library[a : a + 1]
+            terms.append(module.log_likelihood(anchors.x[a : a + 1], one)[0] - anchors.log_px[a])
+            log_q.append(log_normal_density(z[0], anchors.qz_m[a], anchors.qz_v[a]))
+        expected = (
+            log_normal_density(z[0], torch.zeros_like(z[0]), torch.ones_like(z[0]))
+            + torch.logsumexp(torch.stack(terms), 0)
+            - torch.logsumexp(torch.stack(log_q), 0)
+        )
+        assert float(log_w[i]) == pytest.approx(float(expected), rel=1e-4, abs=1e-2)
+    np.testing.assert_allclose(out.numpy(), torch.softmax(gen["scale_logits"], -1).numpy(), rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:weights='importance'")  # degenerate weights: measured, and warned
+def test_importance_weighted_de_keeps_the_columns_and_finds_the_de_genes(trained):
+    adata = trained.adata
+    kw = {"importance_weighting_kwargs": {"max_cells": 64, "n_mc_samples": 20}}
+    args = {"groupby": "cell_type", "group1": "type0", "group2": "type1", "mode": "change", "n_samples": 500}
+    uniform = trained.differential_expression(**args)
+    res = trained.differential_expression(**args, weights="importance", **kw)
+    assert list(res.columns) == list(uniform.columns) and len(res) == adata.n_vars
+    true_lfc = (adata.var["de_lfc_type0"] - adata.var["de_lfc_type1"]).loc[res.index]
+    assert roc_auc_score(true_lfc.abs() > 0.5, res["proba_de"]) > 0.95
+    ova = trained.differential_expression(groupby="cell_type", n_samples=200, weights="importance", **kw)
+    plain = trained.differential_expression(groupby="cell_type", n_samples=200)
+    assert list(ova.columns) == list(plain.columns) and len(ova) == 3 * adata.n_vars
+    filtered = trained.differential_expression(groupby="cell_type", n_samples=200, filter_outlier_cells=True)
+    assert list(filtered.columns) == list(plain.columns) and np.isfinite(filtered["bayes_factor"]).all()
+    for bad in (
+        {"weights": "bogus"},
+        {"weights": "importance", "batch_correction": True},
+        {"weights": "importance", "importance_weighting_kwargs": {"no_such": 1}},
+        {"importance_weighting_kwargs": {"max_cells": 5}},  # needs weights="importance"
+    ):
+        with pytest.raises(InvalidParameterError):
+            trained.differential_expression(groupby="cell_type", **bad)

@@ -126,9 +126,10 @@ def test_de_weights_and_logging_dir(adata, tmp_path):
         groupby="cell_type", group1="type0", weights="uniform", filter_outlier_cells=False, n_samples=50
     )
     assert len(de) == adata.n_vars
-    for bad in ({"weights": "importance"}, {"filter_outlier_cells": True}):
-        with pytest.raises(InvalidParameterError, match="not implemented"):
-            model.differential_expression(groupby="cell_type", group1="type0", **bad)
+    small = {"max_cells": 16, "n_mc_samples": 5}  # scvi-tools' importance_weighting_kwargs names
+    for other in ({"weights": "importance", "importance_weighting_kwargs": small}, {"filter_outlier_cells": True}):
+        res = model.differential_expression(groupby="cell_type", group1="type0", n_samples=50, **other)
+        assert list(res.columns) == list(de.columns)
 
 
 def test_minify_adata_keeps_outputs_without_counts(adata, tmp_path):

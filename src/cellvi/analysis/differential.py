@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import logsumexp
 
 EPS_BF = 1e-8  # keeps the Bayes factor finite when a probability is 0 or 1
 LFC_SUMMARY_SHRINK = 1e-3  # the LFC summary uses eps * 1e-3: shrinks less than the test itself
@@ -46,6 +47,34 @@ def cell_passes(pool: np.ndarray, n_samples: int, rng: np.random.Generator) -> l
 def pick_rows(samples: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
     """``n_samples`` rows of ``samples`` in random order (so that pairing by position is random)."""
     return samples[rng.permutation(len(samples))[:n_samples]]
+
+
+def importance_weights(log_w: np.ndarray, truncation: bool = False) -> np.ndarray:
+    """Self-normalised importance weights of a group's posterior samples: (n,) non-negative, summing
+    to 1, from the unnormalised log weights ``log_w`` (n,) (see :mod:`cellvi.module.importance`);
+    uniform when all log weights are equal. ``truncation``: raise every log weight to at least the
+    log of their mean (the threshold scvi-tools uses, after Ionides 2008), which lowers the variance."""
+    log_w = np.asarray(log_w, dtype=np.float64)
+    if log_w.ndim != 1 or len(log_w) == 0 or not np.isfinite(log_w).all():
+        raise ValueError("log_w must be a non-empty 1-D array of finite log weights")
+    if truncation:
+        tau = logsumexp(log_w) - np.log(len(log_w))
+        log_w = np.maximum(log_w, tau)
+    w = np.exp(log_w - log_w.max())
+    return w / w.sum()
+
+
+def inlier_mask(latent: np.ndarray) -> np.ndarray | None:
+    """Which cells of a group are not outliers of its latent representation (n_cells, n_latent):
+    a robust Gaussian envelope (scikit-learn's ``EllipticEnvelope``, 10% contamination), as
+    scvi-tools' ``filter_outlier_cells``. (n_cells,) bool, or None when the covariance cannot be
+    estimated (too few cells)."""
+    from sklearn.covariance import EllipticEnvelope
+
+    try:
+        return EllipticEnvelope(random_state=0).fit_predict(latent) == 1
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------- the tests

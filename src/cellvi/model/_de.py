@@ -224,6 +224,50 @@ NEXT_ROUND = 500  # pairs per comparison in each further round, until converged 
 ROUND_BYTES = 512 * 2**20  # a round's samples, all cell groups together, and one test's arrays
 WORK_ARRAYS = 6  # (r, n_genes) float32 arrays a comparison's test holds at once besides the pool
 MC_ERROR = 0.01  # default Monte-Carlo standard error at which a comparison stops
+# scvi-tools' get_importance_weights defaults (n_mc_samples_per_pass is accepted and has no effect)
+IMPORTANCE_DEFAULTS = {"max_cells": 1024, "truncation": False, "n_mc_samples": 500, "n_mc_samples_per_pass": 250}
+
+
+def importance_options(model, weights, batch_correction, kwargs) -> dict | None:
+    """The importance-weighting options (None for ``weights="uniform"``), checked."""
+    if weights in (None, "uniform"):
+        if kwargs:
+            raise InvalidParameterError("importance_weighting_kwargs need weights='importance'.")
+        return None
+    if weights != "importance":
+        raise InvalidParameterError(f"weights must be 'uniform' or 'importance', got {weights!r}.")
+    if batch_correction:
+        raise InvalidParameterError(
+            "weights='importance' cannot be combined with batch_correction=True (as in scvi-tools: a "
+            "sample averaged over batches has no single likelihood to weight)."
+        )
+    if model.module.latent_distribution != "normal":
+        raise InvalidParameterError("weights='importance' needs latent_distribution='normal' (a normal prior).")
+    unknown = set(kwargs or {}) - set(IMPORTANCE_DEFAULTS)
+    if unknown:
+        raise InvalidParameterError(
+            f"Unknown importance_weighting_kwargs {sorted(unknown)}; accepted: {list(IMPORTANCE_DEFAULTS)}."
+        )
+    opts = {**IMPORTANCE_DEFAULTS, **(kwargs or {})}
+    for key in ("max_cells", "n_mc_samples"):
+        if not isinstance(opts[key], (int, np.integer)) or opts[key] < 1:
+            raise InvalidParameterError(f"importance_weighting_kwargs[{key!r}] must be a positive integer.")
+    return opts
+
+
+def inliers(model, adata, masks: list[np.ndarray], batch_size) -> np.ndarray:
+    """``filter_outlier_cells``: (n_cells,) bool, False for the cells that are outliers of the latent
+    means of a group they belong to (each group, and the cells in none, checked on its own)."""
+    latent = np.concatenate([model.module.latent(b).cpu().numpy() for b in model._batches(adata, None, batch_size)])
+    keep = np.ones(len(latent), dtype=bool)
+    for m in [*masks, ~np.any(masks, axis=0)]:
+        cells = np.flatnonzero(m)
+        if len(cells) == 0:
+            continue
+        ok = de.inlier_mask(latent[cells])
+        if ok is not None:
+            keep[cells[~ok]] = False
+    return keep
 
 
 def differential_expression(
@@ -244,19 +288,29 @@ def differential_expression(
     pseudocounts,
     test_mode,
     mc_error=MC_ERROR,
+    weights="uniform",
+    filter_outlier_cells=False,
+    importance_weighting_kwargs=None,
 ) -> pd.DataFrame:
     """See :meth:`cellvi.model.SCVI.differential_expression`. All comparisons share each round's
     posterior samples (:class:`~cellvi.model._de_pools.AtomPools`); a comparison stops when its
     :meth:`~cellvi.analysis.differential.PairTally.converged` at ``mc_error`` (None: after
-    ``n_samples`` pairs), and in any case after ``n_samples`` pairs."""
+    ``n_samples`` pairs), and in any case after ``n_samples`` pairs. ``weights="importance"``: each
+    group's samples are resampled by importance weight (:mod:`cellvi.module.importance`);
+    ``filter_outlier_cells``: sample no cell that is a latent outlier of its group (:func:`inliers`;
+    the raw-count columns still cover every cell)."""
     from ._de_pools import AtomPools
 
     _check(mode, test_mode, delta, n_samples, mc_error)
+    importance = importance_options(model, weights, batch_correction, importance_weighting_kwargs)
     _, masks, comps, sums, genes = _prepare(
         model, adata, groupby, group1, group2, idx1, idx2, mode, all_stats, pseudocounts
     )
     codes = list(range(len(model.registry.categories["batch"]))) if batch_correction else [None]
-    pools = AtomPools(masks, settings.new_generator(offset=7))
+    keep = inliers(model, adata, masks, batch_size) if filter_outlier_cells else None
+    if keep is not None and any(not (m & keep).any() for m in masks):
+        raise InvalidParameterError("filter_outlier_cells=True left a group without cells.")
+    pools = AtomPools(masks, settings.new_generator(offset=7), keep=keep, importance=importance)
     n_genes = model.module.n_input
     stats = [de.raw_stats(sums, c.k1, c.k2) if sums is not None else {} for c in comps]
     tallies: list[de.PairTally | None] = [None] * len(comps)

@@ -11,9 +11,13 @@ the per-comparison path decodes 2K, and no array ever has more than a round's ro
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ._de import Comparison, scale_samples
+
+DEGENERATE_ESS = 0.05  # warn when an atom's importance weights have an effective sample size below 5%
 
 
 class AtomPools:
@@ -25,7 +29,13 @@ class AtomPools:
     or at most two (idx1/idx2, which may overlap).
     """
 
-    def __init__(self, masks: list[np.ndarray], rng: np.random.Generator):
+    def __init__(
+        self,
+        masks: list[np.ndarray],
+        rng: np.random.Generator,
+        keep: np.ndarray | None = None,
+        importance: dict | None = None,
+    ):
         stack = np.vstack(masks)
         k = len(masks)
         if (stack.sum(0) <= 1).all():
@@ -36,13 +46,20 @@ class AtomPools:
                 raise ValueError("overlapping groups are supported for idx1/idx2 only")
             code = sum(stack[j].astype(np.int64) << j for j in range(k))
             member = [((np.arange(1 << k) >> j) & 1).astype(bool) for j in range(k)]
-        self.sizes = np.bincount(code, minlength=len(member[0])).astype(np.int64)
+        if keep is not None:  # cells left out (filter_outlier_cells) belong to no atom
+            code = np.where(keep, code, len(member[0]))
+        self.sizes = np.bincount(code, minlength=len(member[0]) + 1)[: len(member[0])].astype(np.int64)
         self.member = np.vstack(member)  # (K, n_atoms) bool
         self.order = [rng.permutation(np.flatnonzero(code == a)) for a in range(len(self.sizes))]
         self.rng = rng
         self.rows = 0  # per atom, samples drawn so far
         self.pool = None
         self.rows_of: dict[int, np.ndarray] = {}
+        # weights="importance": scvi-tools' keyword names (max_cells, truncation, n_mc_samples)
+        self.importance = importance
+        self.anchors: dict[int, object] = {}  # per atom, its module.importance.Anchors
+        self.weights: dict[int, np.ndarray] = {}  # per atom, this round's normalised weights of rows_of
+        self.warned = False
 
     def atoms_of(self, comp: Comparison, side: int) -> np.ndarray:
         """Boolean (n_atoms,): the atoms of side 1 or 2 of ``comp`` (side 2 of a None group: the rest)."""
@@ -59,6 +76,8 @@ class AtomPools:
         shape = (len(wanted) * r, model.module.n_input)
         if self.pool is None or self.pool.shape != shape:  # the same buffer round after round
             self.pool = np.empty(shape, dtype=np.float32)
+        if self.importance is not None:
+            return self._draw_weighted(model, adata, wanted, r, batch_size)
         passes = []  # per pass: [(atom, cells, positions in the atom's round)]; no cell twice in a pass
         for a in wanted:
             pos = self.rows + np.arange(r)
@@ -84,6 +103,54 @@ class AtomPools:
             start = stop
         self.rows += r
 
+    def _draw_weighted(self, model, adata, wanted: list, r: int, batch_size) -> None:
+        """:meth:`draw` for ``weights="importance"``: each atom's ``r`` samples in passes of its own
+        (a sample's weight depends on its atom's anchors), and their normalised weights. The samples
+        come from the anchors only (at most ``max_cells`` random cells of the atom): the encoder's
+        mixture over the anchors is then exactly the proposal the weights correct. (Samples of other
+        cells, as scvi-tools draws for groups over ``max_cells``, can lie where no anchor's q(z | x)
+        reaches, get an overwhelming weight, and collapse the weights onto one sample: measured.)"""
+        import torch
+
+        from ..analysis.differential import importance_weights
+        from ..module import importance as imp
+
+        opts = self.importance
+        for j, a in enumerate(wanted):
+            if a not in self.anchors:
+                cells = np.sort(self.order[a][: opts["max_cells"]])
+                self.anchors[a] = imp.anchors(
+                    model.module, model._batches(adata, cells, batch_size), opts["n_mc_samples"]
+                )
+            pos = self.rows + np.arange(r)
+            n_anchor = min(opts["max_cells"], int(self.sizes[a]))
+            cells, lap = self.order[a][pos % n_anchor], pos // n_anchor
+            log_w = np.empty(r)
+            start = j * r
+            for k in np.unique(lap):
+                part = np.sort(cells[lap == k])
+                at = start
+                with torch.no_grad():
+                    for batch in model._batches(adata, part, batch_size):
+                        n = len(batch["batch"])
+                        out = torch.from_numpy(self.pool[at : at + n])
+                        lw = imp.scales_and_log_weights(model.module, batch, self.anchors[a], out)
+                        log_w[at - j * r : at - j * r + n] = lw.cpu().numpy()
+                        at += n
+                start = at
+            self.rows_of[a] = np.arange(j * r, (j + 1) * r)
+            self.weights[a] = importance_weights(log_w, opts["truncation"])
+            ess = 1.0 / float(np.sum(self.weights[a] ** 2))  # Kish's effective sample size
+            if ess < DEGENERATE_ESS * r and not self.warned:
+                self.warned = True
+                warnings.warn(
+                    f"weights='importance': the importance weights are degenerate (effective sample size "
+                    f"{ess:.1f} of {r} samples), so few posterior samples decide the result; prefer "
+                    "weights='uniform' (see docs/differential_expression.md).",
+                    stacklevel=4,
+                )
+        self.rows += r
+
     def pairs(self, comp: Comparison, r: int) -> tuple[np.ndarray, np.ndarray]:
         """``r`` rows of side 1 and ``r`` of side 2 of ``comp`` from this round's pool, paired at
         random: each side a multinomial mix of its atoms by size; side 1 takes an atom's rows from
@@ -92,6 +159,11 @@ class AtomPools:
         for side in (1, 2):
             atoms = np.flatnonzero(self.atoms_of(comp, side) & (self.sizes > 0))
             counts = self.rng.multinomial(r, self.sizes[atoms] / self.sizes[atoms].sum())
-            rows = [self.rows_of[a][:c] if side == 1 else self.rows_of[a][r - c :] for a, c in zip(atoms, counts) if c]
+            if self.importance is not None:  # each atom's rows resampled by importance weight
+                rows = [self.rng.choice(self.rows_of[a], c, p=self.weights[a]) for a, c in zip(atoms, counts) if c]
+            else:
+                rows = [
+                    self.rows_of[a][:c] if side == 1 else self.rows_of[a][r - c :] for a, c in zip(atoms, counts) if c
+                ]
             idx.append(self.rng.permutation(np.concatenate(rows)))
         return self.pool[idx[0]], self.pool[idx[1]]

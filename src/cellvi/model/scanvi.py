@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._settings import settings
 from ..data import Registry
 from ..errors import InvalidDataError, InvalidParameterError, MissingKeyError, RegistryMismatchError
 from ..module import SCANVAE
@@ -399,3 +400,19 @@ class SCANVI(SCVI):
         if indices is not None:
             obs_names = obs_names[np.asarray(indices)]
         return pd.DataFrame(probs, index=obs_names, columns=self.classes_)
+
+    def shap_predict(
+        self, adata=None, indices=None, shap_args: dict | None = None, background_size: int | None = None
+    ) -> np.ndarray:
+        """SHAP values of the soft predictions (:meth:`predict` with ``soft=True``) per gene, as
+        scvi-tools' ``shap_predict``: ``shap.KernelExplainer`` with the model's reference cells as the
+        background; an array (n_cells, n_genes, n_classes) (the ``shap`` library's layout). For each
+        cell and class, the values plus the mean prediction over the background sum to the cell's
+        probability. ``shap_args``: passed to the explainer (``link``, ``feature_names``,
+        ``keep_index``) and to ``shap_values`` (the rest, e.g. ``{"nsamples": 200}``).
+        background_size (a cellvi extra): use that many random reference cells (seeded by
+        ``cellvi.settings.seed``) as the background instead of all; KernelExplainer's cost grows with
+        it. Needs the optional ``shap`` library: ``pip install 'cellvi[interpret]'``."""
+        from . import _shap
+
+        return _shap.shap_values(self, adata, indices, shap_args, background_size, settings.seed or 0)

@@ -421,23 +421,16 @@ class SCVI(BaseModel):
         ``all_stats``, raw_mean1/2, non_zeros_proportion1/2, raw_normalized_mean1/2 (counts per
         10,000) over all cells of each group. With ``groupby``: comparison, group1, group2 columns.
         ``silent`` is accepted for compatibility; ``n_samples_overall`` is an alias of ``n_samples``.
-        ``weights="uniform"`` (every sampled cell counts the same, scvi-tools' default) is what cellvi
-        computes; scvi-tools' ``weights="importance"`` and ``filter_outlier_cells=True`` are not
-        implemented and raise.
+        ``weights``: "uniform" (every sampled cell counts the same; the default) or "importance"
+        (scvi-tools' importance weighting: each group's samples are resampled in proportion to how well
+        their latent code explains the group's cells, see docs/differential_expression.md; not with
+        ``batch_correction``); ``importance_weighting_kwargs``: ``max_cells`` (anchor cells per
+        group, 1024), ``truncation`` (False), ``n_mc_samples`` (500, for log p(x) of the anchors).
+        ``filter_outlier_cells``: leave out of the sampling the cells that are outliers of their
+        group's latent representation (robust Gaussian envelope, as scvi-tools).
         Returns one DataFrame indexed by gene, comparisons stacked.
         """
         from ._de import differential_expression
-
-        if weights not in (None, "uniform"):
-            raise InvalidParameterError(
-                f"differential_expression(weights={weights!r}) is not implemented in cellvi: only 'uniform' "
-                "(scvi-tools' default). Drop the argument to get the uniform-weight result."
-            )
-        if filter_outlier_cells or importance_weighting_kwargs:
-            raise InvalidParameterError(
-                "filter_outlier_cells=True and importance_weighting_kwargs are not implemented in cellvi "
-                "(they belong to scvi-tools' importance weighting); drop them."
-            )
 
         return differential_expression(
             self,
@@ -457,6 +450,9 @@ class SCVI(BaseModel):
             pseudocounts,
             test_mode,
             mc_error,
+            weights,
+            filter_outlier_cells,
+            importance_weighting_kwargs,
         )
 
 
