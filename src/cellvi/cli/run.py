@@ -25,7 +25,15 @@ from ._common import (
     read_input,
     staged_dir,
 )
-from ._scale import analysis_data, lean_igraph, training_counts, umap_layout, write_result
+from ._scale import (
+    PAIRS_ONCE_CELLS,
+    analysis_data,
+    lean_igraph,
+    release_memory,
+    training_counts,
+    umap_layout,
+    write_result,
+)
 
 HVG_CELLS = 100_000
 METRIC_CELLS = 20_000
@@ -266,6 +274,7 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
             z = model.get_latent_representation(tdata)
             ldata = analysis_data(tdata)  # in memory: tdata itself, or its obs when tdata is backed
             ldata.obsm["X_scvi"] = z
+            release_memory()  # the training's buffers
         scanvi = None
         if args.scanvi:
             with steps.step("train SCANVI"):
@@ -275,17 +284,20 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
         with steps.step("neighbours"):
             sc.pp.neighbors(ldata, use_rep="X_scvi", random_state=args.seed)
         with steps.step("UMAP"):
+            release_memory()
             umap_cells = umap_layout(ldata, args.seed)
-        with steps.step("Leiden, PAGA"), lean_igraph():
-            sc.tl.leiden(
-                ldata,
-                resolution=args.resolution,
-                flavor="igraph",
-                n_iterations=2,
-                directed=False,
-                random_state=args.seed,
-            )
-            sc.tl.paga(ldata, groups="leiden")
+        with steps.step("Leiden, PAGA"):
+            with lean_igraph(pairs_once=ldata.n_obs > PAIRS_ONCE_CELLS):
+                sc.tl.leiden(
+                    ldata,
+                    resolution=args.resolution,
+                    flavor="igraph",
+                    n_iterations=2,
+                    directed=False,
+                    random_state=args.seed,
+                )
+            with lean_igraph():
+                sc.tl.paga(ldata, groups="leiden")
         root = None
         if args.root_cell is not None or args.root_group is not None:
             with steps.step("diffusion pseudotime"):
