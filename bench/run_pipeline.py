@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -47,12 +48,18 @@ def main() -> None:
     ap.add_argument("--backed", action="store_true", help="open the input backed whatever its size")
     ap.add_argument("--workdir", default=None, help="where data and outputs go (default: a temp folder)")
     ap.add_argument("--suffix", default="", help="results file name suffix")
+    ap.add_argument("--threads", type=int, default=1, help="torch/BLAS/numba threads of the run (default 1)")
     args = ap.parse_args()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="cellvi_run_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     data = work / f"traj_{args.n_cells}.h5ad"
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src")}
+    threads = str(args.threads)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(HERE.parent / "src"),
+        **{k: threads for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")},
+    }
     sim_s = None
     if not data.exists():
         t = time.perf_counter()
@@ -105,6 +112,9 @@ def main() -> None:
         t = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - t
+        # this driver's children so far: the runs (the simulation ran before the first; its peak is below
+        # this only if it was lower)
+        children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         total1, idle1 = _cpu_ticks()
         if proc.returncode != 0:
             sys.exit(f"cellvi run failed:\n{proc.stderr[-3000:]}")
@@ -119,6 +129,8 @@ def main() -> None:
                 "epochs": summary["epochs"],
                 "backed": summary["backed"],
                 "clusters": summary["clusters"],
+                "subsamples": summary["subsamples"],
+                "children_peak_rss_mib": round(children_peak, 1),
                 "metrics": summary["metrics"],
                 "machine_busy_share": round(busy_share, 3),
                 "cpus": ncpu,
@@ -137,6 +149,7 @@ def main() -> None:
         "n_genes": args.n_genes,
         "n_top_genes": args.n_top_genes,
         "max_epochs": args.max_epochs,
+        "threads": args.threads,
         "backed": args.backed,
         "seeds": args.seeds,
         "simulate_s": sim_s,
@@ -151,6 +164,7 @@ def main() -> None:
         "",
         (
             f"Input {'opened backed' if args.backed else 'read in memory'}; {args.n_top_genes} HVGs; "
+            f"{args.threads} thread(s); subsamples {runs[0]['subsamples']}; "
             f"epochs {runs[0]['epochs']}; seeds {args.seeds}; machine busy share during the runs "
             f"(all processes, {runs[0]['cpus']} CPUs): {[r['machine_busy_share'] for r in runs]}. "
             f"Simulating the file took {sim_s} s."
@@ -160,7 +174,12 @@ def main() -> None:
         "|---|---:|---:|",
     ]
     lines += [f"| {r['step']} | {r['seconds_median']:.1f} | {r['peak_rss_mib_median']:.0f} |" for r in table]
-    lines += ["", f"Whole runs (wall s): {[r['wall_s'] for r in runs]}; metrics: {runs[0]['metrics']}.", ""]
+    lines += [
+        "",
+        f"Whole runs (wall s): {[r['wall_s'] for r in runs]}; metrics: {runs[0]['metrics']}; "
+        f"clusters: {[r['clusters'] for r in runs]}. Peak RSS of the whole run: {result['peak_rss_mib']:.0f} MiB.",
+        "",
+    ]
     (HERE / "results" / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

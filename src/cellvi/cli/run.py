@@ -25,7 +25,15 @@ from ._common import (
     Steps,
     check_obs_key,
     read_input,
-    subset_counts,
+)
+from ._scale import (
+    PAIRS_ONCE_CELLS,
+    analysis_data,
+    lean_igraph,
+    release_memory,
+    training_counts,
+    umap_layout,
+    write_result,
 )
 
 HVG_CELLS = 100_000
@@ -261,7 +269,8 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
     with dist_run.staged_dir(out, args.overwrite) as tmp:  # rank 0's under --nproc
         with steps.step("highly variable genes"):
             mask = _select_genes(adata, args, steps)
-            tdata = subset_counts(adata, np.flatnonzero(mask), args.layer, [args.batch_key, args.labels_key])
+            keys = [args.batch_key, args.labels_key]
+            tdata = training_counts(adata, np.flatnonzero(mask), args.layer, keys, tmp)  # backed stays backed
         with steps.step("train scVI"):
             model_class = cellvi.model.LinearSCVI if args.linear else cellvi.model.SCVI
             model_class.setup_anndata(tdata, batch_key=args.batch_key)
@@ -274,56 +283,65 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
                 check_val_every_n_epoch=1,
             )  # the report plots validation per epoch
         with steps.step("latent"):
-            model.get_latent_representation(tdata, obsm_key="X_scvi")  # stored in obsm
+            z = model.get_latent_representation(tdata)
+            ldata = analysis_data(tdata)  # in memory: tdata itself, or its obs when tdata is backed
+            ldata.obsm["X_scvi"] = z
+            release_memory()  # the training's buffers
         scanvi = None
         if args.scanvi:
             with steps.step("train SCANVI"):
                 scanvi = cellvi.model.SCANVI.from_scvi_model(model, args.unlabeled_category, labels_key=args.labels_key)
                 scanvi.train()
                 _calibrate(scanvi)
-                tdata.obsm["X_scanvi"] = scanvi.get_latent_representation(tdata)
+                ldata.obsm["X_scanvi"] = scanvi.get_latent_representation(tdata)
         dist_run.main_rank_only()  # --nproc: the other ranks exit; rank 0 goes on as one process
-        with steps.step("neighbours, UMAP, Leiden, PAGA"):
-            sc.pp.neighbors(tdata, use_rep="X_scvi", random_state=args.seed)
-            sc.tl.umap(tdata, random_state=args.seed)
-            sc.tl.leiden(
-                tdata,
-                resolution=args.resolution,
-                flavor="igraph",
-                n_iterations=2,
-                directed=False,
-                random_state=args.seed,
-            )
-            sc.tl.paga(tdata, groups="leiden")
+        with steps.step("neighbours"):
+            sc.pp.neighbors(ldata, use_rep="X_scvi", random_state=args.seed)
+        with steps.step("UMAP"):
+            release_memory()
+            umap_cells = umap_layout(ldata, args.seed)
+        with steps.step("Leiden, PAGA"):
+            with lean_igraph(pairs_once=ldata.n_obs > PAIRS_ONCE_CELLS):
+                sc.tl.leiden(
+                    ldata,
+                    resolution=args.resolution,
+                    flavor="igraph",
+                    n_iterations=2,
+                    directed=False,
+                    random_state=args.seed,
+                )
+            with lean_igraph():
+                sc.tl.paga(ldata, groups="leiden")
         root = None
         if args.root_cell is not None or args.root_group is not None:
             with steps.step("diffusion pseudotime"):
-                sc.tl.diffmap(tdata)
-                root = _root_index(tdata, args)
-                tdata.uns["iroot"] = root
-                sc.tl.dpt(tdata)
+                sc.tl.diffmap(ldata)
+                root = _root_index(ldata, args)
+                ldata.uns["iroot"] = root
+                sc.tl.dpt(ldata)
         with steps.step("marker genes"):
+            tdata.obs["leiden"] = ldata.obs["leiden"]  # the groups of the DE
             markers = _markers(model, tdata, args)
         with steps.step("metrics"):
-            metrics = _metrics(tdata, args)
+            metrics = _metrics(ldata, args)
         with steps.step("write result.h5ad and model"):
             for key in ("X_scvi", "X_scanvi", "X_umap", "X_diffmap"):
-                if key in tdata.obsm:
-                    adata.obsm[key] = tdata.obsm[key]
+                if key in ldata.obsm:
+                    adata.obsm[key] = ldata.obsm[key]
             for key in ("leiden", "dpt_pseudotime"):
-                if key in tdata.obs:
-                    adata.obs[key] = tdata.obs[key].to_numpy()
+                if key in ldata.obs:
+                    adata.obs[key] = ldata.obs[key].to_numpy()
             adata.obs["leiden"] = adata.obs["leiden"].astype("category")
             for key in ("neighbors", "umap", "leiden", "paga", "leiden_colors", "iroot", "diffmap_evals"):
-                if key in tdata.uns:
-                    adata.uns[key] = tdata.uns[key]
+                if key in ldata.uns:
+                    adata.uns[key] = ldata.uns[key]
             for key in ("connectivities", "distances"):
-                adata.obsp[key] = tdata.obsp[key]
+                adata.obsp[key] = ldata.obsp[key]
             if scanvi is not None:
                 adata.obs["scanvi_prediction"] = pd.Categorical(scanvi.predict(tdata))
             (scanvi or model).save(tmp / "model")
             markers.to_csv(tmp / "markers.csv", index=False)
-            adata.write_h5ad(tmp / "result.h5ad")
+            write_result(adata, tmp / "result.h5ad")
         summary = {
             "source": source,
             "cells": int(adata.n_obs),
@@ -332,19 +350,23 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
             "backed": bool(adata.isbacked),
             "params": _params(args),
             "epochs": len(model.history),
-            "clusters": int(tdata.obs["leiden"].nunique()),
+            "clusters": int(ldata.obs["leiden"].nunique()),
             "metrics": metrics,
-            "root_cell": None if root is None else str(tdata.obs_names[root]),
+            "root_cell": None if root is None else str(ldata.obs_names[root]),
             "versions": _versions(),
             "subsamples": {
                 "hvg_cells": int(min(HVG_CELLS, adata.n_obs)),
                 "metric_cells": int(min(METRIC_CELLS, adata.n_obs)),
                 "de_cells_per_side": int(args.de_cells),
+                "umap_fit_cells": int(umap_cells),
             },
         }
         with steps.step("report"):
             summary["steps"] = steps.rows
-            build_run_report(tdata, model, summary, markers, args).write(tmp / "report.html")
+            build_run_report(ldata, model, summary, markers, args, counts=tdata).write(tmp / "report.html")
+        if tdata is not adata and tdata.isbacked:  # the chunked copy of the chosen genes
+            tdata.file.close()
+            Path(tdata.filename).unlink()
         summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if not args.no_progress:

@@ -25,6 +25,15 @@ def _rows(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
+def _count_rows(counts, rows: np.ndarray, genes=None):
+    """CSR counts of cells ``rows`` (sorted) and genes ``genes`` (names; default all) of ``counts``,
+    which may be backed (only those rows are read)."""
+    import scipy.sparse as sp
+
+    block = sp.csr_matrix(counts.X[rows], dtype=np.float32)
+    return block if genes is None else block[:, counts.var_names.get_indexer(list(genes))]
+
+
 def _umaps(report: Report, tdata, args) -> None:
     import matplotlib.pyplot as plt
     import scanpy as sc
@@ -59,6 +68,12 @@ def _umaps(report: Report, tdata, args) -> None:
             legend_fontsize=8,
         )
     note = f"UMAP of the scVI latent (X_scvi); {len(rows):,} of {tdata.n_obs:,} cells drawn."
+    fitted = tdata.uns.get("umap", {}).get("fit_cells")
+    if fitted:
+        note += (
+            f" The layout was fitted on {fitted:,} random cells (umap-learn, scanpy's settings); every other"
+            " cell was placed by umap.UMAP.transform against that fit."
+        )
     report.add_figure("UMAP", fig, note)
 
 
@@ -82,7 +97,7 @@ def _training(report: Report, model) -> None:
     )
 
 
-def _integration(report: Report, tdata, summary, args) -> None:
+def _integration(report: Report, tdata, counts, summary, args) -> None:
     from cellvi import analysis
 
     m = summary["metrics"]
@@ -104,11 +119,11 @@ def _integration(report: Report, tdata, summary, args) -> None:
         f"cells of the scVI latent.</p>"
     )
     if args.labels_key and args.batch_key:
-        body += _scib(analysis, tdata, args)
+        body += _scib(analysis, tdata, counts, args)
     report.add("Batch mixing and label conservation", body)
 
 
-def _scib(analysis, tdata, args) -> str:
+def _scib(analysis, tdata, counts, args) -> str:
     if getattr(args, "no_scib", False):
         return "<p class='note'>scIB metrics skipped (--no-scib).</p>"
     import anndata as ad
@@ -116,7 +131,7 @@ def _scib(analysis, tdata, args) -> str:
     from ..errors import CellviError
 
     rows = _rows(tdata.n_obs, SCIB_CELLS, args.seed)
-    sub = ad.AnnData(tdata.X[rows], obs=tdata.obs.iloc[rows][[args.batch_key, args.labels_key]].copy())
+    sub = ad.AnnData(_count_rows(counts, rows), obs=tdata.obs.iloc[rows][[args.batch_key, args.labels_key]].copy())
     sub.obsm["X_scvi"] = tdata.obsm["X_scvi"][rows]
     try:
         table = analysis.benchmark_integration(sub, ["X_scvi"], args.batch_key, args.labels_key, neighbors="exact")
@@ -150,7 +165,7 @@ def _paga(report: Report, tdata) -> None:
     )
 
 
-def _markers(report: Report, tdata, markers: pd.DataFrame, args) -> None:
+def _markers(report: Report, tdata, counts, markers: pd.DataFrame, args) -> None:
     import matplotlib.pyplot as plt
     import scanpy as sc
 
@@ -162,7 +177,7 @@ def _markers(report: Report, tdata, markers: pd.DataFrame, args) -> None:
     used = list(dict.fromkeys(g for gs in genes.values() for g in gs))
     rows = _rows(tdata.n_obs, DOT_CELLS, args.seed)
     view = sc.AnnData(
-        tdata[rows, used].X.copy(), obs=tdata.obs.iloc[rows][["leiden"]].copy(), var=pd.DataFrame(index=used)
+        _count_rows(counts, rows, used), obs=tdata.obs.iloc[rows][["leiden"]].copy(), var=pd.DataFrame(index=used)
     )
     sc.pp.normalize_total(view, target_sum=1e4)  # over these genes only: relative display
     sc.pp.log1p(view)
@@ -210,7 +225,8 @@ def _summary(report: Report, tdata, summary: dict) -> None:
     sub = summary["subsamples"]
     note = (
         f"Subsamples: highly variable genes on {sub['hvg_cells']:,} cells, metrics on {sub['metric_cells']:,}, "
-        f"marker DE {sub['de_cells_per_side']:,} cells per side, plots at most {PLOT_CELLS:,} cells."
+        f"marker DE {sub['de_cells_per_side']:,} cells per side, plots at most {PLOT_CELLS:,} cells, "
+        f"UMAP layout fitted on {sub.get('umap_fit_cells', summary['cells']):,} cells."
     )
     report.add(
         "Run summary",
@@ -232,8 +248,10 @@ def _loadings(report: Report, model) -> None:
     )
 
 
-def build_run_report(tdata, model, summary: dict, markers: pd.DataFrame, args) -> Report:
-    """The report of one ``cellvi run``: tdata holds X_scvi, X_umap, leiden, PAGA (and dpt_pseudotime)."""
+def build_run_report(tdata, model, summary: dict, markers: pd.DataFrame, args, counts=None) -> Report:
+    """The report of one ``cellvi run``: tdata holds X_scvi, X_umap, leiden, PAGA (and dpt_pseudotime);
+    ``counts`` (default ``tdata``), in memory or backed, the trained-on genes' counts (dot plot, scIB)."""
+    counts = tdata if counts is None else counts
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,9 +264,9 @@ def build_run_report(tdata, model, summary: dict, markers: pd.DataFrame, args) -
     _training(report, model)
     if hasattr(model, "get_loadings"):
         _loadings(report, model)
-    _integration(report, tdata, summary, args)
+    _integration(report, tdata, counts, summary, args)
     _clusters(report, tdata, args)
     _paga(report, tdata)
-    _markers(report, tdata, markers, args)
+    _markers(report, tdata, counts, markers, args)
     _summary(report, tdata, summary)
     return report
