@@ -133,3 +133,25 @@ def test_linear_run_shows_the_gene_programmes(tiny_input, tmp_path):
     assert "<img" in section
     assert anndata.read_h5ad(out / "result.h5ad").obsm["X_scvi"].shape == (600, 10)
     assert '"model_class": "LinearSCVI"' in (out / "model" / "model.json").read_text()
+
+
+def test_root_group_starts_at_the_far_end_of_the_group():
+    """--root-group: the root cell is the group's far end, not its end at the branch point (a Y shape)."""
+    import numpy as np
+    import scanpy as sc
+    from anndata import AnnData
+
+    from cellvi.cli.run import _farthest_member
+
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0, 1, 3000)
+    side = rng.choice([-1.0, 1.0], 3000)
+    x = np.where(t < 0.3, t, 0.3 + (t - 0.3) * 0.7)
+    y = np.where(t < 0.3, 0.0, side * (t - 0.3) * 2)
+    pts = np.c_[x, y] + rng.normal(0, 0.01, (3000, 2))
+    a = AnnData(obsm={"X_pos": pts.astype(np.float32)})
+    sc.pp.neighbors(a, use_rep="X_pos", n_neighbors=15, random_state=0)
+    sc.tl.diffmap(a)
+    members = np.flatnonzero(t < 0.3)
+    root = _farthest_member(a.obsm["X_diffmap"], a.uns["diffmap_evals"], members)
+    assert t[root] < 0.03, t[root]

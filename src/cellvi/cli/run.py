@@ -207,10 +207,20 @@ def _root_index(adata, args) -> int | None:
     for key in ("leiden", args.labels_key):
         if key and args.root_group in set(adata.obs[key].astype(str)):
             members = np.flatnonzero(adata.obs[key].astype(str).to_numpy() == args.root_group)
-            # the group's cell at the extreme of the first diffusion component (scanpy's convention)
-            dc = adata.obsm["X_diffmap"][members, 1]
-            return int(members[np.argmax(np.abs(dc - np.median(adata.obsm["X_diffmap"][:, 1])))])
+            return _farthest_member(adata.obsm["X_diffmap"], adata.uns["diffmap_evals"], members)
     raise CliError(f"--root-group {args.root_group!r} is neither a Leiden cluster nor a --labels-key value")
+
+
+def _farthest_member(diffmap: np.ndarray, evals: np.ndarray, members: np.ndarray) -> int:
+    """The cell of ``members`` farthest from the other cells' centroid, in diffusion components weighted
+    as DPT weighs them (lambda / (1 - lambda), the first, constant component left out): the far end of a
+    root group. The extreme of the first component alone can be the group's end at a branch point."""
+    k = np.arange(1, diffmap.shape[1])
+    y = diffmap[:, k] * (evals[k] / (1 - evals[k]))
+    others = np.ones(len(y), dtype=bool)
+    others[members] = False
+    centre = y[others].mean(axis=0) if others.any() else y.mean(axis=0)
+    return int(members[np.argmax(((y[members] - centre) ** 2).sum(axis=1))])
 
 
 def _markers(model, tdata, args) -> pd.DataFrame:
