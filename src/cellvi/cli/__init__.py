@@ -45,18 +45,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_parsed(args: argparse.Namespace) -> int:
+    """Run the parsed command; its exit status. A user's mistake raises CellviError (see :func:`error_line`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        return int(args.func(args) or 0)
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line a user's mistake is reported as: the first line of its message."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `run --nproc N` runs it again under torchrun
     from ..errors import CellviError
 
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            return int(args.func(args) or 0)
+        return run_parsed(args)
     except CellviError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"cellvi: error: {first}", file=sys.stderr)
+        print(f"cellvi: error: {error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cellvi: interrupted", file=sys.stderr)

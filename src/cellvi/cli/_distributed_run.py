@@ -21,7 +21,6 @@ import json
 import os
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 from ._common import CliError, check_new_path
@@ -107,16 +106,14 @@ def main_rank_only() -> None:
 def _child(argv: list[str]) -> int:
     """One rank under torchrun: the command of ``argv``; a user error goes to the status folder."""
     from ..errors import CellviError
-    from . import _parser
+    from . import _parser, error_line, run_parsed
 
     args = _parser().parse_args(argv)
     args.argv = argv
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            return int(args.func(args) or 0)
+        return run_parsed(args)
     except CellviError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = error_line(exc)
         status = os.environ.get(STATUS_ENV)
         if status is None:  # started by torchrun directly: report as the command line does
             print(f"cellvi: error: {first}", file=sys.stderr)
