@@ -32,6 +32,25 @@ SEEDS = [0, 1]
 EPOCHS = {"scvi": 80, "scanvi": 15, "query": 40}
 
 
+def calibrated_query_model(ref, query, epochs: dict):
+    """cellvi's protocol on one split: SCVI on ``ref`` (labels from obs "cell_type"), SCANVI from it
+    (``train_size=0.9``), ``calibrate()``, then ``query`` (its "cell_type" dropped) mapped with
+    ``load_query_data`` and trained. Returns (the calibration report, the query model)."""
+    import cellvi
+
+    ref.obs["labels"] = ref.obs["cell_type"].astype(str)
+    cellvi.model.SCVI.setup_anndata(ref, batch_key="batch", labels_key="labels")
+    vae = cellvi.model.SCVI(ref, n_latent=10, encode_covariates=True)
+    vae.train(max_epochs=epochs["scvi"])
+    lvae = cellvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="Unknown")
+    lvae.train(max_epochs=epochs["scanvi"], train_size=0.9)
+    report = lvae.calibrate()
+    query.obs = query.obs.drop(columns=["cell_type"])
+    qm = cellvi.model.SCANVI.load_query_data(query, lvae)
+    qm.train(max_epochs=epochs["query"])
+    return report, qm
+
+
 def one_split(adata, held, seed: int) -> dict:
     import cellvi
     from cellvi.analysis.calibration import expected_calibration_error
@@ -40,16 +59,7 @@ def one_split(adata, held, seed: int) -> dict:
     ref = adata[adata.obs["batch"] != held].copy()
     query = adata[adata.obs["batch"] == held].copy()
     truth = query.obs["cell_type"].astype(str).to_numpy()
-    ref.obs["labels"] = ref.obs["cell_type"].astype(str)
-    cellvi.model.SCVI.setup_anndata(ref, batch_key="batch", labels_key="labels")
-    vae = cellvi.model.SCVI(ref, n_latent=10, encode_covariates=True)
-    vae.train(max_epochs=EPOCHS["scvi"])
-    lvae = cellvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="Unknown")
-    lvae.train(max_epochs=EPOCHS["scanvi"], train_size=0.9)
-    report = lvae.calibrate()
-    query.obs = query.obs.drop(columns=["cell_type"])
-    qm = cellvi.model.SCANVI.load_query_data(query, lvae)
-    qm.train(max_epochs=EPOCHS["query"])
+    report, qm = calibrated_query_model(ref, query, EPOCHS)
     classes = list(qm.classes_)
     known = np.isin(truth, classes)
     codes = np.array([classes.index(t) if t in classes else -1 for t in truth])

@@ -28,6 +28,8 @@ from pathlib import Path
 import anndata
 import numpy as np
 
+from scanvi_calibration import calibrated_query_model  # bench/ is on the path when run as a script
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CELLVI_DATA_DIR", REPO.parent / "shared" / "data"))
 OUT = REPO / "bench" / "results" / "scanvi_unknown"
@@ -48,16 +50,7 @@ def one_split(adata, held: str, left_out: str, seed: int) -> dict:
     ref = adata[(adata.obs["batch"] != held) & (types != left_out)].copy()
     query = adata[adata.obs["batch"] == held].copy()
     truth = query.obs["cell_type"].astype(str).to_numpy()
-    ref.obs["labels"] = ref.obs["cell_type"].astype(str)
-    cellvi.model.SCVI.setup_anndata(ref, batch_key="batch", labels_key="labels")
-    vae = cellvi.model.SCVI(ref, n_latent=10, encode_covariates=True)
-    vae.train(max_epochs=EPOCHS["scvi"])
-    lvae = cellvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="Unknown")
-    lvae.train(max_epochs=EPOCHS["scanvi"], train_size=0.9)
-    cal = lvae.calibrate()
-    query.obs = query.obs.drop(columns=["cell_type"])
-    qm = cellvi.model.SCANVI.load_query_data(query, lvae)
-    qm.train(max_epochs=EPOCHS["query"])
+    cal, qm = calibrated_query_model(ref, query, EPOCHS)
     unseen = truth == left_out
     known = np.isin(truth, qm.classes_)  # types the reference had (all but the left-out one here)
     pred = qm.predict()
