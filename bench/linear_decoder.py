@@ -58,6 +58,20 @@ def run_worker(py, lib, data, out, epochs, seed, loadings=None, batch_key="batch
     return pd.read_csv(str(out) + ".csv", index_col=0), json.loads(Path(str(out) + ".json").read_text())
 
 
+def _precision_row(loadings, programs, info: dict) -> dict:
+    """Precision at 50 of each true programme (cellvi.analysis.program_precision) and the run's cost."""
+    from cellvi.analysis import program_precision
+
+    prec = program_precision(loadings, programs, n_top=50)["precision"]
+    return {
+        "precision": prec.round(3).tolist(),
+        "min": float(prec.min()),
+        "mean": float(prec.mean()),
+        "train_s": round(info["train_s"], 1),
+        "peak_rss_mib": round(info["peak_rss_mib"]),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -77,7 +91,7 @@ def main() -> None:
         measure_l1(args)
         return
     import cellvi
-    from cellvi.analysis import plot_loadings, program_precision, top_genes
+    from cellvi.analysis import plot_loadings, top_genes
 
     tmp = Path(tempfile.mkdtemp(prefix="ldvae-bench-"))
     configs = [("cellvi", CELLVI_PY, "nonneg"), ("cellvi", CELLVI_PY, "free"), ("scvi", SCVI_PY, None)]
@@ -103,16 +117,11 @@ def main() -> None:
         rows = []
         for (seed, name, *_), fut in futures:
             loadings, info = fut.result()
-            prec = program_precision(loadings, programs[seed], n_top=50)["precision"]
             rows.append(
                 {
                     "seed": seed,
                     "model": name,
-                    "precision": prec.round(3).tolist(),
-                    "min": float(prec.min()),
-                    "mean": float(prec.mean()),
-                    "train_s": round(info["train_s"], 1),
-                    "peak_rss_mib": round(info["peak_rss_mib"]),
+                    **_precision_row(loadings, programs[seed], info),
                     "version": info["version"],
                 }
             )
@@ -180,7 +189,6 @@ def measure_l1(args) -> None:
     """cellvi LinearSCVI (nonneg loadings) with each l1_loadings in args.l1 and with 0, same seeds and epochs;
     the result goes under "l1" in linear_decoder.json and replaces the L1 section of linear_decoder.md."""
     import cellvi
-    from cellvi.analysis import program_precision
 
     tmp = Path(tempfile.mkdtemp(prefix="ldvae-l1-"))
     out = HERE / "results" / "linear_decoder"
@@ -218,18 +226,7 @@ def measure_l1(args) -> None:
         ]
         for (seed, l1, _, programs), fut in futures:
             loadings, info = fut.result()
-            prec = program_precision(loadings, programs, n_top=50)["precision"]
-            rows.append(
-                {
-                    "seed": seed,
-                    "l1_loadings": l1,
-                    "precision": prec.round(3).tolist(),
-                    "min": float(prec.min()),
-                    "mean": float(prec.mean()),
-                    "train_s": round(info["train_s"], 1),
-                    "peak_rss_mib": round(info["peak_rss_mib"]),
-                }
-            )
+            rows.append({"seed": seed, "l1_loadings": l1, **_precision_row(loadings, programs, info)})
             print(rows[-1], flush=True)
     rows.sort(key=lambda r: (r["seed"], r["l1_loadings"]))
     table = pd.DataFrame(rows)
