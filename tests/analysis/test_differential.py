@@ -292,28 +292,11 @@ def test_shared_rounds_give_the_reference_answer_within_monte_carlo_error(traine
     from cellvi.model import _de
 
     groups = ["type0", "type2"]  # each vs the rest (type1 is only ever in the rest)
-    args = (
-        trained,
-        None,
-        "cell_type",
-        groups,
-        None,
-        None,
-        None,
-        "change",
-        0.25,
-        None,
-        True,
-        False,
-        0.05,
-        2000,
-        None,
-        "three",
-    )
+    request = _de.DERequest(groupby="cell_type", group1=groups, mode="change", n_samples=2000)
     cellvi.settings.seed = 0
-    ref = _de.differential_expression_per_comparison(*args)
+    ref = _de.differential_expression_per_comparison(trained, None, request)
     cellvi.settings.seed = 1
-    ref_again = _de.differential_expression_per_comparison(*args)
+    ref_again = _de.differential_expression_per_comparison(trained, None, request)
     cellvi.settings.seed = 2
     fast = trained.differential_expression(groupby="cell_type", group1=groups, mode="change", n_samples=4000)
     assert set(fast.columns) >= set(ref.columns) | {"mc_error", "n_pairs"}

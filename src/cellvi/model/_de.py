@@ -29,6 +29,31 @@ class Comparison:
     labelled: bool  # add the comparison / group1 / group2 columns
 
 
+@dataclass(frozen=True)
+class DERequest:
+    """The arguments of :meth:`cellvi.model.SCVI.differential_expression` (documented there), as
+    one value that both DE paths take."""
+
+    groupby: str | None = None
+    group1: object = None
+    group2: object = None
+    idx1: object = None
+    idx2: object = None
+    mode: str = "vanilla"
+    delta: float | None = 0.25
+    batch_size: int | None = None
+    all_stats: bool = True
+    batch_correction: bool = False
+    fdr_target: float = 0.05
+    n_samples: int = 5000
+    pseudocounts: float | None = None
+    test_mode: str = "three"
+    mc_error: float | None = 0.01  # Monte-Carlo standard error at which a comparison stops
+    weights: str | None = "uniform"
+    filter_outlier_cells: bool = False
+    importance_weighting_kwargs: dict | None = None
+
+
 def _as_mask(idx, obs: pd.DataFrame, name: str) -> np.ndarray:
     """A boolean (n_obs,) mask from a mask, integer positions or an ``obs.query`` string."""
     n = len(obs)
@@ -112,25 +137,25 @@ def group_samples(model, adata, pool, n_samples, codes, batch_size, rng) -> np.n
     return de.pick_rows(samples, n_samples, rng)
 
 
-def _check(mode, test_mode, delta, n_samples, mc_error=None) -> None:
-    if mode not in MODES:
-        raise InvalidParameterError(f"mode must be one of {list(MODES)}, got {mode!r}.")
-    if test_mode not in ("two", "three"):
-        raise InvalidParameterError(f"test_mode must be 'two' or 'three', got {test_mode!r}.")
-    if delta is not None and not delta >= 0:
-        raise InvalidParameterError(f"delta must be >= 0 or None, got {delta!r}.")
-    if not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
-        raise InvalidParameterError(f"n_samples must be an integer >= 2, got {n_samples!r}.")
-    if mc_error is not None and not mc_error > 0:
-        raise InvalidParameterError(f"mc_error must be > 0 or None, got {mc_error!r}.")
+def _check(r: DERequest) -> None:
+    if r.mode not in MODES:
+        raise InvalidParameterError(f"mode must be one of {list(MODES)}, got {r.mode!r}.")
+    if r.test_mode not in ("two", "three"):
+        raise InvalidParameterError(f"test_mode must be 'two' or 'three', got {r.test_mode!r}.")
+    if r.delta is not None and not r.delta >= 0:
+        raise InvalidParameterError(f"delta must be >= 0 or None, got {r.delta!r}.")
+    if not isinstance(r.n_samples, (int, np.integer)) or r.n_samples < 2:
+        raise InvalidParameterError(f"n_samples must be an integer >= 2, got {r.n_samples!r}.")
+    if r.mc_error is not None and not r.mc_error > 0:
+        raise InvalidParameterError(f"mc_error must be > 0 or None, got {r.mc_error!r}.")
 
 
-def _prepare(model, adata, groupby, group1, group2, idx1, idx2, mode, all_stats, pseudocounts):
+def _prepare(model, adata, r: DERequest):
     """(AnnData, masks, comparisons, count sums or None, gene names)."""
     ad = model.adata if adata is None else adata
     data = model._cell_data(adata)  # checks genes and categories of a new adata
-    masks, comps = plan_comparisons(ad.obs, groupby, group1, group2, idx1, idx2)
-    need_sums = all_stats or (mode == "change" and pseudocounts is None)
+    masks, comps = plan_comparisons(ad.obs, r.groupby, r.group1, r.group2, r.idx1, r.idx2)
+    need_sums = r.all_stats or (r.mode == "change" and r.pseudocounts is None)
     sums = de.group_count_sums(data.X, masks) if need_sums else None
     for comp in comps:
         n2 = (~masks[comp.k1]).sum() if comp.k2 is None else masks[comp.k2].sum()
@@ -139,20 +164,21 @@ def _prepare(model, adata, groupby, group1, group2, idx1, idx2, mode, all_stats,
     return ad, masks, comps, sums, pd.Index(model.registry.var_names)
 
 
-def _thresholds(s1, s2, stats, delta, pseudocounts, test_mode):
+def _thresholds(s1, s2, stats, r: DERequest):
     """The pseudocount and delta of the change test, estimated from samples where not given."""
-    eps = pseudocounts
+    eps = r.pseudocounts
     if eps is None:
         eps = de.estimate_pseudocount(
             s1, s2, stats["raw_mean1"] < THRESHOLD_COUNTS, stats["raw_mean2"] < THRESHOLD_COUNTS
         )
-    d = delta
+    d = r.delta
     if d is None:  # data-driven threshold from a first pass at delta 0
-        d = de.estimate_delta(de.change_test(s1, s2, 0.0, eps, test_mode)["lfc_mean"])
+        d = de.estimate_delta(de.change_test(s1, s2, 0.0, eps, r.test_mode)["lfc_mean"])
     return eps, d
 
 
-def _table(res, stats, comp, mode, fdr_target, genes, all_stats, eps=None, d=None) -> pd.DataFrame:
+def _table(res, stats, comp, r: DERequest, genes, eps=None, d=None) -> pd.DataFrame:
+    mode, fdr_target = r.mode, r.fdr_target
     if mode == "change":
         res = {
             **{k: res[k] for k in ("proba_de", "proba_not_de", "bayes_factor", "scale1", "scale2")},
@@ -164,7 +190,7 @@ def _table(res, stats, comp, mode, fdr_target, genes, all_stats, eps=None, d=Non
                 if k not in ("proba_de", "proba_not_de", "bayes_factor", "scale1", "scale2")
             },
         }
-    table = pd.DataFrame({**res, **(stats if all_stats else {})}, index=genes)
+    table = pd.DataFrame({**res, **(stats if r.all_stats else {})}, index=genes)
     table = table.sort_values("proba_de" if mode == "change" else "bayes_factor", ascending=False, kind="stable")
     if mode == "change":
         table[f"is_de_fdr_{fdr_target}"] = de.fdr_calls(table["proba_de"].to_numpy(), fdr_target)
@@ -175,47 +201,29 @@ def _table(res, stats, comp, mode, fdr_target, genes, all_stats, eps=None, d=Non
     return table
 
 
-def differential_expression_per_comparison(
-    model,
-    adata,
-    groupby,
-    group1,
-    group2,
-    idx1,
-    idx2,
-    mode,
-    delta,
-    batch_size,
-    all_stats,
-    batch_correction,
-    fdr_target,
-    n_samples,
-    pseudocounts,
-    test_mode,
-) -> pd.DataFrame:
-    """The reference path: for each comparison in turn, ``n_samples`` fresh posterior samples of
-    each side, tested at once. What :func:`differential_expression` is tested against; its
-    results are what cellvi returned before the shared, round-based path."""
-    _check(mode, test_mode, delta, n_samples)
-    ad, masks, comps, sums, genes = _prepare(
-        model, adata, groupby, group1, group2, idx1, idx2, mode, all_stats, pseudocounts
-    )
-    codes = list(range(len(model.registry.categories["batch"]))) if batch_correction else [None]
+def differential_expression_per_comparison(model, adata, r: DERequest) -> pd.DataFrame:
+    """The reference path: for each comparison in turn, ``r.n_samples`` fresh posterior samples of
+    each side, tested at once (``mc_error``, ``weights`` and ``filter_outlier_cells`` are not used).
+    What :func:`differential_expression` is tested against; its results are what cellvi returned
+    before the shared, round-based path."""
+    _check(r)
+    ad, masks, comps, sums, genes = _prepare(model, adata, r)
+    codes = list(range(len(model.registry.categories["batch"]))) if r.batch_correction else [None]
     rng = settings.new_generator(offset=7)
     everyone = np.arange(ad.n_obs)
     results = []
     for comp in comps:
         in1 = masks[comp.k1]
         pool2 = everyone[~in1] if comp.k2 is None else everyone[masks[comp.k2]]
-        s1 = group_samples(model, adata, everyone[in1], n_samples, codes, batch_size, rng)
-        s2 = group_samples(model, adata, pool2, n_samples, codes, batch_size, rng)
+        s1 = group_samples(model, adata, everyone[in1], r.n_samples, codes, r.batch_size, rng)
+        s2 = group_samples(model, adata, pool2, r.n_samples, codes, r.batch_size, rng)
         stats = de.raw_stats(sums, comp.k1, comp.k2) if sums is not None else {}
-        if mode == "vanilla":
-            results.append(_table(de.vanilla_test(s1, s2), stats, comp, mode, fdr_target, genes, all_stats))
+        if r.mode == "vanilla":
+            results.append(_table(de.vanilla_test(s1, s2), stats, comp, r, genes))
             continue
-        eps, d = _thresholds(s1, s2, stats, delta, pseudocounts, test_mode)
-        res = de.change_test(s1, s2, d, eps, test_mode)
-        results.append(_table(res, stats, comp, mode, fdr_target, genes, all_stats, eps, d))
+        eps, d = _thresholds(s1, s2, stats, r)
+        res = de.change_test(s1, s2, d, eps, r.test_mode)
+        results.append(_table(res, stats, comp, r, genes, eps, d))
     return pd.concat(results, axis=0)
 
 
@@ -223,7 +231,6 @@ FIRST_ROUND = 1000  # pairs per comparison in the first round (thresholds, lfc_m
 NEXT_ROUND = 500  # pairs per comparison in each further round, until converged or n_samples
 ROUND_BYTES = 512 * 2**20  # a round's samples, all cell groups together, and one test's arrays
 WORK_ARRAYS = 6  # (r, n_genes) float32 arrays a comparison's test holds at once besides the pool
-MC_ERROR = 0.01  # default Monte-Carlo standard error at which a comparison stops
 # scvi-tools' get_importance_weights defaults (n_mc_samples_per_pass is accepted and has no effect)
 IMPORTANCE_DEFAULTS = {"max_cells": 1024, "truncation": False, "n_mc_samples": 500, "n_mc_samples_per_pass": 250}
 
@@ -270,44 +277,21 @@ def inliers(model, adata, masks: list[np.ndarray], batch_size) -> np.ndarray:
     return keep
 
 
-def differential_expression(
-    model,
-    adata,
-    groupby,
-    group1,
-    group2,
-    idx1,
-    idx2,
-    mode,
-    delta,
-    batch_size,
-    all_stats,
-    batch_correction,
-    fdr_target,
-    n_samples,
-    pseudocounts,
-    test_mode,
-    mc_error=MC_ERROR,
-    weights="uniform",
-    filter_outlier_cells=False,
-    importance_weighting_kwargs=None,
-) -> pd.DataFrame:
+def differential_expression(model, adata, r: DERequest) -> pd.DataFrame:
     """See :meth:`cellvi.model.SCVI.differential_expression`. All comparisons share each round's
     posterior samples (:class:`~cellvi.model._de_pools.AtomPools`); a comparison stops when its
-    :meth:`~cellvi.analysis.differential.PairTally.converged` at ``mc_error`` (None: after
-    ``n_samples`` pairs), and in any case after ``n_samples`` pairs. ``weights="importance"``: each
-    group's samples are resampled by importance weight (:mod:`cellvi.module.importance`);
+    :meth:`~cellvi.analysis.differential.PairTally.converged` at ``r.mc_error`` (None: after
+    ``r.n_samples`` pairs), and in any case after ``r.n_samples`` pairs. ``weights="importance"``:
+    each group's samples are resampled by importance weight (:mod:`cellvi.module.importance`);
     ``filter_outlier_cells``: sample no cell that is a latent outlier of its group (:func:`inliers`;
     the raw-count columns still cover every cell)."""
     from ._de_pools import AtomPools
 
-    _check(mode, test_mode, delta, n_samples, mc_error)
-    importance = importance_options(model, weights, batch_correction, importance_weighting_kwargs)
-    _, masks, comps, sums, genes = _prepare(
-        model, adata, groupby, group1, group2, idx1, idx2, mode, all_stats, pseudocounts
-    )
-    codes = list(range(len(model.registry.categories["batch"]))) if batch_correction else [None]
-    keep = inliers(model, adata, masks, batch_size) if filter_outlier_cells else None
+    _check(r)
+    importance = importance_options(model, r.weights, r.batch_correction, r.importance_weighting_kwargs)
+    _, masks, comps, sums, genes = _prepare(model, adata, r)
+    codes = list(range(len(model.registry.categories["batch"]))) if r.batch_correction else [None]
+    keep = inliers(model, adata, masks, r.batch_size) if r.filter_outlier_cells else None
     if keep is not None and any(not (m & keep).any() for m in masks):
         raise InvalidParameterError("filter_outlier_cells=True left a group without cells.")
     pools = AtomPools(masks, settings.new_generator(offset=7), keep=keep, importance=importance)
@@ -324,25 +308,24 @@ def differential_expression(
         done = 0 if tallies[active[0]] is None else tallies[active[0]].n
         # the round's pool plus one comparison's working arrays (two sides, ratio, work, median copies)
         cap = max(16, ROUND_BYTES // (4 * n_genes * (int(needed.sum()) + WORK_ARRAYS)))
-        r = min(
-            n_samples - done, cap, (FIRST_ROUND if done == 0 else NEXT_ROUND) if mc_error is not None else n_samples
-        )
-        pools.draw(model, adata, needed, r, codes, batch_size)
+        step = (FIRST_ROUND if done == 0 else NEXT_ROUND) if r.mc_error is not None else r.n_samples
+        size = min(r.n_samples - done, cap, step)
+        pools.draw(model, adata, needed, size, codes, r.batch_size)
         for i in active:
-            s1, s2 = pools.pairs(comps[i], r)
+            s1, s2 = pools.pairs(comps[i], size)
             if tallies[i] is None:
-                if mode == "change":
-                    thresholds[i] = _thresholds(s1, s2, stats[i], delta, pseudocounts, test_mode)
+                if r.mode == "change":
+                    thresholds[i] = _thresholds(s1, s2, stats[i], r)
                 eps, d = thresholds[i]
-                tallies[i] = de.PairTally(mode, n_genes, d or 0.0, eps or 0.0, test_mode)
+                tallies[i] = de.PairTally(r.mode, n_genes, d or 0.0, eps or 0.0, r.test_mode)
             tallies[i].add(s1, s2)
         active = [
             i
             for i in active
-            if tallies[i].n < n_samples and not (mc_error is not None and tallies[i].converged(mc_error))
+            if tallies[i].n < r.n_samples and not (r.mc_error is not None and tallies[i].converged(r.mc_error))
         ]
     results = []
     for i, comp in enumerate(comps):
         res = {**tallies[i].result(), "mc_error": tallies[i].mc_error(), "n_pairs": tallies[i].n}
-        results.append(_table(res, stats[i], comp, mode, fdr_target, genes, all_stats, *thresholds[i]))
+        results.append(_table(res, stats[i], comp, r, genes, *thresholds[i]))
     return pd.concat(results, axis=0)
