@@ -10,7 +10,7 @@ from ..data import Registry
 from ..errors import InvalidParameterError
 from ..module import LDVAE
 from ..nn.linear_decoder import LOADINGS
-from .scvi import SCVI, _check_choice, _check_vae_params
+from .scvi import SCVI, _check_choice, _check_vae_params, _hyperparameters
 
 
 class LinearSCVI(SCVI):
@@ -57,21 +57,7 @@ class LinearSCVI(SCVI):
         loadings: str = "nonneg",
         l1_loadings: float = 0.0,
     ) -> None:
-        super(SCVI, self).__init__(
-            adata,
-            n_hidden=n_hidden,
-            n_latent=n_latent,
-            n_layers=n_layers,
-            dropout_rate=dropout_rate,
-            dispersion=dispersion,
-            gene_likelihood=gene_likelihood,
-            latent_distribution=latent_distribution,
-            use_observed_lib_size=use_observed_lib_size,
-            encode_covariates=encode_covariates,
-            deeply_inject_covariates=deeply_inject_covariates,
-            loadings=loadings,
-            l1_loadings=l1_loadings,
-        )
+        super(SCVI, self).__init__(adata, **_hyperparameters(locals()))
 
     def _build_module(self, registry: Registry, **p) -> LDVAE:
         _check_choice("loadings", p["loadings"], LOADINGS)

@@ -16,7 +16,7 @@ from ..module.vae import DISPERSIONS, LIKELIHOODS
 from . import _unknown
 from ._confidence import ConfidenceMixin
 from .base import _check_positive
-from .scvi import SCVI, _check_choice, _check_norms
+from .scvi import SCVI, _check_choice, _check_norms, _hyperparameters
 
 
 class SCANVI(ConfidenceMixin, SCVI):
@@ -76,23 +76,8 @@ class SCANVI(ConfidenceMixin, SCVI):
         use_batch_norm: str = "both",
         use_layer_norm: str = "none",
     ) -> None:
-        super(SCVI, self).__init__(
-            adata,
-            n_hidden=n_hidden,
-            n_latent=n_latent,
-            n_layers=n_layers,
-            dropout_rate=dropout_rate,
-            dispersion=dispersion,
-            gene_likelihood=gene_likelihood,
-            use_observed_lib_size=use_observed_lib_size,
-            encode_covariates=encode_covariates,
-            deeply_inject_covariates=deeply_inject_covariates,
-            linear_classifier=linear_classifier,
-            classifier_parameters=classifier_parameters,
-            y_prior=None if y_prior is None else [float(p) for p in y_prior],
-            use_batch_norm=use_batch_norm,
-            use_layer_norm=use_layer_norm,
-        )
+        y_prior = None if y_prior is None else [float(p) for p in y_prior]
+        super(SCVI, self).__init__(adata, **_hyperparameters(locals()))
         self.was_pretrained = False
 
     @classmethod

@@ -72,21 +72,7 @@ class SCVI(ExpressionMixin, BaseModel):
         use_batch_norm: str = "both",
         use_layer_norm: str = "none",
     ) -> None:
-        super().__init__(
-            adata,
-            n_hidden=n_hidden,
-            n_latent=n_latent,
-            n_layers=n_layers,
-            dropout_rate=dropout_rate,
-            dispersion=dispersion,
-            gene_likelihood=gene_likelihood,
-            latent_distribution=latent_distribution,
-            use_observed_lib_size=use_observed_lib_size,
-            encode_covariates=encode_covariates,
-            deeply_inject_covariates=deeply_inject_covariates,
-            use_batch_norm=use_batch_norm,
-            use_layer_norm=use_layer_norm,
-        )
+        super().__init__(adata, **_hyperparameters(locals()))
 
     @classmethod
     def setup_anndata(
@@ -266,6 +252,11 @@ class SCVI(ExpressionMixin, BaseModel):
             importance_weighting_kwargs=importance_weighting_kwargs,
         )
         return differential_expression(self, adata, request)
+
+
+def _hyperparameters(init_locals: dict) -> dict:
+    """The keyword arguments of a model's ``__init__``, from its ``locals()`` at the start."""
+    return {k: v for k, v in init_locals.items() if k not in ("self", "adata", "__class__")}
 
 
 def _check_norms(p: dict) -> None:
