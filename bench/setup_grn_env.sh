@@ -28,13 +28,13 @@ step torch 900 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
 # aertslab/arboreto#42): pin the last dask/distributed before dask-expr became the default.
 step arboreto 900 "$VENV/bin/python" -m pip install -q arboreto pandas scikit-learn "dask[dataframe]==2024.2.1" "distributed==2024.2.1"
 step arboreto_import 300 "$VENV/bin/python" -c "import arboreto, dask, distributed; print(arboreto.__name__, dask.__version__, distributed.__version__)"
-# CellOracle: at most ~15 minutes in all. A plain install fails building velocyto (its setup.py imports
+# CellOracle: at most ~45 minutes in all. A plain install fails building velocyto (its setup.py imports
 # numpy inside pip's isolated build environment); the second try builds velocyto without isolation.
 step celloracle 600 "$VENV/bin/python" -m pip install -q celloracle
 if ! "$VENV/bin/python" -c "import celloracle" > /dev/null 2>&1; then
   step build_tools 300 "$VENV/bin/python" -m pip install -q cython "setuptools<70" wheel numpy
-  step velocyto_no_isolation 400 "$VENV/bin/python" -m pip install --no-build-isolation -q velocyto
-  step celloracle_no_isolation 400 "$VENV/bin/python" -m pip install --no-build-isolation -q celloracle
+  step velocyto_no_isolation 900 "$VENV/bin/python" -m pip install --no-build-isolation -q velocyto
+  step celloracle_no_isolation 1800 "$VENV/bin/python" -m pip install --no-build-isolation -q celloracle
 fi
 if ! "$VENV/bin/python" -c "import celloracle" >> "$LOG" 2>&1; then
   echo "[celloracle_import] FAILED" >> "$LOG"
