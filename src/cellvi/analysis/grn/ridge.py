@@ -116,7 +116,8 @@ def bagging_ridge(
     ``coef`` (mean standardised coefficient over the bootstraps that used the edge; NaN if none),
     ``coef_raw`` (the same in expression units: ``coef * sd_target / sd_regulator``, what a shift of the
     regulator by one unit does to the target), ``p`` (two-sided t-test p-value; NaN with < 2 uses),
-    ``n`` (bootstraps that used the edge).
+    ``n`` (bootstraps that used the edge), ``z`` (bootstrap z-score ``mean / sd`` of the coefficients, signed;
+    the statistic behind the default p-value, unbounded where p underflows; NaN with < 2 uses).
 
     pvalue: ``"bootstrap"`` (default): two-sided normal p-value of ``mean / sd`` of the bootstrap
     coefficients, the sd of the bootstrap distribution being the standard error of the coefficient;
@@ -170,6 +171,7 @@ def bagging_ridge(
     var = torch.where(cnt > 1, (s2 - cnt_f * mean * mean) / (cnt_f - 1).clamp_min(1), torch.nan).clamp_min(0)
     mean_np, var_np, n_np = mean.cpu().numpy(), var.cpu().numpy(), cnt.cpu().numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(n_np > 1, mean_np / np.sqrt(var_np), np.nan)
         if pvalue == "celloracle":
             p = 2 * stats.t.sf(np.abs(mean_np / np.sqrt(var_np / n_np)), np.maximum(n_np - 1, 1))
         else:
@@ -177,4 +179,4 @@ def bagging_ridge(
     p = np.where(n_np > 1, np.where(var_np > 0, p, np.where(mean_np != 0, 0.0, 1.0)), np.nan)
     sd_np = sd.cpu().numpy()
     coef_raw = mean_np * sd_np[None, :] / sd_np[np.asarray(reg_index)][:, None]
-    return {"coef": mean_np, "coef_raw": coef_raw, "p": p, "n": n_np}
+    return {"coef": mean_np, "coef_raw": coef_raw, "p": p, "n": n_np, "z": z}
