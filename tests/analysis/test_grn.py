@@ -86,18 +86,26 @@ def test_simulator_edges_are_recovered_and_knockouts_move_the_right_branch(sim):
     assert np.abs(res.shift).max() == 0 and np.abs(res.delta[:, genes.get_loc("G100")]).max() > 0
 
 
-def test_knockout_of_a_tf_without_targets_barely_moves_cells(sim):
-    # on the simulator's expression before counting (log-normalised counts add compositional correlations
-    # that give such a TF spurious edges; bench/grn_simulated.py reports that case)
+@pytest.mark.parametrize("source", ["pre-count activity", "log-normalised counts"])
+def test_knockout_of_a_tf_without_targets_barely_moves_cells(sim, source):
+    # on counts, total-count normalisation (composition) and the batches give such a TF dozens of
+    # significant edges, and its knockout moved cells as far as a driver's (0.11 vs 0.17 on branch1 here);
+    # median-of-ratios size factors and the batch offsets removed before fitting take them away
     tfs = list(sim.var_names[sim.var["is_tf"]])
-    o = grn.Oracle(sim, "branch", "X_pca2", layer="activity", log1p=False, tfs=tfs, pseudotime_key="pseudotime")
+    if source == "pre-count activity":
+        kw = dict(layer="activity", log1p=False)
+    else:
+        kw = dict(batch_key="batch")
+    o = grn.Oracle(sim, "branch", "X_pca2", tfs=tfs, pseudotime_key="pseudotime", **kw)
     o.fit_grn(p=0.001, top_k=None)
     orphan = sim.uns["no_target_tf"]
     driver = o.simulate_shift({"TF1": 0.0})
     none = o.simulate_shift({orphan: 0.0})
+    for cl in ("root", "branch1", "branch2"):
+        m = (sim.obs["branch"] == cl).to_numpy()
+        moved = np.linalg.norm(driver.shift[(sim.obs["branch"] == "branch1").to_numpy()], axis=1).mean()
+        assert np.linalg.norm(none.shift[m], axis=1).mean() < 0.35 * moved
     b1 = (sim.obs["branch"] == "branch1").to_numpy()
-    moved = np.linalg.norm(driver.shift[b1], axis=1).mean()
-    assert np.linalg.norm(none.shift[b1], axis=1).mean() < 0.35 * moved
     assert abs(none.score[b1].mean()) < 0.2 * abs(driver.score[b1].mean())
 
 

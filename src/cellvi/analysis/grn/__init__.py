@@ -14,7 +14,7 @@ See docs/grn.md.
 """
 
 from .decode import latent_shift, shift_agreement
-from .inputs import Regulators, candidate_regulators, expression_matrix, read_base_grn
+from .inputs import Regulators, candidate_regulators, expression_matrix, read_base_grn, size_factors
 from .links import coef_matrix, filter_links, links_table, network_scores
 from .metrics import auprc_ratio, early_precision_ratio, edge_scores
 from .oracle import ClusterTooSmallError, Oracle, Perturbation
@@ -57,5 +57,6 @@ __all__ = [
     "pseudotime_gradient",
     "read_base_grn",
     "shift_agreement",
+    "size_factors",
     "transition_matrix",
 ]

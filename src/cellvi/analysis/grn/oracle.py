@@ -12,7 +12,7 @@ import pandas as pd
 from ...errors import InvalidDataError, InvalidParameterError, MissingKeyError
 from . import shift as S
 from .decode import latent_shift, shift_agreement
-from .inputs import candidate_regulators, expression_matrix
+from .inputs import _counts, candidate_regulators, expression_matrix, size_factors
 from .links import coef_matrix, filter_links, links_table, network_scores
 from .ridge import bagging_ridge
 
@@ -70,7 +70,11 @@ class Oracle:
     expression is used (default: log-normalised counts). tfs / base_grn: candidate regulators (see
     :func:`~cellvi.analysis.grn.candidate_regulators`; neither: every gene, with a warning).
     pseudotime_key: ``obs`` column of pseudotime for the perturbation score. n_neighbors: the k of the
-    sparse transitions.
+    sparse transitions. normalisation: size factors of the log-normalised counts (``"median_ratio"``,
+    default, or ``"total"``; see :func:`~cellvi.analysis.grn.size_factors`). batch_key: ``obs`` column of
+    batches; each gene's batch offset within a cluster is removed before the GRN is fitted (a batch shifts
+    many genes at once, which otherwise reads as regulation between them); propagation and transitions
+    use the expression as it is.
     """
 
     def __init__(
@@ -86,6 +90,8 @@ class Oracle:
         log1p: bool = True,
         library_size: float = 1e4,
         n_neighbors: int = 30,
+        normalisation: str = "median_ratio",
+        batch_key: str | None = None,
     ):
         if cluster_key not in adata.obs:
             raise MissingKeyError(f"cluster_key {cluster_key!r} not in adata.obs.")
@@ -94,6 +100,8 @@ class Oracle:
         emb = np.asarray(adata.obsm[embedding_key], dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] < 2 or not np.all(np.isfinite(emb)):
             raise InvalidDataError(f"obsm[{embedding_key!r}] must be finite with at least 2 columns.")
+        if batch_key is not None and batch_key not in adata.obs:
+            raise MissingKeyError(f"batch_key {batch_key!r} not in adata.obs.")
         if pseudotime_key is not None and pseudotime_key not in adata.obs:
             raise MissingKeyError(f"pseudotime_key {pseudotime_key!r} not in adata.obs.")
         self.adata, self.model, self.layer = adata, model, layer
@@ -103,7 +111,13 @@ class Oracle:
         self.library_size, self.log1p = library_size, log1p
         self.regulators = candidate_regulators(self.genes, tfs=tfs, base_grn=base_grn)
         t0 = time.perf_counter()
-        self.expression, self.expression_source = expression_matrix(adata, model, layer, library_size, log1p)
+        self.expression, self.expression_source = expression_matrix(
+            adata, model, layer, library_size, log1p, normalisation=normalisation
+        )
+        self.batches = None if batch_key is None else adata.obs[batch_key].astype(str).to_numpy()
+        self._library = None
+        if model is None and log1p:  # the effective library that maps expression back to counts
+            self._library = size_factors(_counts(adata, layer), normalisation)
         self.timings = {"expression_s": time.perf_counter() - t0}
         self.pseudotime = None if pseudotime_key is None else adata.obs[pseudotime_key].to_numpy(np.float64)
         if self.pseudotime is not None and not np.all(np.isfinite(self.pseudotime)):
@@ -148,7 +162,7 @@ class Oracle:
                 continue
             rows = np.flatnonzero((self.clusters == cl).to_numpy())
             fit = bagging_ridge(
-                self.expression[rows],
+                self._fit_input(rows),
                 reg.index,
                 reg.allowed,
                 alpha,
@@ -162,6 +176,19 @@ class Oracle:
             self.links_all[cl] = links_table(fit, reg.names, self.genes, reg.allowed, cluster=cl)
         self.timings["fit_grn_s"] = time.perf_counter() - t0
         return self.filter_links(p, top_k)
+
+    def _fit_input(self, rows: np.ndarray) -> np.ndarray:
+        """Expression of a cluster's cells, with each batch's offset from the cluster mean removed."""
+        X = self.expression[rows]
+        if self.batches is None:
+            return X
+        X = X.copy()
+        b = self.batches[rows]
+        centre = X.mean(0)
+        for level in np.unique(b):
+            m = b == level
+            X[m] += centre - X[m].mean(0)
+        return X
 
     def filter_links(self, p: float = 0.001, top_k: int | None = 2000) -> pd.DataFrame:
         """Refilter every cluster's links (see :func:`~cellvi.analysis.grn.filter_links`) and rebuild the
@@ -246,6 +273,8 @@ class Oracle:
         return res
 
     def _to_counts(self, value, library):
+        if self._library is not None and len(library) == len(self._library):
+            library = self._library  # the size factors the expression was normalised with
         scale = library / self.library_size
         return (np.expm1(value) if self.log1p else value) * scale
 
