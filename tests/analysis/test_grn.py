@@ -280,3 +280,30 @@ def test_scvi_decoded_shift_moves_only_cells_whose_counts_change(sim):
     assert np.array_equal(moved, counts_tf1 > 0)  # knocking out zero counts changes nothing
     assert out["shift"].shape == (a.n_obs, 2) and set(out["agreement"]) >= {"median_cosine", "fraction_agree"}
     assert -1 <= out["agreement"]["median_cosine"] <= 1 and out["score"].shape == (a.n_obs,)
+
+
+def test_chunked_expression_from_a_backed_file_gives_the_same_grn_and_shift(tmp_path, sim):
+    # the 1M-cell path: counts read from the file a block of cells at a time, never densely
+    import anndata as ad
+
+    path = tmp_path / "sim.h5ad"
+    small = sim[:600].copy()
+    del small.layers["activity"]
+    small.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    tfs = ["TF0", "TF1", "TF2", "TF3", "TF4"]
+    kw = dict(tfs=tfs, pseudotime_key="pseudotime", batch_key="batch", n_neighbors=10)
+    dense = grn.Oracle(small, "branch", "X_pca2", chunked=False, **kw)
+    chunked = grn.Oracle(backed, "branch", "X_pca2", **kw)
+    assert chunked.chunked and not isinstance(chunked.expression, np.ndarray)
+    chunked.expression.block = 64  # several blocks per cluster
+    a = dense.fit_grn(p=0.01, top_k=None, skip_small=True, min_cells=50)
+    b = chunked.fit_grn(p=0.01, top_k=None, skip_small=True, min_cells=50)
+    assert len(a) > 20
+    pd.testing.assert_frame_equal(a[["source", "target"]], b[["source", "target"]])
+    np.testing.assert_allclose(a["coef_mean"], b["coef_mean"], atol=1e-4)
+    ra, rb = dense.simulate_shift({"TF1": 0.0}), chunked.simulate_shift({"TF1": 0.0})
+    assert rb.delta is None and np.abs(ra.shift).max() > 0.01
+    np.testing.assert_allclose(ra.transitions.toarray(), rb.transitions.toarray(), atol=1e-4)
+    np.testing.assert_allclose(ra.shift, rb.shift, atol=1e-4)
+    backed.file.close()

@@ -20,6 +20,7 @@ from .metrics import auprc_ratio, early_precision_ratio, edge_scores
 from .oracle import ClusterTooSmallError, Oracle, Perturbation
 from .report import grn_report_section, plot_score, plot_shift
 from .ridge import bagging_ridge
+from .rows import CountRows, RowBlocks
 from .shift import (
     embedding_shift,
     grid_field,
@@ -32,9 +33,11 @@ from .shift import (
 
 __all__ = [
     "ClusterTooSmallError",
+    "CountRows",
     "Oracle",
     "Perturbation",
     "Regulators",
+    "RowBlocks",
     "auprc_ratio",
     "bagging_ridge",
     "candidate_regulators",

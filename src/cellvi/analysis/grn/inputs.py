@@ -121,7 +121,7 @@ def _counts(adata, layer):
     return X
 
 
-def size_factors(X, method: str = "median_ratio", min_detected: float = 0.5) -> np.ndarray:
+def size_factors(X, method: str = "median_ratio", min_detected: float = 0.5, block: int = 16384) -> np.ndarray:
     """Effective library size (n,) of each cell of counts ``X`` (n, G), in counts.
 
     ``"total"``: the total counts. ``"median_ratio"`` (default): DESeq's median-of-ratios on ``log1p``,
@@ -129,20 +129,35 @@ def size_factors(X, method: str = "median_ratio", min_detected: float = 0.5) -> 
     ``min_detected`` of the cells (all genes if fewer than 20 are), rescaled to the median total count.
     Why: with the total, a cell's normalised values all move together when a few highly expressed genes
     change (composition), which gives every abundant gene, even one with no targets, many significant
-    regression edges; the median ignores the genes that change as long as most do not.
+    regression edges; the median ignores the genes that change as long as most do not. ``X`` is read
+    ``block`` rows at a time (scipy sparse or dense, or an anndata backed sparse dataset).
     """
     if method not in ("total", "median_ratio"):
         raise InvalidParameterError(f"size_factors must be 'total' or 'median_ratio', got {method!r}.")
-    X = sp.csr_matrix(X, dtype=np.float32)
-    lib = np.asarray(X.sum(axis=1)).ravel()
+    n, G = X.shape
+    blocks = [(lo, min(lo + block, n)) for lo in range(0, n, block)]
+
+    def rows(lo, hi):  # works for scipy matrices and anndata backed sparse datasets alike
+        return sp.csr_matrix(X[lo:hi], dtype=np.float32)
+
+    lib = np.zeros(n)
+    detected = np.zeros(G)
+    for lo, hi in blocks:
+        B = rows(lo, hi)
+        lib[lo:hi] = np.asarray(B.sum(axis=1)).ravel()
+        detected += np.asarray((B > 0).sum(axis=0)).ravel()
     if method == "total":
         return np.where(lib > 0, lib, 1.0).astype(np.float32)
-    detected = np.asarray((X > 0).mean(axis=0)).ravel()
-    genes = np.flatnonzero(detected >= min_detected)
+    genes = np.flatnonzero(detected >= min_detected * n)
     if len(genes) < 20:
-        genes = np.arange(X.shape[1])
-    L = np.log1p(X[:, genes].toarray())
-    ratio = np.exp(np.median(L - L.mean(0), axis=1))
+        genes = np.arange(G)
+    gmean = np.zeros(len(genes))
+    for lo, hi in blocks:
+        gmean += np.log1p(rows(lo, hi)[:, genes].toarray()).sum(0)
+    gmean /= n
+    ratio = np.empty(n)
+    for lo, hi in blocks:
+        ratio[lo:hi] = np.exp(np.median(np.log1p(rows(lo, hi)[:, genes].toarray()) - gmean, axis=1))
     s = ratio * np.median(lib) / np.median(ratio)
     return np.where(s > 0, s, 1.0).astype(np.float32)
 

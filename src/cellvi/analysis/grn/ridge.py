@@ -45,6 +45,27 @@ def _standardise(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (X - mean) / sd, sd
 
 
+def _block_moments(blocks) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations (ddof 1; 1 where constant) over row blocks, one pass."""
+    n, s, ss = 0, 0.0, 0.0
+    for x in blocks:
+        x = np.asarray(x, dtype=np.float64)
+        n, s, ss = n + len(x), s + x.sum(0), ss + (x * x).sum(0)
+    mean = s / n
+    sd = np.sqrt(np.maximum(ss - n * mean * mean, 0) / max(n - 1, 1))
+    return mean, np.where(sd > 1e-8, sd, 1.0)
+
+
+def _standardised_blocks(blocks, mean: np.ndarray, sd: torch.Tensor, w: torch.Tensor, dev):
+    """Yield (standardised block, its bootstrap weights) for consecutive row blocks."""
+    m = torch.as_tensor(mean, device=dev, dtype=torch.float32)
+    lo = 0
+    for x in blocks:
+        xb = torch.as_tensor(np.asarray(x, dtype=np.float32), device=dev)
+        yield (xb - m) / sd, w[lo : lo + len(xb)]
+        lo += len(xb)
+
+
 def _shared_solve(G_b, c_b, keep, reg_pos_of_target, alpha):
     """All targets at once for one bootstrap. G_b (R, R), c_b (R, T); keep (R,) bool features of this
     bootstrap; reg_pos_of_target (T,) regulator position of each target (-1: not a regulator).
@@ -111,7 +132,9 @@ def bagging_ridge(
 ) -> dict:
     """Fit the bagging ridge GRN of one cluster.
 
-    X: (n cells, G genes) expression of the cluster; reg_index (R,): the regulators' gene positions;
+    X: (n cells, G genes) expression of the cluster, an array, or row blocks (an iterable that can be
+    iterated several times, yielding (b, G) arrays, with a ``shape``; e.g. :class:`~cellvi.analysis.grn.RowBlocks`),
+    read once per bootstrap plus once for the moments so that the cluster is never dense; reg_index (R,): the regulators' gene positions;
     allowed (R, G) bool: which regulator may regulate which target. Returns numpy arrays (R, G):
     ``coef`` (mean standardised coefficient over the bootstraps that used the edge; NaN if none),
     ``coef_raw`` (the same in expression units: ``coef * sd_target / sd_regulator``, what a shift of the
@@ -133,12 +156,17 @@ def bagging_ridge(
     if not 0 < feature_fraction <= 1 or n_bootstraps < 2 or alpha < 0:
         raise InvalidParameterError("need 0 < feature_fraction <= 1, n_bootstraps >= 2 and alpha >= 0.")
     dev = _device(device)
-    # the n x R x G products in float32 (the time); the small R x R systems and the sums in float64
-    Z, sd = _standardise(torch.as_tensor(X, device=dev, dtype=torch.float32))
     dt = torch.float64
     R = len(reg_index)
     ri = torch.as_tensor(np.asarray(reg_index), device=dev)
-    ZR = Z[:, ri]
+    if isinstance(X, np.ndarray) or torch.is_tensor(X):
+        # the n x R x G products in float32 (the time); the small R x R systems and the sums in float64
+        Z, sd = _standardise(torch.as_tensor(X, device=dev, dtype=torch.float32))
+        blocks, mean_np = None, None
+    else:  # row blocks (e.g. cellvi.analysis.grn.RowBlocks): standardised block by block
+        blocks = X
+        mean_np, sd_np = _block_moments(blocks)
+        sd = torch.as_tensor(sd_np, device=dev, dtype=torch.float32)
     allowed_t = torch.as_tensor(allowed, device=dev)
     if shared is None:
         full = np.ones_like(allowed)
@@ -155,10 +183,25 @@ def bagging_ridge(
         w = torch.as_tensor(rng.multinomial(n, np.full(n, 1.0 / n)), device=dev, dtype=torch.float32)
         keep = torch.zeros(R, dtype=torch.bool, device=dev)
         keep[torch.as_tensor(rng.choice(R, n_keep, replace=False), device=dev)] = True
-        mu_r, mu_t = (w @ ZR) / n, (w @ Z) / n  # weighted means: the intercept
-        WR = ZR * w[:, None]
-        G_b = (ZR.T @ WR).to(dt) - n * torch.outer(mu_r, mu_r).to(dt)
-        c_b = (WR.T @ Z).to(dt) - n * torch.outer(mu_r, mu_t).to(dt)
+        if blocks is None:
+            parts = [(Z, w)]
+        else:
+            parts = _standardised_blocks(blocks, mean_np, sd, w, dev)
+        # weighted sums (float32 per block, float64 across blocks): the intercept and the normal equations
+        sr = torch.zeros(R, dtype=dt, device=dev)
+        st = torch.zeros(G, dtype=dt, device=dev)
+        G_b = torch.zeros((R, R), dtype=dt, device=dev)
+        c_b = torch.zeros((R, G), dtype=dt, device=dev)
+        for Zb, wb in parts:
+            ZR = Zb[:, ri]
+            WR = ZR * wb[:, None]
+            sr += (wb @ ZR).to(dt)
+            st += (wb @ Zb).to(dt)
+            G_b += (ZR.T @ WR).to(dt)
+            c_b += (WR.T @ Zb).to(dt)
+        mu_r, mu_t = (sr / n).to(torch.float32).to(dt), (st / n).to(torch.float32).to(dt)
+        G_b -= n * torch.outer(mu_r, mu_r)
+        c_b -= n * torch.outer(mu_r, mu_t)
         if shared:
             beta, present = _shared_solve(G_b, c_b, keep, reg_pos, alpha)
         else:
