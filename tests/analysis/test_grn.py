@@ -306,4 +306,9 @@ def test_chunked_expression_from_a_backed_file_gives_the_same_grn_and_shift(tmp_
     assert rb.delta is None and np.abs(ra.shift).max() > 0.01
     np.testing.assert_allclose(ra.transitions.toarray(), rb.transitions.toarray(), atol=1e-4)
     np.testing.assert_allclose(ra.shift, rb.shift, atol=1e-4)
+    # rows read straight from the file (counts not loaded into memory) equal the dense expression
+    from_file = grn.CountRows(backed.X, chunked._library, sparse_bytes=0)
+    assert not isinstance(from_file.X, sp.csr_matrix)
+    pick = np.array([5, 3, 3, 400, 17])
+    np.testing.assert_allclose(from_file[pick], dense.expression[pick], rtol=1e-5, atol=1e-6)
     backed.file.close()

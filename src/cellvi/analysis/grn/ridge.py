@@ -56,14 +56,42 @@ def _block_moments(blocks) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(sd > 1e-8, sd, 1.0)
 
 
-def _standardised_blocks(blocks, mean: np.ndarray, sd: torch.Tensor, w: torch.Tensor, dev):
-    """Yield (standardised block, its bootstrap weights) for consecutive row blocks."""
+def _standardised(blocks, mean: np.ndarray, sd: torch.Tensor, dev):
+    """Yield consecutive standardised row blocks (float32 tensors)."""
     m = torch.as_tensor(mean, device=dev, dtype=torch.float32)
-    lo = 0
     for x in blocks:
-        xb = torch.as_tensor(np.asarray(x, dtype=np.float32), device=dev)
-        yield (xb - m) / sd, w[lo : lo + len(xb)]
-        lo += len(xb)
+        yield (torch.as_tensor(np.asarray(x, dtype=np.float32), device=dev) - m) / sd
+
+
+def _normal_equations(parts, ws, ri, n):
+    """Weighted, centred normal equations ``(Z_R' W Z_R, Z_R' W Z)`` (float64) for each weight vector of
+    ``ws`` (n,), over consecutive standardised row blocks ``parts`` (products in float32 per block)."""
+    dt = torch.float64
+    acc = None
+    lo = 0
+    for Zb in parts:
+        ZR = Zb[:, ri]
+        if acc is None:
+            R, G = ZR.shape[1], Zb.shape[1]
+            acc = [
+                [torch.zeros(R, dtype=dt, device=Zb.device), torch.zeros(G, dtype=dt, device=Zb.device)]
+                + [torch.zeros((R, R), dtype=dt, device=Zb.device), torch.zeros((R, G), dtype=dt, device=Zb.device)]
+                for _ in ws
+            ]
+        for a, w in zip(acc, ws):
+            wb = w[lo : lo + len(Zb)]
+            WR = ZR * wb[:, None]
+            a[0] += (wb @ ZR).to(dt)
+            a[1] += (wb @ Zb).to(dt)
+            a[2] += (ZR.T @ WR).to(dt)
+            a[3] += (WR.T @ Zb).to(dt)
+        lo += len(Zb)
+    out = []
+    for sr, st, GR, CR in acc:
+        # the intercept: weighted means (rounded to float32 as computed in one block)
+        mu_r, mu_t = (sr / n).to(torch.float32).to(dt), (st / n).to(torch.float32).to(dt)
+        out.append((GR - n * torch.outer(mu_r, mu_r), CR - n * torch.outer(mu_r, mu_t)))
+    return out
 
 
 def _shared_solve(G_b, c_b, keep, reg_pos_of_target, alpha):
@@ -129,12 +157,14 @@ def bagging_ridge(
     shared: bool | None = None,
     chunk: int = 256,
     pvalue: str = "bootstrap",
+    acc_bytes: float = 512e6,
 ) -> dict:
     """Fit the bagging ridge GRN of one cluster.
 
     X: (n cells, G genes) expression of the cluster, an array, or row blocks (an iterable that can be
     iterated several times, yielding (b, G) arrays, with a ``shape``; e.g. :class:`~cellvi.analysis.grn.RowBlocks`),
-    read once per bootstrap plus once for the moments so that the cluster is never dense; reg_index (R,): the regulators' gene positions;
+    read once for the moments and once for the normal equations of all bootstraps (or once per bootstrap
+    when those, ``B x R x (R + G)`` float64, exceed ``acc_bytes``), so the cluster is never dense; reg_index (R,): the regulators' gene positions;
     allowed (R, G) bool: which regulator may regulate which target. Returns numpy arrays (R, G):
     ``coef`` (mean standardised coefficient over the bootstraps that used the edge; NaN if none),
     ``coef_raw`` (the same in expression units: ``coef * sd_target / sd_regulator``, what a shift of the
@@ -179,29 +209,23 @@ def bagging_ridge(
     s1 = torch.zeros((R, G), dtype=dt, device=dev)
     s2 = torch.zeros_like(s1)
     cnt = torch.zeros((R, G), dtype=torch.int32, device=dev)
-    for _ in range(n_bootstraps):
+    draws = []
+    for _ in range(n_bootstraps):  # weights then features, bootstrap after bootstrap (fixed by the seed)
         w = torch.as_tensor(rng.multinomial(n, np.full(n, 1.0 / n)), device=dev, dtype=torch.float32)
         keep = torch.zeros(R, dtype=torch.bool, device=dev)
         keep[torch.as_tensor(rng.choice(R, n_keep, replace=False), device=dev)] = True
-        if blocks is None:
-            parts = [(Z, w)]
+        draws.append((w, keep))
+    # row blocks: read once, accumulating every bootstrap's equations, when they fit in acc_bytes;
+    # else (and for an array, already in memory) one bootstrap at a time
+    one_pass = blocks is not None and n_bootstraps * R * (R + G) * 8 <= acc_bytes
+    if one_pass:
+        systems = _normal_equations(_standardised(blocks, mean_np, sd, dev), [w for w, _ in draws], ri, n)
+    for b, (w, keep) in enumerate(draws):
+        if one_pass:
+            G_b, c_b = systems[b]
         else:
-            parts = _standardised_blocks(blocks, mean_np, sd, w, dev)
-        # weighted sums (float32 per block, float64 across blocks): the intercept and the normal equations
-        sr = torch.zeros(R, dtype=dt, device=dev)
-        st = torch.zeros(G, dtype=dt, device=dev)
-        G_b = torch.zeros((R, R), dtype=dt, device=dev)
-        c_b = torch.zeros((R, G), dtype=dt, device=dev)
-        for Zb, wb in parts:
-            ZR = Zb[:, ri]
-            WR = ZR * wb[:, None]
-            sr += (wb @ ZR).to(dt)
-            st += (wb @ Zb).to(dt)
-            G_b += (ZR.T @ WR).to(dt)
-            c_b += (WR.T @ Zb).to(dt)
-        mu_r, mu_t = (sr / n).to(torch.float32).to(dt), (st / n).to(torch.float32).to(dt)
-        G_b -= n * torch.outer(mu_r, mu_r)
-        c_b -= n * torch.outer(mu_r, mu_t)
+            parts = [Z] if blocks is None else _standardised(blocks, mean_np, sd, dev)
+            G_b, c_b = _normal_equations(parts, [w], ri, n)[0]
         if shared:
             beta, present = _shared_solve(G_b, c_b, keep, reg_pos, alpha)
         else:

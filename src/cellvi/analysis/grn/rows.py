@@ -18,13 +18,19 @@ __all__ = ["CountRows", "RowBlocks"]
 class CountRows:
     """Log-normalised expression ``log1p(counts / library * library_size)`` computed per row block.
 
-    X: counts (n cells, G genes), scipy sparse or an anndata backed sparse dataset (row slices and sorted
-    integer arrays are read); library: (n,) effective library of each cell (see
+    X: counts (n cells, G genes), scipy sparse or an anndata backed sparse dataset (read into memory,
+    still sparse, when its ``nnz x 8`` bytes are at most ``sparse_bytes``; else row slices and sorted
+    integer arrays are read from the file); library: (n,) effective library of each cell (see
     :func:`~cellvi.analysis.grn.size_factors`). Indexing ``rows[idx]`` gives a dense float32
     (len(idx), G) array in the order of ``idx`` (duplicates allowed).
     """
 
-    def __init__(self, X, library: np.ndarray, library_size: float = 1e4, block: int = 8192):
+    def __init__(self, X, library: np.ndarray, library_size: float = 1e4, block: int = 8192, sparse_bytes: float = 2e9):
+        group = getattr(X, "group", None)  # an anndata backed sparse dataset
+        if group is not None and group["data"].shape[0] * 8 <= sparse_bytes:
+            # the transitions read each cell's neighbours, scattered over the file (~0.1 ms a row from
+            # HDF5 here, 20x a contiguous read): the sparse counts are read once into memory when they fit
+            X = X.to_memory()
         self.X, self.block = X, block
         self.scale = (library_size / np.asarray(library, dtype=np.float64)).astype(np.float32)
         self.shape = tuple(X.shape)
