@@ -222,11 +222,17 @@ def test_cli_grn_writes_links_figures_and_report_section(tmp_path, sim):
             "pseudotime",
             "--bootstraps",
             "5",
+            "--batch-key",
+            "batch",
+            "--chunked",
             "--out",
             str(out),
         ]
     )
     assert rc == 0
+    import json
+
+    assert "block of cells" in json.loads((out / "summary.json").read_text())["expression"]
     for f in ("links.csv", "network_scores.csv", "shift.png", "score.png", "grn_section.html", "summary.json"):
         assert (out / f).stat().st_size > 0
     own, added = (out / "report.html").read_text(), (tmp_path / "run_report.html").read_text()
