@@ -227,6 +227,8 @@ class Oracle:
         keep = S.gene_mask(G, others)
         for cl, C in self.coefs.items():
             rows = np.flatnonzero((self.clusters == cl).to_numpy())
+            # blocks of cells close on the embedding share most neighbours: each row is computed ~once
+            rows = rows[S.spatial_order(self.embedding[rows])]
             for lo in range(0, len(rows), block):
                 r = rows[lo : lo + block]
                 x = self.expression[r]

@@ -93,6 +93,22 @@ def transition_matrix(
     return T, strength
 
 
+def spatial_order(embedding: np.ndarray, bits: int = 10) -> np.ndarray:
+    """Permutation (n,) sorting points of a 2-D ``embedding`` (n, >=2) along a Z-order (Morton) curve on a
+    ``2**bits`` grid: consecutive points are close, so a block of them has overlapping neighbourhoods."""
+    e = np.asarray(embedding[:, :2], dtype=np.float64)
+    span = np.ptp(e, axis=0)
+    q = ((e - e.min(0)) / np.where(span > 0, span, 1.0) * (2**bits - 1)).astype(np.uint64)
+
+    def spread(v):  # the bits of v moved to the even positions
+        out = np.zeros_like(v)
+        for b in range(bits):
+            out |= ((v >> np.uint64(b)) & np.uint64(1)) << np.uint64(2 * b)
+        return out
+
+    return np.argsort(spread(q[:, 0]) | (spread(q[:, 1]) << np.uint64(1)), kind="stable")
+
+
 def gene_mask(n_genes: int, genes: np.ndarray | None) -> torch.Tensor:
     """(G,) bool mask of the genes the correlation uses (all when ``genes`` is None)."""
     keep = torch.ones(n_genes, dtype=torch.bool)
