@@ -150,7 +150,11 @@ def main():
         help="data from a backed .h5ad (bench/data/grn_<cells>x<genes>.h5ad, made once), chunked expression",
     )
     ap.add_argument("--out", default="grn_scale", help="results name under bench/results/")
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
     args = ap.parse_args()
+    if args.render:
+        render(args.out)
+        return
     if args.child:
         n, g = map(int, args.child.split("x"))
         print(json.dumps((one_chunked if args.chunked else one)(n, g, min(args.tfs, g))))
@@ -170,16 +174,39 @@ def main():
         else:
             rows.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "load_before": load})
         print(rows[-1], flush=True)
-    out = {"rows": rows, "threads": os.environ.get("OMP_NUM_THREADS"), "cpus": os.cpu_count()}
+    out = {"rows": rows, "threads": os.environ.get("OMP_NUM_THREADS"), "cpus": os.cpu_count(), "chunked": args.chunked}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / f"{args.out}.json").write_text(json.dumps(out, indent=1))
+    render(args.out)
+
+
+def _growth(rows, key, fixed_key, fixed):
+    pts = sorted((r[key], r["total_s"]) for r in rows if "error" not in r and r[fixed_key] == fixed)
+    if len(pts) < 2:
+        return ""
+    (x0, t0), (x1, t1) = pts[0], pts[-1]
+    slope = np.log(t1 / t0) / np.log(x1 / x0)
+    return f"{key} {x0} -> {x1} at {fixed} {fixed_key}: {t0:.0f} -> {t1:.0f} s (time ~ {key}^{slope:.2f})"
+
+
+def render(name: str) -> None:
+    """Write bench/results/NAME.md from NAME.json."""
+    res = json.loads((HERE / "results" / f"{name}.json").read_text())
+    rows, chunked = res["rows"], res.get("chunked", False)
     lines = [
         "# cellvi.grn at scale (one run per size; shared 2-core machine, times are noisy)",
         "",
         (
-            "End to end = GRN per cluster (8 clusters: branch x pseudotime quarter; 20 bootstraps, 300 candidate TFs, all genes as targets) + "
-            "one knockout (propagation, kNN, sparse transitions, shift, grid, score). Not timed: simulating "
-            "the data, log-normalising and the 2-D PCA embedding."
+            "End to end = GRN per cluster (8 clusters: branch x pseudotime quarter; 20 bootstraps, 300 candidate "
+            "TFs, all genes as targets) + one knockout (propagation, kNN, sparse transitions, shift, grid, "
+            "score). Not timed: simulating the data, "
+            + (
+                "the 2-D PCA embedding. Chunked: the data are a backed .h5ad (`cellvi.data.simulate(path=...)`), "
+                "`Oracle` reads it block by block (`CountRows`, `RowBlocks`); the size factors (median of ratios, "
+                "timed) and `batch_key='batch'` are included."
+                if chunked
+                else "log-normalising and the 2-D PCA embedding."
+            )
         ),
         "",
         "| cells | genes | total s | fit GRN s | kNN s | propagation + transitions s | grid s | peak RSS MiB | load |",
@@ -187,28 +214,29 @@ def main():
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['size']} | error: {r['error'][-100:]!r} |||||||||")
+            lines.append(f"| {r['size']} | error: {r['error'][-100:]!r} |||||||")
             continue
+        tr = r.get("propagate_transitions_s", r.get("propagate_s", 0) + r.get("transitions_s", 0))
         lines.append(
             f"| {r['cells']} | {r['genes']} | {r['total_s']:.1f} | {r['fit_grn_s']:.1f} | "
-            f"{r['knn_s']:.2f} | {r['propagate_transitions_s']:.1f} | {r['grid_s']:.2f} | "
-            f"{r['peak_rss_mib']:.0f} | {r['load_before']:.1f} |"
+            f"{r['knn_s']:.2f} | {tr:.1f} | {r['grid_s']:.2f} | {r['peak_rss_mib']:.0f} | {r['load_before']:.1f} |"
         )
+    by_genes = [g for g in (_growth(rows, "genes", "cells", c) for c in (50000, 10000)) if g][:1]
+    growth = [g for g in [_growth(rows, "cells", "genes", 3000), *by_genes] if g]
+    lines += ["", "Growth (this run, end-to-end time): " + "; ".join(growth) + "."] if growth else []
     lines += [
         "",
         (
-            "Peak RSS includes the simulated data and its log-normalised copy (the RSS before the GRN step "
-            "is `peak_rss_before_grn_mib` in the .json)."
-        ),
-        "",
-        (
-            "Not run here: 1,000,000 cells (the machine is shared by ~8 sessions on 2 cores and 24 GB, with a "
-            "~3 GB per-process rule). The expression matrix (cells x genes float32) and the simulated change "
-            "are held in memory, so 1M cells x 3,000 genes (12 GB each) needs a chunked expression path that "
-            "does not exist yet; the kNN, transitions (cells x k) and grid are already O(cells x k)."
+            "Peak RSS is of the whole process, including making the data"
+            + (" file" if chunked else " and its log-normalised copy")
+            + " (the RSS before the GRN step is `peak_rss_before_grn_mib` in the .json)."
         ),
     ]
-    (HERE / "results" / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    if not chunked:
+        lines += ["", "Larger data, from a backed file: `--chunked` (bench/results/grn_scale_chunked.md)."]
+    if res.get("note"):
+        lines += ["", res["note"]]
+    (HERE / "results" / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
