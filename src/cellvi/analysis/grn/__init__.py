@@ -14,12 +14,13 @@ See docs/grn.md.
 """
 
 from .decode import latent_shift, shift_agreement
-from .inputs import Regulators, candidate_regulators, expression_matrix, read_base_grn
+from .inputs import Regulators, candidate_regulators, expression_matrix, read_base_grn, size_factors
 from .links import coef_matrix, filter_links, links_table, network_scores
 from .metrics import auprc_ratio, early_precision_ratio, edge_scores
 from .oracle import ClusterTooSmallError, Oracle, Perturbation
 from .report import grn_report_section, plot_score, plot_shift
 from .ridge import bagging_ridge
+from .rows import CountRows, RowBlocks
 from .shift import (
     embedding_shift,
     grid_field,
@@ -32,9 +33,11 @@ from .shift import (
 
 __all__ = [
     "ClusterTooSmallError",
+    "CountRows",
     "Oracle",
     "Perturbation",
     "Regulators",
+    "RowBlocks",
     "auprc_ratio",
     "bagging_ridge",
     "candidate_regulators",
@@ -57,5 +60,6 @@ __all__ = [
     "pseudotime_gradient",
     "read_base_grn",
     "shift_agreement",
+    "size_factors",
     "transition_matrix",
 ]

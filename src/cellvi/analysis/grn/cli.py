@@ -30,6 +30,12 @@ def register(subparsers) -> None:
     src.add_argument("--base-grn", help="CellOracle-layout base GRN (parquet or CSV)")
     p.add_argument("--perturb", action="append", default=[], help="GENE=VALUE (0 = knockout); repeatable")
     p.add_argument("--pseudotime-key", help="obs column of pseudotime for the perturbation score")
+    p.add_argument("--batch-key", help="obs column of batches: their offsets are removed before fitting")
+    p.add_argument(
+        "--chunked",
+        action="store_true",
+        help="open INPUT backed and compute the expression a block of cells at a time (large data)",
+    )
     p.add_argument("--alpha", type=float, default=10.0)
     p.add_argument("--bootstraps", type=int, default=20)
     p.add_argument("--p", type=float, default=0.001)
@@ -76,7 +82,7 @@ def run(args) -> int:
     path = Path(args.input or args.data)
     if not path.is_file():
         raise InvalidParameterError(f"no such file: {path}")
-    adata = anndata.read_h5ad(path)
+    adata = anndata.read_h5ad(path, backed="r" if args.chunked else None)
     model = None
     if args.model:
         from ...model import SCVI
@@ -94,6 +100,7 @@ def run(args) -> int:
         tfs=tfs,
         base_grn=args.base_grn,
         pseudotime_key=args.pseudotime_key,
+        batch_key=args.batch_key,
         log1p=not args.as_given,
         n_neighbors=args.n_neighbors,
     )

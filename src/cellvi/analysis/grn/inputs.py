@@ -3,7 +3,8 @@
 Candidate regulators come from a TF list, from a base GRN in CellOracle's layout (``peak_id``,
 ``gene_short_name``, then one 0/1 column per TF; parquet or CSV), or, when neither is given, from every
 gene (logged as a warning). Expression is the denoised expression of a trained SCVI model or
-log-normalised counts (``log1p(counts / library * 1e4)``).
+log-normalised counts (``log1p(counts / s * 1e4)``, ``s`` each cell's effective library, see
+:func:`size_factors`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ...errors import (
 
 log = logging.getLogger("cellvi.grn")
 
-__all__ = ["Regulators", "candidate_regulators", "expression_matrix", "read_base_grn"]
+__all__ = ["Regulators", "candidate_regulators", "expression_matrix", "read_base_grn", "size_factors"]
 
 
 @dataclass
@@ -120,15 +121,63 @@ def _counts(adata, layer):
     return X
 
 
+def size_factors(X, method: str = "median_ratio", min_detected: float = 0.5, block: int = 16384) -> np.ndarray:
+    """Effective library size (n,) of each cell of counts ``X`` (n, G), in counts.
+
+    ``"total"``: the total counts. ``"median_ratio"`` (default): DESeq's median-of-ratios on ``log1p``,
+    ``exp(median_g(log1p x_cg - mean_c log1p x_cg))``, over the genes detected in at least
+    ``min_detected`` of the cells (all genes if fewer than 20 are), rescaled to the median total count.
+    Why: with the total, a cell's normalised values all move together when a few highly expressed genes
+    change (composition), which gives every abundant gene, even one with no targets, many significant
+    regression edges; the median ignores the genes that change as long as most do not. ``X`` is read
+    ``block`` rows at a time (scipy sparse or dense, or an anndata backed sparse dataset).
+    """
+    if method not in ("total", "median_ratio"):
+        raise InvalidParameterError(f"size_factors must be 'total' or 'median_ratio', got {method!r}.")
+    n, G = X.shape
+    blocks = [(lo, min(lo + block, n)) for lo in range(0, n, block)]
+
+    def rows(lo, hi):  # works for scipy matrices and anndata backed sparse datasets alike
+        return sp.csr_matrix(X[lo:hi], dtype=np.float32)
+
+    lib = np.zeros(n)
+    detected = np.zeros(G)
+    for lo, hi in blocks:
+        B = rows(lo, hi)
+        lib[lo:hi] = np.asarray(B.sum(axis=1)).ravel()
+        detected += np.asarray((B > 0).sum(axis=0)).ravel()
+    if method == "total":
+        return np.where(lib > 0, lib, 1.0).astype(np.float32)
+    genes = np.flatnonzero(detected >= min_detected * n)
+    if len(genes) < 20:
+        genes = np.arange(G)
+    gmean = np.zeros(len(genes))
+    for lo, hi in blocks:
+        gmean += np.log1p(rows(lo, hi)[:, genes].toarray()).sum(0)
+    gmean /= n
+    ratio = np.empty(n)
+    for lo, hi in blocks:
+        ratio[lo:hi] = np.exp(np.median(np.log1p(rows(lo, hi)[:, genes].toarray()) - gmean, axis=1))
+    s = ratio * np.median(lib) / np.median(ratio)
+    return np.where(s > 0, s, 1.0).astype(np.float32)
+
+
 def expression_matrix(
-    adata, model=None, layer=None, library_size: float = 1e4, log1p: bool = True, batch_size: int | None = None
+    adata,
+    model=None,
+    layer=None,
+    library_size: float = 1e4,
+    log1p: bool = True,
+    batch_size: int | None = None,
+    normalisation: str = "median_ratio",
 ) -> tuple[np.ndarray, str]:
     """Expression (n_cells, n_genes) float32 and a description.
 
     model: a trained SCVI; its denoised expression ``get_normalized_expression(library_size=...)``
     (per ``library_size`` counts, log1p'd if ``log1p``). Else: counts from ``layer`` (default X),
-    normalised per cell to ``library_size`` and log1p'd (``log1p=False`` takes X as given, e.g.
-    continuous expression that is not counts).
+    divided by each cell's effective library (:func:`size_factors` with ``normalisation``: median of
+    ratios by default, ``"total"`` for the total counts), times ``library_size``, log1p'd
+    (``log1p=False`` takes X as given, e.g. continuous expression that is not counts).
     """
     if model is not None:
         expr = model.get_normalized_expression(
@@ -144,10 +193,9 @@ def expression_matrix(
         X = sp.csr_matrix(X, dtype=np.float32)
         if X.nnz and X.data.min() < 0:
             raise InvalidDataError("counts must be non-negative for log-normalisation.")
-        lib = np.asarray(X.sum(axis=1)).ravel()
-        lib[lib == 0] = 1.0
+        lib = size_factors(X, normalisation)
         expr = (sp.diags((library_size / lib).astype(np.float32)) @ X).toarray()
-        desc = f"log-normalised counts (per {library_size:g})"
+        desc = f"log-normalised counts ({normalisation.replace('_', ' ')} size factors, per {library_size:g})"
     if not np.all(np.isfinite(expr)):
         raise InvalidDataError("the expression matrix holds NaN or infinite values.")
     if log1p:

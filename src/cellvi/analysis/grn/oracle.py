@@ -8,13 +8,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
+import torch
 
 from ...errors import InvalidDataError, InvalidParameterError, MissingKeyError
 from . import shift as S
 from .decode import latent_shift, shift_agreement
-from .inputs import candidate_regulators, expression_matrix
+from .inputs import _counts, candidate_regulators, expression_matrix, size_factors
 from .links import coef_matrix, filter_links, links_table, network_scores
 from .ridge import bagging_ridge
+from .rows import CountRows, RowBlocks
 
 log = logging.getLogger("cellvi.grn")
 
@@ -30,7 +33,7 @@ class Perturbation:
     """Result of :meth:`Oracle.simulate_shift`. Arrays are per cell (n cells) unless stated."""
 
     perturb: dict
-    delta: np.ndarray  # (n, G) simulated expression change
+    delta: np.ndarray | None  # (n, G) simulated expression change (None with chunked expression)
     transitions: object  # scipy CSR (n, n), k entries per row
     shift: np.ndarray  # (n, 2) shift vector on the embedding
     strength: np.ndarray  # (n,) size of the change relative to the neighbour distances
@@ -70,7 +73,13 @@ class Oracle:
     expression is used (default: log-normalised counts). tfs / base_grn: candidate regulators (see
     :func:`~cellvi.analysis.grn.candidate_regulators`; neither: every gene, with a warning).
     pseudotime_key: ``obs`` column of pseudotime for the perturbation score. n_neighbors: the k of the
-    sparse transitions.
+    sparse transitions. normalisation: size factors of the log-normalised counts (``"median_ratio"``,
+    default, or ``"total"``; see :func:`~cellvi.analysis.grn.size_factors`). batch_key: ``obs`` column of
+    batches; each gene's batch offset within a cluster is removed before the GRN is fitted (a batch shifts
+    many genes at once, which otherwise reads as regulation between them); propagation and transitions
+    use the expression as it is. chunked: compute the log-normalised expression a block of cells at a time
+    from the (sparse, possibly backed: ``anndata.read_h5ad(path, backed="r")``) counts instead of holding
+    it densely (default: True when ``adata`` is backed); the simulated change is then not kept per cell.
     """
 
     def __init__(
@@ -86,6 +95,9 @@ class Oracle:
         log1p: bool = True,
         library_size: float = 1e4,
         n_neighbors: int = 30,
+        normalisation: str = "median_ratio",
+        batch_key: str | None = None,
+        chunked: bool | None = None,
     ):
         if cluster_key not in adata.obs:
             raise MissingKeyError(f"cluster_key {cluster_key!r} not in adata.obs.")
@@ -94,6 +106,8 @@ class Oracle:
         emb = np.asarray(adata.obsm[embedding_key], dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] < 2 or not np.all(np.isfinite(emb)):
             raise InvalidDataError(f"obsm[{embedding_key!r}] must be finite with at least 2 columns.")
+        if batch_key is not None and batch_key not in adata.obs:
+            raise MissingKeyError(f"batch_key {batch_key!r} not in adata.obs.")
         if pseudotime_key is not None and pseudotime_key not in adata.obs:
             raise MissingKeyError(f"pseudotime_key {pseudotime_key!r} not in adata.obs.")
         self.adata, self.model, self.layer = adata, model, layer
@@ -103,7 +117,24 @@ class Oracle:
         self.library_size, self.log1p = library_size, log1p
         self.regulators = candidate_regulators(self.genes, tfs=tfs, base_grn=base_grn)
         t0 = time.perf_counter()
-        self.expression, self.expression_source = expression_matrix(adata, model, layer, library_size, log1p)
+        self.chunked = bool(getattr(adata, "isbacked", False)) if chunked is None else chunked
+        self._library = None
+        if self.chunked:
+            if model is not None or not log1p:
+                raise InvalidParameterError("chunked expression is computed from counts: no model, log1p=True.")
+            self._library = size_factors(_counts(adata, layer), normalisation)
+            self.expression = CountRows(_counts(adata, layer), self._library, library_size)
+            self.expression_source = (
+                f"log-normalised counts ({normalisation.replace('_', ' ')} size factors, per {library_size:g}; "
+                "computed per block of cells)"
+            )
+        else:
+            self.expression, self.expression_source = expression_matrix(
+                adata, model, layer, library_size, log1p, normalisation=normalisation
+            )
+            if model is None and log1p:  # the effective library that maps expression back to counts
+                self._library = size_factors(_counts(adata, layer), normalisation)
+        self.batches = None if batch_key is None else adata.obs[batch_key].astype(str).to_numpy()
         self.timings = {"expression_s": time.perf_counter() - t0}
         self.pseudotime = None if pseudotime_key is None else adata.obs[pseudotime_key].to_numpy(np.float64)
         if self.pseudotime is not None and not np.all(np.isfinite(self.pseudotime)):
@@ -148,7 +179,7 @@ class Oracle:
                 continue
             rows = np.flatnonzero((self.clusters == cl).to_numpy())
             fit = bagging_ridge(
-                self.expression[rows],
+                self._fit_input(rows),
                 reg.index,
                 reg.allowed,
                 alpha,
@@ -162,6 +193,52 @@ class Oracle:
             self.links_all[cl] = links_table(fit, reg.names, self.genes, reg.allowed, cluster=cl)
         self.timings["fit_grn_s"] = time.perf_counter() - t0
         return self.filter_links(p, top_k)
+
+    def _fit_input(self, rows: np.ndarray):
+        """Expression of a cluster's cells (an array, or row blocks when chunked), with each batch's offset
+        from the cluster mean removed."""
+        if self.chunked:
+            if self.batches is None:
+                return RowBlocks(self.expression, rows)
+            _, groups = np.unique(self.batches[rows], return_inverse=True)
+            blocks = RowBlocks(self.expression, rows, groups=groups)
+            centre, by = blocks.mean_by_group()
+            blocks.offsets = (centre - by).astype(np.float32)
+            return blocks
+        X = self.expression[rows]
+        if self.batches is None:
+            return X
+        X = X.copy()
+        b = self.batches[rows]
+        centre = X.mean(0)
+        for level in np.unique(b):
+            m = b == level
+            X[m] += centre - X[m].mean(0)
+        return X
+
+    def _chunked_transitions(self, idx, values, n_propagation, sigma_corr, others, block=None):
+        """Propagation and transitions a block of cells at a time (the change is never held for all)."""
+        nbrs = self.neighbours()
+        n, k = nbrs.shape
+        G = len(self.genes)
+        block = block or max(16, int(2e7 // max(k * G, 1)))
+        vals = np.full((n, k), 1.0 / k, dtype=np.float32)  # cells without a GRN: no change, uniform
+        strength = np.zeros(n, dtype=np.float32)
+        keep = S.gene_mask(G, others)
+        for cl, C in self.coefs.items():
+            rows = np.flatnonzero((self.clusters == cl).to_numpy())
+            # blocks of cells close on the embedding share most neighbours: each row is computed ~once
+            rows = rows[S.spatial_order(self.embedding[rows])]
+            for lo in range(0, len(rows), block):
+                r = rows[lo : lo + block]
+                x = self.expression[r]
+                d = S.propagate(x, C, idx, values, n_propagation)
+                Xn = torch.from_numpy(self.expression[nbrs[r].ravel()].reshape(len(r), k, G))
+                vals[r], strength[r] = S.transition_block(
+                    Xn, torch.from_numpy(x), torch.from_numpy(d), keep, sigma_corr
+                )
+        T = sp.csr_matrix((vals.ravel(), nbrs.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
+        return T, strength
 
     def filter_links(self, p: float = 0.001, top_k: int | None = 2000) -> pd.DataFrame:
         """Refilter every cluster's links (see :func:`~cellvi.analysis.grn.filter_links`) and rebuild the
@@ -220,19 +297,21 @@ class Oracle:
         idx, values = self._perturb_index(perturb)
         t = {}
         t0 = time.perf_counter()
-        delta = np.zeros_like(self.expression)
-        for cl, C in self.coefs.items():
-            rows = np.flatnonzero((self.clusters == cl).to_numpy())
-            delta[rows] = S.propagate(self.expression[rows], C, idx, values, n_propagation)
-        t["propagate_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
         nbrs = self.neighbours()
         t["knn_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         others = np.setdiff1d(np.arange(len(self.genes)), idx)
-        T, strength = S.transition_matrix(self.expression, delta, nbrs, sigma_corr, genes=others)
+        delta = None
+        if self.chunked:
+            T, strength = self._chunked_transitions(idx, values, n_propagation, sigma_corr, others)
+        else:
+            delta = np.zeros_like(self.expression)
+            for cl, C in self.coefs.items():
+                rows = np.flatnonzero((self.clusters == cl).to_numpy())
+                delta[rows] = S.propagate(self.expression[rows], C, idx, values, n_propagation)
+            T, strength = S.transition_matrix(self.expression, delta, nbrs, sigma_corr, genes=others)
         shift = S.embedding_shift(T, self.embedding, nbrs, strength if scale_by_strength else None)
-        t["transitions_s"] = time.perf_counter() - t0
+        t["propagate_transitions_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         grid = S.grid_field(self.embedding, shift, grid_steps, smooth)
         res = Perturbation(dict(perturb), delta, T, shift, strength, grid, clusters=self.clusters)
@@ -246,6 +325,8 @@ class Oracle:
         return res
 
     def _to_counts(self, value, library):
+        if self._library is not None and len(library) == len(self._library):
+            library = self._library  # the size factors the expression was normalised with
         scale = library / self.library_size
         return (np.expm1(value) if self.log1p else value) * scale
 

@@ -45,6 +45,55 @@ def _standardise(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (X - mean) / sd, sd
 
 
+def _block_moments(blocks) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations (ddof 1; 1 where constant) over row blocks, one pass."""
+    n, s, ss = 0, 0.0, 0.0
+    for x in blocks:
+        x = np.asarray(x, dtype=np.float64)
+        n, s, ss = n + len(x), s + x.sum(0), ss + (x * x).sum(0)
+    mean = s / n
+    sd = np.sqrt(np.maximum(ss - n * mean * mean, 0) / max(n - 1, 1))
+    return mean, np.where(sd > 1e-8, sd, 1.0)
+
+
+def _standardised(blocks, mean: np.ndarray, sd: torch.Tensor, dev):
+    """Yield consecutive standardised row blocks (float32 tensors)."""
+    m = torch.as_tensor(mean, device=dev, dtype=torch.float32)
+    for x in blocks:
+        yield (torch.as_tensor(np.asarray(x, dtype=np.float32), device=dev) - m) / sd
+
+
+def _normal_equations(parts, ws, ri, n):
+    """Weighted, centred normal equations ``(Z_R' W Z_R, Z_R' W Z)`` (float64) for each weight vector of
+    ``ws`` (n,), over consecutive standardised row blocks ``parts`` (products in float32 per block)."""
+    dt = torch.float64
+    acc = None
+    lo = 0
+    for Zb in parts:
+        ZR = Zb[:, ri]
+        if acc is None:
+            R, G = ZR.shape[1], Zb.shape[1]
+            acc = [
+                [torch.zeros(R, dtype=dt, device=Zb.device), torch.zeros(G, dtype=dt, device=Zb.device)]
+                + [torch.zeros((R, R), dtype=dt, device=Zb.device), torch.zeros((R, G), dtype=dt, device=Zb.device)]
+                for _ in ws
+            ]
+        for a, w in zip(acc, ws):
+            wb = w[lo : lo + len(Zb)]
+            WR = ZR * wb[:, None]
+            a[0] += (wb @ ZR).to(dt)
+            a[1] += (wb @ Zb).to(dt)
+            a[2] += (ZR.T @ WR).to(dt)
+            a[3] += (WR.T @ Zb).to(dt)
+        lo += len(Zb)
+    out = []
+    for sr, st, GR, CR in acc:
+        # the intercept: weighted means (rounded to float32 as computed in one block)
+        mu_r, mu_t = (sr / n).to(torch.float32).to(dt), (st / n).to(torch.float32).to(dt)
+        out.append((GR - n * torch.outer(mu_r, mu_r), CR - n * torch.outer(mu_r, mu_t)))
+    return out
+
+
 def _shared_solve(G_b, c_b, keep, reg_pos_of_target, alpha):
     """All targets at once for one bootstrap. G_b (R, R), c_b (R, T); keep (R,) bool features of this
     bootstrap; reg_pos_of_target (T,) regulator position of each target (-1: not a regulator).
@@ -108,15 +157,20 @@ def bagging_ridge(
     shared: bool | None = None,
     chunk: int = 256,
     pvalue: str = "bootstrap",
+    acc_bytes: float = 512e6,
 ) -> dict:
     """Fit the bagging ridge GRN of one cluster.
 
-    X: (n cells, G genes) expression of the cluster; reg_index (R,): the regulators' gene positions;
+    X: (n cells, G genes) expression of the cluster, an array, or row blocks (an iterable that can be
+    iterated several times, yielding (b, G) arrays, with a ``shape``; e.g. :class:`~cellvi.analysis.grn.RowBlocks`),
+    read once for the moments and once for the normal equations of all bootstraps (or once per bootstrap
+    when those, ``B x R x (R + G)`` float64, exceed ``acc_bytes``), so the cluster is never dense; reg_index (R,): the regulators' gene positions;
     allowed (R, G) bool: which regulator may regulate which target. Returns numpy arrays (R, G):
     ``coef`` (mean standardised coefficient over the bootstraps that used the edge; NaN if none),
     ``coef_raw`` (the same in expression units: ``coef * sd_target / sd_regulator``, what a shift of the
     regulator by one unit does to the target), ``p`` (two-sided t-test p-value; NaN with < 2 uses),
-    ``n`` (bootstraps that used the edge).
+    ``n`` (bootstraps that used the edge), ``z`` (bootstrap z-score ``mean / sd`` of the coefficients, signed;
+    the statistic behind the default p-value, unbounded where p underflows; NaN with < 2 uses).
 
     pvalue: ``"bootstrap"`` (default): two-sided normal p-value of ``mean / sd`` of the bootstrap
     coefficients, the sd of the bootstrap distribution being the standard error of the coefficient;
@@ -132,12 +186,17 @@ def bagging_ridge(
     if not 0 < feature_fraction <= 1 or n_bootstraps < 2 or alpha < 0:
         raise InvalidParameterError("need 0 < feature_fraction <= 1, n_bootstraps >= 2 and alpha >= 0.")
     dev = _device(device)
-    # the n x R x G products in float32 (the time); the small R x R systems and the sums in float64
-    Z, sd = _standardise(torch.as_tensor(X, device=dev, dtype=torch.float32))
     dt = torch.float64
     R = len(reg_index)
     ri = torch.as_tensor(np.asarray(reg_index), device=dev)
-    ZR = Z[:, ri]
+    if isinstance(X, np.ndarray) or torch.is_tensor(X):
+        # the n x R x G products in float32 (the time); the small R x R systems and the sums in float64
+        Z, sd = _standardise(torch.as_tensor(X, device=dev, dtype=torch.float32))
+        blocks, mean_np = None, None
+    else:  # row blocks (e.g. cellvi.analysis.grn.RowBlocks): standardised block by block
+        blocks = X
+        mean_np, sd_np = _block_moments(blocks)
+        sd = torch.as_tensor(sd_np, device=dev, dtype=torch.float32)
     allowed_t = torch.as_tensor(allowed, device=dev)
     if shared is None:
         full = np.ones_like(allowed)
@@ -150,14 +209,23 @@ def bagging_ridge(
     s1 = torch.zeros((R, G), dtype=dt, device=dev)
     s2 = torch.zeros_like(s1)
     cnt = torch.zeros((R, G), dtype=torch.int32, device=dev)
-    for _ in range(n_bootstraps):
+    draws = []
+    for _ in range(n_bootstraps):  # weights then features, bootstrap after bootstrap (fixed by the seed)
         w = torch.as_tensor(rng.multinomial(n, np.full(n, 1.0 / n)), device=dev, dtype=torch.float32)
         keep = torch.zeros(R, dtype=torch.bool, device=dev)
         keep[torch.as_tensor(rng.choice(R, n_keep, replace=False), device=dev)] = True
-        mu_r, mu_t = (w @ ZR) / n, (w @ Z) / n  # weighted means: the intercept
-        WR = ZR * w[:, None]
-        G_b = (ZR.T @ WR).to(dt) - n * torch.outer(mu_r, mu_r).to(dt)
-        c_b = (WR.T @ Z).to(dt) - n * torch.outer(mu_r, mu_t).to(dt)
+        draws.append((w, keep))
+    # row blocks: read once, accumulating every bootstrap's equations, when they fit in acc_bytes;
+    # else (and for an array, already in memory) one bootstrap at a time
+    one_pass = blocks is not None and n_bootstraps * R * (R + G) * 8 <= acc_bytes
+    if one_pass:
+        systems = _normal_equations(_standardised(blocks, mean_np, sd, dev), [w for w, _ in draws], ri, n)
+    for b, (w, keep) in enumerate(draws):
+        if one_pass:
+            G_b, c_b = systems[b]
+        else:
+            parts = [Z] if blocks is None else _standardised(blocks, mean_np, sd, dev)
+            G_b, c_b = _normal_equations(parts, [w], ri, n)[0]
         if shared:
             beta, present = _shared_solve(G_b, c_b, keep, reg_pos, alpha)
         else:
@@ -170,6 +238,7 @@ def bagging_ridge(
     var = torch.where(cnt > 1, (s2 - cnt_f * mean * mean) / (cnt_f - 1).clamp_min(1), torch.nan).clamp_min(0)
     mean_np, var_np, n_np = mean.cpu().numpy(), var.cpu().numpy(), cnt.cpu().numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(n_np > 1, mean_np / np.sqrt(var_np), np.nan)
         if pvalue == "celloracle":
             p = 2 * stats.t.sf(np.abs(mean_np / np.sqrt(var_np / n_np)), np.maximum(n_np - 1, 1))
         else:
@@ -177,4 +246,4 @@ def bagging_ridge(
     p = np.where(n_np > 1, np.where(var_np > 0, p, np.where(mean_np != 0, 0.0, 1.0)), np.nan)
     sd_np = sd.cpu().numpy()
     coef_raw = mean_np * sd_np[None, :] / sd_np[np.asarray(reg_index)][:, None]
-    return {"coef": mean_np, "coef_raw": coef_raw, "p": p, "n": n_np}
+    return {"coef": mean_np, "coef_raw": coef_raw, "p": p, "n": n_np, "z": z}

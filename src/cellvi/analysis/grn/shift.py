@@ -77,52 +77,80 @@ def transition_matrix(
     ``chunk`` at a time (default: ~2e7 floats of neighbour differences, ~80 MB).
     """
     n, k = nbrs.shape
-    cols = slice(None) if genes is None else np.asarray(genes)
     chunk = chunk or max(16, int(2e7 // max(k * X.shape[1], 1)))
     vals = np.empty((n, k), dtype=np.float32)
     strength = np.empty(n, dtype=np.float32)
-    # corr(x_j - x_i, d) from dot products only (no (b, k, g) difference array): with dc = d - mean(d),
-    # num = x_j.dc - x_i.dc and ||centred(x_j - x_i)||^2 = |x_j|^2 + |x_i|^2 - 2 x_i.x_j - g (m_j - m_i)^2.
-    # Genes left out (the perturbed ones, a few) get dc = 0 and their terms subtracted from the sums over all
-    # genes, so the matrix is never copied or re-gathered on a subset.
     Xt = torch.from_numpy(np.asarray(X, dtype=np.float32))
-    G = Xt.shape[1]
-    keep = torch.ones(G, dtype=torch.bool)
-    if genes is not None:
-        keep[:] = False
-        keep[torch.from_numpy(np.asarray(cols, dtype=np.int64))] = True
-    out = torch.nonzero(~keep).squeeze(1)
-    g = int(keep.sum())
-    sq = torch.empty(n)
-    mean = torch.empty(n)
-    for lo in range(0, n, 4096):
-        block = Xt[lo : lo + 4096]
-        ob = block[:, out]
-        sq[lo : lo + len(block)] = (block * block).sum(1) - (ob * ob).sum(1)
-        mean[lo : lo + len(block)] = (block.sum(1) - ob.sum(1)) / g
+    keep = gene_mask(Xt.shape[1], genes)
     nb = torch.from_numpy(nbrs)
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
-        Xn = Xt[nb[lo:hi]]  # (b, k, G)
-        xi = Xt[lo:hi]
-        d = torch.from_numpy(np.ascontiguousarray(delta[lo:hi], dtype=np.float32)) * keep
-        dc = (d - d.sum(1, keepdim=True) / g) * keep
-        num = torch.bmm(Xn, dc.unsqueeze(2)).squeeze(2) - (xi * dc).sum(1, keepdim=True)
-        cross = torch.bmm(Xn, xi.unsqueeze(2)).squeeze(2)
-        if len(out):
-            cross -= (Xn[:, :, out] * xi[:, None, out]).sum(2)
-        sq_d = (sq[nb[lo:hi]] + sq[lo:hi, None] - 2 * cross).clamp_min(0)  # ||x_j - x_i||^2 on kept genes
-        var_d = (sq_d - g * (mean[nb[lo:hi]] - mean[lo:hi, None]) ** 2).clamp_min(0)
-        den = torch.sqrt(var_d * (dc * dc).sum(1, keepdim=True))
-        corr = torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
-        P = torch.softmax(corr.double() / sigma_corr, dim=1)
-        vals[lo:hi] = P.numpy()
-        dist = torch.sqrt(sq_d).mean(1)
-        dn = torch.linalg.vector_norm(d, dim=1)
-        strength[lo:hi] = torch.where(dist > 0, dn / dist.clamp_min(1e-30), torch.zeros_like(dn)).numpy()
+        d = torch.from_numpy(np.ascontiguousarray(delta[lo:hi], dtype=np.float32))
+        P, st = transition_block(Xt[nb[lo:hi]], Xt[lo:hi], d, keep, sigma_corr)
+        vals[lo:hi], strength[lo:hi] = P, st
     indptr = np.arange(0, n * k + 1, k)
     T = sp.csr_matrix((vals.ravel(), nbrs.ravel(), indptr), shape=(n, n))
     return T, strength
+
+
+def spatial_order(embedding: np.ndarray, bits: int = 10) -> np.ndarray:
+    """Permutation (n,) sorting points of a 2-D ``embedding`` (n, >=2) along a Z-order (Morton) curve on a
+    ``2**bits`` grid: consecutive points are close, so a block of them has overlapping neighbourhoods."""
+    e = np.asarray(embedding[:, :2], dtype=np.float64)
+    span = np.ptp(e, axis=0)
+    q = ((e - e.min(0)) / np.where(span > 0, span, 1.0) * (2**bits - 1)).astype(np.uint64)
+
+    def spread(v):  # the bits of v moved to the even positions
+        out = np.zeros_like(v)
+        for b in range(bits):
+            out |= ((v >> np.uint64(b)) & np.uint64(1)) << np.uint64(2 * b)
+        return out
+
+    return np.argsort(spread(q[:, 0]) | (spread(q[:, 1]) << np.uint64(1)), kind="stable")
+
+
+def gene_mask(n_genes: int, genes: np.ndarray | None) -> torch.Tensor:
+    """(G,) bool mask of the genes the correlation uses (all when ``genes`` is None)."""
+    keep = torch.ones(n_genes, dtype=torch.bool)
+    if genes is not None:
+        keep[:] = False
+        keep[torch.from_numpy(np.asarray(genes, dtype=np.int64))] = True
+    return keep
+
+
+def transition_block(
+    Xn: torch.Tensor, xi: torch.Tensor, d: torch.Tensor, keep: torch.Tensor, sigma_corr: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
+    """Transition probabilities (b, k) and strengths (b,) of b cells: ``Xn`` (b, k, G) their neighbours'
+    expression, ``xi`` (b, G) theirs, ``d`` (b, G) their simulated change, ``keep`` (G,) genes used.
+
+    corr(x_j - x_i, d) from dot products only (no (b, k, G) difference array): with dc = d - mean(d),
+    num = x_j.dc - x_i.dc and ||centred(x_j - x_i)||^2 = |x_j|^2 + |x_i|^2 - 2 x_i.x_j - g (m_j - m_i)^2;
+    genes left out get dc = 0 and their terms subtracted from the sums over all genes."""
+    out = torch.nonzero(~keep).squeeze(1)
+    g = int(keep.sum())
+
+    def sq_mean(A):  # squared norm and mean over the kept genes, last axis
+        o = A[..., out]
+        return (A * A).sum(-1) - (o * o).sum(-1), (A.sum(-1) - o.sum(-1)) / g
+
+    sq_n, mean_n = sq_mean(Xn)
+    sq_i, mean_i = sq_mean(xi)
+    d = d * keep
+    dc = (d - d.sum(1, keepdim=True) / g) * keep
+    num = torch.bmm(Xn, dc.unsqueeze(2)).squeeze(2) - (xi * dc).sum(1, keepdim=True)
+    cross = torch.bmm(Xn, xi.unsqueeze(2)).squeeze(2)
+    if len(out):
+        cross -= (Xn[:, :, out] * xi[:, None, out]).sum(2)
+    sq_d = (sq_n + sq_i[:, None] - 2 * cross).clamp_min(0)  # ||x_j - x_i||^2 on kept genes
+    var_d = (sq_d - g * (mean_n - mean_i[:, None]) ** 2).clamp_min(0)
+    den = torch.sqrt(var_d * (dc * dc).sum(1, keepdim=True))
+    corr = torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
+    P = torch.softmax(corr.double() / sigma_corr, dim=1)
+    dist = torch.sqrt(sq_d).mean(1)
+    dn = torch.linalg.vector_norm(d, dim=1)
+    strength = torch.where(dist > 0, dn / dist.clamp_min(1e-30), torch.zeros_like(dn))
+    return P.numpy().astype(np.float32), strength.numpy()
 
 
 def embedding_shift(
