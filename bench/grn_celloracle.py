@@ -29,7 +29,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +209,12 @@ def main() -> None:
     p.add_argument("--cells", type=int, nargs="+", default=[2000, 5000, 10000])
     p.add_argument("--celloracle-python", default=str(HERE / ".venv-grn/bin/python"))
     p.add_argument("--out", default=str(HERE / "results" / "grn_celloracle"))
+    p.add_argument(
+        "--reuse-celloracle",
+        action="store_true",
+        help="keep CellOracle's outputs of an earlier run in bench/data/grn_celloracle_<cells>/ (same data) "
+        "and rerun only cellvi",
+    )
     a = p.parse_args()
     res: dict = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -218,17 +223,20 @@ def main() -> None:
         "sizes": [],
     }
     for n in a.cells:
-        with tempfile.TemporaryDirectory() as tmp:
-            d = Path(tmp)
-            obs, emb, truth = write_inputs(d, n)
-            sides = {
-                "cellvi": run_side(sys.executable, "cellvi", d),
-                "celloracle": run_side(a.celloracle_python, "celloracle", d),
-            }
-            ok = {lib: s for lib, s in sides.items() if "error" not in s}
-            res["celloracle_version"] = sides["celloracle"].get("version", res.get("celloracle_version"))
-            res["sizes"].append({"n_cells": n, **sides, "compare": compare(d, obs, emb, truth, ok)})
-            print(n, json.dumps(res["sizes"][-1]["compare"])[:400], flush=True)
+        d = HERE / "data" / f"grn_celloracle_{n}"  # the inputs and both sides' outputs, kept for reuse
+        d.mkdir(parents=True, exist_ok=True)
+        obs, emb, truth = write_inputs(d, n)
+        reuse = a.reuse_celloracle and (d / "celloracle.json").exists()
+        sides = {
+            "cellvi": run_side(sys.executable, "cellvi", d),
+            "celloracle": json.loads((d / "celloracle.json").read_text())
+            if reuse
+            else run_side(a.celloracle_python, "celloracle", d),
+        }
+        ok = {lib: s for lib, s in sides.items() if "error" not in s}
+        res["celloracle_version"] = sides["celloracle"].get("version", res.get("celloracle_version"))
+        res["sizes"].append({"n_cells": n, **sides, "compare": compare(d, obs, emb, truth, ok)})
+        print(n, json.dumps(res["sizes"][-1]["compare"])[:400], flush=True)
         Path(a.out + ".json").write_text(json.dumps(res, indent=1))
         Path(a.out + ".md").write_text(render(res))
 
