@@ -60,6 +60,38 @@ def test_lean_igraph_is_scanpys_graph(directed):
     assert scanpy_utils.get_igraph_from_adjacency is original
 
 
+@pytest.mark.parametrize("pairs_once", [False, True])
+def test_leiden_array_weights_give_the_attribute_weights_partition(pairs_once):
+    """Weights held as one array (no Python list attribute) reach igraph's Leiden unchanged: the same
+    partition, seed for seed, as with the same graph's weight attribute."""
+    import scanpy as sc
+    from sklearn.neighbors import kneighbors_graph
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=4, size=(5, 6))
+    x = centres[rng.integers(0, 5, 500)] + rng.normal(size=(500, 6))
+    knn = kneighbors_graph(x, 10, mode="distance")
+    knn.data = np.exp(-knn.data)  # distinct weights
+    adjacency = (knn + knn.T).tocsr()  # symmetric, as scanpy's connectivities
+    data = ad.AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(500)]))
+    for key, array_weights in (("attribute", False), ("array", True)):
+        with _scale.lean_igraph(pairs_once=pairs_once, array_weights=array_weights):
+            sc.tl.leiden(
+                data,
+                adjacency=adjacency,
+                flavor="igraph",
+                n_iterations=2,
+                directed=False,
+                random_state=3,
+                key_added=key,
+            )
+    assert data.obs["attribute"].nunique() > 2
+    np.testing.assert_array_equal(data.obs["attribute"].to_numpy(), data.obs["array"].to_numpy())
+    g = _scale.igraph_from_adjacency(adjacency, pairs_once=pairs_once, array_weights=True)
+    assert "weight" not in g.es.attributes() and g.weight_array.dtype == np.float64
+    assert len(g.weight_array) == g.ecount()
+
+
 def test_leiden_with_each_pair_once_is_as_good_as_scanpys(tiny_run):
     import scanpy as sc
 

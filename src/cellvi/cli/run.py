@@ -306,12 +306,13 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
                 ldata.obsm["X_scanvi"] = scanvi.get_latent_representation(tdata)
         dist_run.main_rank_only()  # --nproc: the other ranks exit; rank 0 goes on as one process
         with steps.step("neighbours"):
+            release_memory()
             sc.pp.neighbors(ldata, use_rep="X_scvi", random_state=args.seed)
         with steps.step("UMAP"):
             release_memory()
             umap_cells = umap_layout(ldata, args.seed)
         with steps.step("Leiden, PAGA"):
-            with lean_igraph(pairs_once=ldata.n_obs > PAIRS_ONCE_CELLS):
+            with lean_igraph(pairs_once=ldata.n_obs > PAIRS_ONCE_CELLS, array_weights=True):
                 sc.tl.leiden(
                     ldata,
                     resolution=args.resolution,
