@@ -121,3 +121,12 @@ def test_backed_run(tiny_input, tmp_path, monkeypatch):
     assert result.obsm["X_umap"].shape == (600, 2) and result.obs["leiden"].nunique() > 1
     assert result.var["highly_variable"].sum() == 150 and not (out / "training_counts.h5ad").exists()
     assert len(pd.read_csv(out / "markers.csv")) > 0
+
+
+def test_knn_options_above_the_threshold_only(monkeypatch):
+    """Up to LEAN_KNN_CELLS scanpy's default neighbour search; above, scanpy's pynndescent transformer
+    with KNN_TREES trees and scanpy's other settings (15 neighbours, log2(cells) iterations, the seed)."""
+    assert _scale.knn_options(_scale.LEAN_KNN_CELLS, 0) == {}
+    trees = _scale.knn_options(1_000_000, 7)["transformer"]
+    assert (trees.n_trees, trees.n_neighbors, trees.n_iters, trees.random_state) == (_scale.KNN_TREES, 15, 20, 7)
+    assert trees.metric == "euclidean" and _scale.KNN_TREES < min(64, 5 + round(1_000_000**0.5 / 20))

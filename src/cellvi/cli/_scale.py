@@ -7,11 +7,13 @@
 - :func:`umap_layout`: scanpy's UMAP up to ``UMAP_FIT_CELLS`` cells; above, umap-learn fitted on that
   many random cells (scanpy's settings) and every other cell placed by ``UMAP.transform`` against
   that fit, in chunks (a full UMAP of 1M cells takes hours on two cores).
+- :func:`knn_options`: above ``LEAN_KNN_CELLS`` cells the neighbour search starts from fewer random
+  projection trees than scanpy's default (the forest of 55 trees is ~1 GB of the search's peak at 1M).
 - :func:`lean_igraph`: scanpy builds the igraph of Leiden and PAGA from a Python list of (source,
   target) tuples, ~180 bytes per edge at its peak (~3.9 GB for the ~22M edges of 1M cells). Inside this
   context scanpy builds the same graph (same edges, order and weights) in chunks of int64 arrays
   (~60 bytes per edge), and for Leiden above ``PAIRS_ONCE_CELLS`` cells each undirected pair once
-  (see :func:`igraph_from_adjacency`).
+  (see :func:`igraph_from_adjacency`), its weights one array rather than a Python list.
 - :func:`write_result`: a backed input's matrix is copied into ``result.h5ad`` by HDF5 (h5py's
   ``copy``), never read into memory.
 """
@@ -29,6 +31,10 @@ TRANSFORM_CHUNK = 100_000
 CHUNK_EDGES = 1_000_000
 #: above this many cells Leiden's graph holds each pair once (another random path to an equally good partition)
 PAIRS_ONCE_CELLS = 200_000
+#: above this many cells the neighbour search builds ``KNN_TREES`` random projection trees, not scanpy's
+#: 5 + sqrt(cells) / 20 (55 at 1M cells: the forest alone takes ~1 GB there)
+LEAN_KNN_CELLS = 200_000
+KNN_TREES = 8
 
 
 def training_counts(adata, cols: np.ndarray, layer: str | None, obs_keys, tmp: Path):
@@ -108,6 +114,25 @@ def umap_layout(ldata, seed: int) -> int:
         "others": "placed by umap.UMAP.transform",
     }
     return UMAP_FIT_CELLS
+
+
+def knn_options(n_obs: int, seed: int) -> dict:
+    """Keyword arguments for ``sc.pp.neighbors`` (15 neighbours, euclidean): none up to
+    ``LEAN_KNN_CELLS`` cells; above, scanpy's own pynndescent transformer with ``KNN_TREES`` trees for
+    the initial guess (the NN-descent iterations, scanpy's log2(cells), then refine it)."""
+    if n_obs <= LEAN_KNN_CELLS:
+        return {}
+    import scanpy as sc
+    from pynndescent import PyNNDescentTransformer
+
+    trees = PyNNDescentTransformer(
+        n_neighbors=15,
+        n_trees=KNN_TREES,
+        n_iters=max(5, round(np.log2(n_obs))),
+        random_state=seed,
+        n_jobs=sc.settings.n_jobs,
+    )
+    return {"transformer": trees}
 
 
 def igraph_from_adjacency(adjacency, *, directed: bool = False, pairs_once: bool = False, array_weights: bool = False):
