@@ -51,6 +51,10 @@ def _pseudotime_spearman(path: Path) -> float | None:
     return round(float(spearmanr(dpt[ok], obs["time"].to_numpy()[ok])[0]), 3)
 
 
+def _mib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n-cells", type=int, default=200_000)
@@ -129,6 +133,7 @@ def main() -> None:
         # this only if it was lower)
         children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         total1, idle1 = _cpu_ticks()
+        load_avg = [round(x, 2) for x in os.getloadavg()]  # 1, 5 and 15 minutes, at the run's end
         if proc.returncode != 0:
             sys.exit(f"cellvi run failed:\n{proc.stderr[-3000:]}")
         summary = json.loads((out / "summary.json").read_text())
@@ -147,6 +152,7 @@ def main() -> None:
                 "metrics": summary["metrics"],
                 "dpt_spearman_true_time": _pseudotime_spearman(out / "result.h5ad"),
                 "machine_busy_share": round(busy_share, 3),
+                "load_average_at_end": load_avg,
                 "cpus": ncpu,
             }
         )
@@ -155,9 +161,11 @@ def main() -> None:
     for i, name in enumerate(names):
         secs = [r["steps"][i]["seconds"] for r in runs]
         rss = [r["steps"][i]["peak_rss_mib"] for r in runs]
-        table.append(
-            {"step": name, "seconds_median": float(np.median(secs)), "peak_rss_mib_median": float(np.median(rss))}
-        )
+        row = {"step": name, "seconds_median": float(np.median(secs)), "peak_rss_mib_median": float(np.median(rss))}
+        for key in ("step_peak_rss_mib", "rss_mib"):  # (Linux: the peak within the step; resident at its end)
+            vals = [r["steps"][i].get(key) for r in runs]
+            row[f"{key}_median"] = float(np.median(vals)) if None not in vals else None
+        table.append(row)
     result = {
         "n_cells": args.n_cells,
         "n_genes": args.n_genes,
@@ -169,7 +177,7 @@ def main() -> None:
         "simulate_s": sim_s,
         "steps": table,
         "runs": runs,
-        "peak_rss_mib": max(r["steps"][-1]["peak_rss_mib"] for r in runs),
+        "peak_rss_mib": max(max(s["peak_rss_mib"] for s in r["steps"]) for r in runs),
     }
     name = f"run_pipeline{args.suffix}"
     (HERE / "results" / f"{name}.json").write_text(json.dumps(result, indent=1))
@@ -180,14 +188,19 @@ def main() -> None:
             f"Input {'opened backed' if args.backed else 'read in memory'}; {args.n_top_genes} HVGs; "
             f"{args.threads} thread(s); subsamples {runs[0]['subsamples']}; "
             f"epochs {runs[0]['epochs']}; seeds {args.seeds}; machine busy share during the runs "
-            f"(all processes, {runs[0]['cpus']} CPUs): {[r['machine_busy_share'] for r in runs]}. "
+            f"(all processes, {runs[0]['cpus']} CPUs): {[r['machine_busy_share'] for r in runs]}; load average "
+            f"(1/5/15 min) at the end of each run: {[r['load_average_at_end'] for r in runs]}. "
             f"Simulating the file took {sim_s} s."
         ),
         "",
-        "| step | seconds (median) | peak RSS MiB at end of step (median) |",
-        "|---|---:|---:|",
+        "| step | seconds | peak RSS MiB within the step | RSS MiB at its end | peak RSS MiB so far |",
+        "|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| {r['step']} | {r['seconds_median']:.1f} | {r['peak_rss_mib_median']:.0f} |" for r in table]
+    lines += [
+        f"| {r['step']} | {r['seconds_median']:.1f} | {_mib(r['step_peak_rss_mib_median'])} | "
+        f"{_mib(r['rss_mib_median'])} | {r['peak_rss_mib_median']:.0f} |"
+        for r in table
+    ]
     lines += [
         "",
         f"Whole runs (wall s): {[r['wall_s'] for r in runs]}; metrics: {runs[0]['metrics']}; "

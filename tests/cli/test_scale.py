@@ -60,6 +60,38 @@ def test_lean_igraph_is_scanpys_graph(directed):
     assert scanpy_utils.get_igraph_from_adjacency is original
 
 
+@pytest.mark.parametrize("pairs_once", [False, True])
+def test_leiden_array_weights_give_the_attribute_weights_partition(pairs_once):
+    """Weights held as one array (no Python list attribute) reach igraph's Leiden unchanged: the same
+    partition, seed for seed, as with the same graph's weight attribute."""
+    import scanpy as sc
+    from sklearn.neighbors import kneighbors_graph
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=4, size=(5, 6))
+    x = centres[rng.integers(0, 5, 500)] + rng.normal(size=(500, 6))
+    knn = kneighbors_graph(x, 10, mode="distance")
+    knn.data = np.exp(-knn.data)  # distinct weights
+    adjacency = (knn + knn.T).tocsr()  # symmetric, as scanpy's connectivities
+    data = ad.AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(500)]))
+    for key, array_weights in (("attribute", False), ("array", True)):
+        with _scale.lean_igraph(pairs_once=pairs_once, array_weights=array_weights):
+            sc.tl.leiden(
+                data,
+                adjacency=adjacency,
+                flavor="igraph",
+                n_iterations=2,
+                directed=False,
+                random_state=3,
+                key_added=key,
+            )
+    assert data.obs["attribute"].nunique() > 2
+    np.testing.assert_array_equal(data.obs["attribute"].to_numpy(), data.obs["array"].to_numpy())
+    g = _scale.igraph_from_adjacency(adjacency, pairs_once=pairs_once, array_weights=True)
+    assert "weight" not in g.es.attributes() and g.weight_array.dtype == np.float64
+    assert len(g.weight_array) == g.ecount()
+
+
 def test_leiden_with_each_pair_once_is_as_good_as_scanpys(tiny_run):
     import scanpy as sc
 
@@ -89,3 +121,12 @@ def test_backed_run(tiny_input, tmp_path, monkeypatch):
     assert result.obsm["X_umap"].shape == (600, 2) and result.obs["leiden"].nunique() > 1
     assert result.var["highly_variable"].sum() == 150 and not (out / "training_counts.h5ad").exists()
     assert len(pd.read_csv(out / "markers.csv")) > 0
+
+
+def test_knn_options_above_the_threshold_only(monkeypatch):
+    """Up to LEAN_KNN_CELLS scanpy's default neighbour search; above, scanpy's pynndescent transformer
+    with KNN_TREES trees and scanpy's other settings (15 neighbours, log2(cells) iterations, the seed)."""
+    assert _scale.knn_options(_scale.LEAN_KNN_CELLS, 0) == {}
+    trees = _scale.knn_options(1_000_000, 7)["transformer"]
+    assert (trees.n_trees, trees.n_neighbors, trees.n_iters, trees.random_state) == (_scale.KNN_TREES, 15, 20, 7)
+    assert trees.metric == "euclidean" and _scale.KNN_TREES < min(64, 5 + round(1_000_000**0.5 / 20))

@@ -169,19 +169,53 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _rss_now_and_peak() -> tuple[float, float] | None:
+    """(current, peak since the last reset) resident memory in MiB, from /proc (Linux), else None."""
+    try:
+        with open("/proc/self/status") as f:
+            vals = {k: int(v.split()[0]) / 1024 for k, v in (ln.split(":", 1) for ln in f if ln.startswith("Vm"))}
+        return vals["VmRSS"], vals["VmHWM"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux ``clear_refs`` 5); False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 class Steps:
-    """Times named steps, prints them on stdout and keeps (name, seconds, peak RSS MiB) rows."""
+    """Times named steps, prints them on stdout and keeps rows of name, seconds, ``peak_rss_mib`` (the
+    process's peak so far, MiB) and, on Linux, ``step_peak_rss_mib`` (the peak within the step) and
+    ``rss_mib`` (resident at the step's end): the kernel's peak mark is reset at each step's start."""
 
     def __init__(self, quiet: bool = False) -> None:
         self.rows: list[dict] = []
         self.quiet = quiet
+        self._peak = peak_rss_mib()
 
     @contextlib.contextmanager
     def step(self, name: str):
         if not self.quiet:
             print(f"cellvi: {name} ...", flush=True)
+        before = _rss_now_and_peak()
+        if before is not None:
+            self._peak = max(self._peak, before[1])
+        reset = before is not None and _reset_peak_rss()
         start = time.perf_counter()
         yield
-        self.rows.append(
-            {"step": name, "seconds": round(time.perf_counter() - start, 2), "peak_rss_mib": round(peak_rss_mib(), 1)}
-        )
+        row = {"step": name, "seconds": round(time.perf_counter() - start, 2)}
+        after = _rss_now_and_peak() if reset else None
+        if after is None:
+            row["peak_rss_mib"] = round(max(self._peak, peak_rss_mib()), 1)
+        else:
+            self._peak = max(self._peak, after[1])
+            row.update(
+                peak_rss_mib=round(self._peak, 1), step_peak_rss_mib=round(after[1], 1), rss_mib=round(after[0], 1)
+            )
+        self.rows.append(row)

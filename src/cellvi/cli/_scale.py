@@ -7,11 +7,13 @@
 - :func:`umap_layout`: scanpy's UMAP up to ``UMAP_FIT_CELLS`` cells; above, umap-learn fitted on that
   many random cells (scanpy's settings) and every other cell placed by ``UMAP.transform`` against
   that fit, in chunks (a full UMAP of 1M cells takes hours on two cores).
+- :func:`knn_options`: above ``LEAN_KNN_CELLS`` cells the neighbour search starts from fewer random
+  projection trees than scanpy's default (the forest of 55 trees is ~1 GB of the search's peak at 1M).
 - :func:`lean_igraph`: scanpy builds the igraph of Leiden and PAGA from a Python list of (source,
   target) tuples, ~180 bytes per edge at its peak (~3.9 GB for the ~22M edges of 1M cells). Inside this
   context scanpy builds the same graph (same edges, order and weights) in chunks of int64 arrays
   (~60 bytes per edge), and for Leiden above ``PAIRS_ONCE_CELLS`` cells each undirected pair once
-  (see :func:`igraph_from_adjacency`).
+  (see :func:`igraph_from_adjacency`), its weights one array rather than a Python list.
 - :func:`write_result`: a backed input's matrix is copied into ``result.h5ad`` by HDF5 (h5py's
   ``copy``), never read into memory.
 """
@@ -29,6 +31,10 @@ TRANSFORM_CHUNK = 100_000
 CHUNK_EDGES = 1_000_000
 #: above this many cells Leiden's graph holds each pair once (another random path to an equally good partition)
 PAIRS_ONCE_CELLS = 200_000
+#: above this many cells the neighbour search builds ``KNN_TREES`` random projection trees, not scanpy's
+#: 5 + sqrt(cells) / 20 (55 at 1M cells: the forest alone takes ~1 GB there)
+LEAN_KNN_CELLS = 200_000
+KNN_TREES = 8
 
 
 def training_counts(adata, cols: np.ndarray, layer: str | None, obs_keys, tmp: Path):
@@ -110,7 +116,26 @@ def umap_layout(ldata, seed: int) -> int:
     return UMAP_FIT_CELLS
 
 
-def igraph_from_adjacency(adjacency, *, directed: bool = False, pairs_once: bool = False):
+def knn_options(n_obs: int, seed: int) -> dict:
+    """Keyword arguments for ``sc.pp.neighbors`` (15 neighbours, euclidean): none up to
+    ``LEAN_KNN_CELLS`` cells; above, scanpy's own pynndescent transformer with ``KNN_TREES`` trees for
+    the initial guess (the NN-descent iterations, scanpy's log2(cells), then refine it)."""
+    if n_obs <= LEAN_KNN_CELLS:
+        return {}
+    import scanpy as sc
+    from pynndescent import PyNNDescentTransformer
+
+    trees = PyNNDescentTransformer(
+        n_neighbors=15,
+        n_trees=KNN_TREES,
+        n_iters=max(5, round(np.log2(n_obs))),
+        random_state=seed,
+        n_jobs=sc.settings.n_jobs,
+    )
+    return {"transformer": trees}
+
+
+def igraph_from_adjacency(adjacency, *, directed: bool = False, pairs_once: bool = False, array_weights: bool = False):
     """scanpy's ``get_igraph_from_adjacency``: the same edges (in the order of ``adjacency.nonzero()``)
     and weights, added in chunks of ``CHUNK_EDGES`` from int64 arrays (igraph's conversion of one
     whole edge array or list costs ~160 bytes per edge; the built graph ~32). Equal weights share one
@@ -118,7 +143,9 @@ def igraph_from_adjacency(adjacency, *, directed: bool = False, pairs_once: bool
     half weight, where scanpy adds each pair in both directions: every weight halved, which leaves
     modularity unchanged, with half the edges. Leiden then takes another random path: its partition
     differs from scanpy's (ARI 0.75-0.9 on the tests' data) but is as good (modularity within the
-    spread over seeds)."""
+    spread over seeds). ``array_weights`` (for ``community_leiden`` only): the weights stay one float64
+    array (8 bytes per edge) handed to igraph's Leiden for ``weights="weight"``, instead of an edge
+    attribute (a Python list of floats, 32 bytes per edge; the same numbers reach igraph's C code)."""
     import igraph as ig
     import scipy.sparse as sp
 
@@ -130,7 +157,7 @@ def igraph_from_adjacency(adjacency, *, directed: bool = False, pairs_once: bool
     equal = nonzero.size > 0 and bool(np.all(nonzero == nonzero[0]))
     first = float(nonzero[0]) if equal else 0.0
     del nonzero
-    g = ig.Graph(n=adjacency.shape[0], directed=directed)
+    g = (_array_weight_graph() if array_weights else ig.Graph)(n=adjacency.shape[0], directed=directed)
     parts, n_edges, r0 = [], 0, 0
     while r0 < adjacency.shape[0]:  # blocks of rows holding about CHUNK_EDGES entries
         r1 = int(np.searchsorted(indptr, indptr[r0] + CHUNK_EDGES, side="right")) - 1
@@ -149,11 +176,30 @@ def igraph_from_adjacency(adjacency, *, directed: bool = False, pairs_once: bool
                 w[rows[keep] == cols[keep]] *= 0.5
             parts.append(w)
         r0 = r1
-    if equal and not once:
+    if array_weights:
+        g.weight_array = np.concatenate(parts) if parts else np.asarray(_equal_weights(g, first, once), np.float64)
+    elif equal and not once:
         g.es["weight"] = [first] * n_edges
     else:
         g.es["weight"] = np.concatenate(parts) if parts else _equal_weights(g, first, once)
     return g
+
+
+@functools.cache
+def _array_weight_graph():
+    """An ``igraph.Graph`` whose ``weight_array`` (float64, one per edge) stands for ``weights="weight"``
+    in ``community_leiden`` (scanpy's igraph-flavour Leiden passes the attribute's name)."""
+    import igraph as ig
+
+    class ArrayWeightGraph(ig.Graph):
+        weight_array: np.ndarray
+
+        def community_leiden(self, *args, weights=None, **kwargs):
+            if isinstance(weights, str) and weights == "weight":
+                weights = self.weight_array
+            return super().community_leiden(*args, weights=weights, **kwargs)
+
+    return ArrayWeightGraph
 
 
 def _equal_weights(g, value: float, once: bool) -> list:
@@ -179,9 +225,10 @@ def release_memory() -> None:
 
 
 @contextlib.contextmanager
-def lean_igraph(pairs_once: bool = False):
+def lean_igraph(pairs_once: bool = False, array_weights: bool = False):
     """Within the block, scanpy (Leiden, PAGA) builds its igraph with :func:`igraph_from_adjacency`
-    (``pairs_once`` only for Leiden: PAGA counts edges in both directions)."""
+    (``pairs_once`` and ``array_weights`` only for igraph-flavour Leiden: PAGA counts edges in both
+    directions and reads the weight attribute)."""
     from scanpy import _utils
 
     original = getattr(_utils, "get_igraph_from_adjacency", None)
@@ -189,7 +236,9 @@ def lean_igraph(pairs_once: bool = False):
     if original is None:  # a scanpy without this helper: nothing to replace
         yield
         return
-    _utils.get_igraph_from_adjacency = functools.partial(igraph_from_adjacency, pairs_once=pairs_once)
+    _utils.get_igraph_from_adjacency = functools.partial(
+        igraph_from_adjacency, pairs_once=pairs_once, array_weights=array_weights
+    )
     try:
         yield
     finally:
