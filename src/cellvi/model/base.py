@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ..module import VAE
 
 FUSED_KERNELS_MIN_CELL_EPOCHS = 1_000_000
+FUSED_KERNELS_MIN_ENTRY_EPOCHS = 2_000_000_000  # cells x genes x epochs: 1M cell-epochs at 2,000 genes
 
 
 class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
@@ -219,8 +220,8 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
         fused_kernels
             Compile the training step with ``torch.compile`` (~15 s once per process, ~6 s with a warm
             cache; then ~1.4x faster steps on a 2-core CPU). Default: on for long runs (training cells x
-            epochs >= 1,000,000, as at the default ``max_epochs`` for any dataset above ~2,500 cells),
-            off otherwise. Where compilation fails it warns and trains eagerly.
+            epochs >= 1,000,000, as at the default ``max_epochs`` for any dataset above ~2,500 cells, or
+            cells x epochs x genes >= 2e9, the same work on wider data), off otherwise. Where compilation fails it warns and trains eagerly.
         callbacks
             Functions ``f(epoch, row)`` called after each epoch with that epoch's history row (a dict);
             one that returns True stops training.
@@ -288,7 +289,9 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
             data, self.train_indices, batch_size, True, seed, shard=(world.rank, world.size), **path
         )
         if fused_kernels is None:
-            long_run = len(self.train_indices) * max_epochs >= FUSED_KERNELS_MIN_CELL_EPOCHS
+            cell_epochs = len(self.train_indices) * max_epochs
+            long_run = cell_epochs >= FUSED_KERNELS_MIN_CELL_EPOCHS
+            long_run = long_run or cell_epochs * int(data.X.shape[1]) >= FUSED_KERNELS_MIN_ENTRY_EPOCHS
             fused_kernels = self._compile_by_default and long_run
         val_mine = distributed.my_cells(self.validation_indices)  # each rank validates a contiguous share
         val_indices = self.validation_indices if val_mine is None else val_mine
