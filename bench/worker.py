@@ -170,9 +170,7 @@ def main(argv=None):
     rss_before_train = rss_mib()
 
     t, (all0, own0) = time.perf_counter(), busy_cpu_s()
-    ends = train(
-        a.lib, model, a.epochs, a.batch_size, a.fused, a.until_elbo, adata_held, a.seed, a.sparse_first_layer
-    )
+    ends = train(a.lib, model, a.epochs, a.batch_size, a.fused, a.until_elbo, adata_held, a.seed, a.sparse_first_layer)
     train_s, (all1, own1) = time.perf_counter() - t, busy_cpu_s()
     other_cpu = max(0.0, (all1 - all0) - (own1 - own0))
     gaps = np.diff([0.0] + ends)
