@@ -4,6 +4,7 @@ that the dense path trains, and no training step may read a value back to the ho
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -90,13 +91,20 @@ def test_sparse_first_layer_trains_the_same_model_to_round_off(small_adata):
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
-def test_sparse_first_layer_is_chosen_by_width():
-    cpu = torch.device("cpu")
-    assert not _data_path.training_data_path(cpu, 2_000, None)["sparse_counts"]
-    assert _data_path.training_data_path(cpu, 2_000, True)["sparse_counts"]
-    assert _data_path.training_data_path(torch.device("cuda"), 2_000, None)["csr_transfer"]
+def test_sparse_first_layer_is_chosen_by_width_and_density():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    wide_sparse = sp.random(10, 6_000, density=0.05, format="csr", random_state=0)
+    wide_dense = sp.random(10, 6_000, density=0.4, format="csr", random_state=0)
+    narrow = sp.random(10, 2_000, density=0.05, format="csr", random_state=0)
+    choose = _data_path.training_data_path
+    assert choose(cpu, wide_sparse, None)["sparse_counts"]
+    assert not choose(cpu, wide_dense, None)["sparse_counts"] and not choose(cpu, narrow, None)["sparse_counts"]
+    assert not choose(cpu, wide_sparse.toarray(), None)["sparse_counts"]  # density unknown: dense
+    assert choose(cpu, narrow, True)["sparse_counts"] and not choose(cpu, wide_sparse, False)["sparse_counts"]
+    assert choose(cuda, narrow, None)["csr_transfer"] and choose(cuda, narrow, None)["read_ahead"] > 0
+    assert not choose(cpu, narrow, None)["csr_transfer"] and choose(cpu, narrow, None)["read_ahead"] == 0
     with pytest.raises(cellvi.errors.InvalidParameterError):
-        _data_path.training_data_path(cpu, 2_000, "yes")
+        choose(cpu, narrow, "yes")
 
 
 def test_latent_after_more_training_uses_the_new_weights(small_adata):

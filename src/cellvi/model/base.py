@@ -234,8 +234,8 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
         sparse_first_layer
             The encoders' first layer reads each minibatch's non-zero counts, in the forward pass and for
             its weight's gradient; no dense minibatch is built for them (the result differs from the
-            dense layer's by float round-off only). Default: on from 5,000 genes
-            (docs/performance.md, "The data path").
+            dense layer's by float round-off only). Default: on for wide, sparse data (at least 5,000
+            genes, at most 10% non-zeros; docs/performance.md, "The training data path").
         **kwargs
             scvi-tools' extra keywords: ``early_stopping_monitor`` ("elbo_validation"),
             ``early_stopping_min_delta`` and ``early_stopping_mode`` ("min") are honoured; ``accelerator``,
@@ -284,7 +284,7 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
             perm = np.random.default_rng([seed, 1]).permutation(n)
             self.train_indices = np.sort(perm[:n_train])
             self.validation_indices = np.sort(perm[n_train : n_train + n_val])
-        path = training_data_path(self.device, int(data.X.shape[1]), sparse_first_layer)
+        path = training_data_path(self.device, data.X, sparse_first_layer)
         train_loader = self._loader(
             data, self.train_indices, batch_size, True, seed, shard=(world.rank, world.size), **path
         )
