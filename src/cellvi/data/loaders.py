@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterable, Iterator
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from ..errors import InvalidParameterError
@@ -81,7 +82,16 @@ class MinibatchLoader:
         latent and expression outputs skip their cost.
     sparse_counts
         Give the counts as ``X_csr`` = (row pointers, column indices, values) instead of a dense ``X``
-        (for the latent representation and expression, whose first layer multiplies them directly).
+        (the encoder's first layer multiplies them directly); with ``likelihood_terms`` (training) also
+        ``X_csc``, the same entries by gene (column pointers, row indices, values), for the gradient
+        of the first layer's weight, and ``nonzero`` locates the values of ``X_csr``.
+    csr_transfer
+        Give a dense ``X`` as usual, but send the counts to ``device`` as CSR pieces (pinned host
+        memory, copied without blocking) and densify them there (see :func:`finish_on_device`). The
+        values are exactly those of the host-side densification.
+    read_ahead
+        Prepare this many minibatches ahead in a background thread (:func:`prefetch`), so that gathering
+        and copying the next one overlaps the training step on the current one (0: no thread).
     shard_index, n_shards
         Give only this shard's piece of each (global) minibatch of ``batch_size`` cells (see the
         module notes); ``batch_size`` must then be at least ``2 * n_shards``.
@@ -99,8 +109,11 @@ class MinibatchLoader:
         sparse_counts: bool = False,
         shard_index: int = 0,
         n_shards: int = 1,
+        csr_transfer: bool = False,
+        read_ahead: int = 0,
     ) -> None:
         check_shards(batch_size, shard_index, n_shards)
+        self.csr_transfer, self.read_ahead = bool(csr_transfer), int(read_ahead)
         self.shard_index, self.n_shards = int(shard_index), int(n_shards)
         self.data = data
         self.likelihood_terms = likelihood_terms
@@ -120,6 +133,9 @@ class MinibatchLoader:
         return len(minibatch_slices(len(self.indices), self.batch_size, 2 * self.n_shards))
 
     def __iter__(self) -> Iterator[dict]:
+        return prefetch(self._iter(), self.read_ahead) if self.read_ahead > 0 else self._iter()
+
+    def _iter(self) -> Iterator[dict]:
         order = self.indices
         if self.shuffle:
             order = order[np.random.default_rng([self.seed, self.epoch]).permutation(len(order))]
@@ -161,8 +177,12 @@ class MinibatchLoader:
             per_cell["size_factor"] = torch.from_numpy(d.size_factor[rows])
         for key, values in (d.cached or {}).items():  # minified data (see cellvi.model._minify)
             per_cell[key] = torch.from_numpy(values[rows])
-        if self.sparse_counts:
-            indptr, cols, values = (torch.from_numpy(a) for a in gather_csr(d.X, rows))
+        as_csr = self.sparse_counts or self.csr_transfer
+        if as_csr:
+            indptr, cols, values = gather_csr(d.X, rows)
+            if self.likelihood_terms:
+                nz_rows = np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(indptr))
+                per_cell["log_factorial"] = torch.from_numpy(row_log_factorial(values, nz_rows, len(rows)))
         else:
             dense = None  # CSR rows are densified per minibatch (below)
             if _is_csr(d.X):
@@ -175,12 +195,18 @@ class MinibatchLoader:
                 nz_starts = np.searchsorted(nz_rows, bounds).tolist()
             if self.likelihood_terms:
                 per_cell["log_factorial"] = torch.from_numpy(row_log_factorial(nz_values, nz_rows, len(rows)))
+        n_genes = int(d.X.shape[1])
         for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
             out = {k: v[a:b] for k, v in per_cell.items()}
-            if self.sparse_counts:
+            if as_csr:  # host-side NumPy slicing: no tensor is read
                 ptr = indptr[a : b + 1]
-                first, last = int(ptr[0]), int(ptr[-1])
-                out["X_csr"] = (ptr - first, cols[first:last], values[first:last])
+                piece = (ptr - ptr[0], cols[ptr[0] : ptr[-1]], values[ptr[0] : ptr[-1]])
+                out["X_csr"] = tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in piece)
+                if self.sparse_counts and self.likelihood_terms:  # by gene, for the weight's gradient
+                    csc = sp.csr_matrix(piece[::-1], shape=(b - a, n_genes)).tocsc()
+                    index = piece[1].dtype  # embedding_bag takes one integer type for both
+                    csc_parts = (csc.indptr.astype(index, copy=False), csc.indices.astype(index, copy=False), csc.data)
+                    out["X_csc"] = tuple(torch.from_numpy(x) for x in csc_parts)
             else:
                 s, e = nz_starts[i], nz_starts[i + 1]
                 if dense is None:
@@ -192,12 +218,38 @@ class MinibatchLoader:
                     out["nonzero"] = (torch.from_numpy(nz_rows[s:e] - a), torch.from_numpy(nz_cols[s:e]))
             if self.device.type != "cpu":
                 out = {k: _to(v, self.device) for k, v in out.items()}
+            if as_csr:
+                out = finish_on_device(out, n_genes, dense=not self.sparse_counts, nonzero=self.likelihood_terms)
             yield out
 
 
+def finish_on_device(batch: dict, n_genes: int, dense: bool, nonzero: bool) -> dict:
+    """What the minibatch's ``X_csr`` (n_cells + 1 row pointers, column indices, values) needs on the
+    device it was copied to: with ``nonzero`` the (rows, cols) int64 coordinates of its values, and with
+    ``dense`` the dense ``X`` (n_cells, n_genes) in place of ``X_csr``. Device operations only, none of
+    which waits for the device: the sizes come from the tensors' shapes, never from their values."""
+    if not (dense or nonzero):
+        return batch
+    indptr, cols, values = batch.pop("X_csr") if dense else batch["X_csr"]
+    device = values.device
+    counts = (indptr[1:] - indptr[:-1]).long()
+    rows = torch.repeat_interleave(torch.arange(len(counts), device=device), counts, output_size=len(values))
+    cols = cols.long()
+    if nonzero:
+        batch["nonzero"] = (rows, cols)
+    if dense:  # each entry written once: the same values as the host's densification, in any order
+        X = torch.zeros((len(counts), n_genes), dtype=values.dtype, device=device)
+        batch["X"] = X.index_put_((rows, cols), values)
+    return batch
+
+
 def _to(value, device: torch.device):
+    """``value`` (a tensor or a tuple of them) on ``device``, copied without blocking; to a CUDA device
+    from pinned (page-locked) memory, so that the copy is truly asynchronous."""
     if isinstance(value, tuple):
-        return tuple(v.to(device, non_blocking=True) for v in value)
+        return tuple(_to(v, device) for v in value)
+    if device.type == "cuda" and not value.is_pinned():
+        value = value.pin_memory()
     return value.to(device, non_blocking=True)
 
 

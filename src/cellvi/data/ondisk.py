@@ -232,7 +232,7 @@ class OnDiskLoader:
         Read only this shard's chunks (see the module notes).
     layer, validate
         Check each chunk read for raw counts (errors name ``adata.layers[layer]``).
-    likelihood_terms, sparse_counts
+    likelihood_terms, sparse_counts, csr_transfer
         As for :class:`~cellvi.data.MinibatchLoader`.
     read_ahead
         Read the next buffer in a background thread. Default: only when ``os.cpu_count()`` exceeds
@@ -256,6 +256,7 @@ class OnDiskLoader:
         read_ahead: bool | None = None,
         likelihood_terms: bool = True,
         sparse_counts: bool = False,
+        csr_transfer: bool = False,
     ) -> None:
         for name, v in [
             ("batch_size", batch_size),
@@ -275,6 +276,7 @@ class OnDiskLoader:
         self.reader = RowReader(data.X, layer, validate)
         self.read_ahead = (os.cpu_count() or 1) > torch.get_num_threads() if read_ahead is None else bool(read_ahead)
         self.likelihood_terms, self.sparse_counts = likelihood_terms, sparse_counts
+        self.csr_transfer = csr_transfer
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -341,7 +343,11 @@ class OnDiskLoader:
             while sizes and (last or bounds[-1] + sizes[0] <= n):
                 bounds.append(bounds[-1] + sizes.pop(0))
             batches = MinibatchLoader(
-                buf, device=self.device, likelihood_terms=self.likelihood_terms, sparse_counts=self.sparse_counts
+                buf,
+                device=self.device,
+                likelihood_terms=self.likelihood_terms,
+                sparse_counts=self.sparse_counts,
+                csr_transfer=self.csr_transfer,
             )
             for a, b in zip(bounds[:-1], bounds[1:]):
                 yield batches.batch(np.sort(order[a:b]))

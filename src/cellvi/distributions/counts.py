@@ -49,11 +49,24 @@ def log_poisson(x: torch.Tensor, rate: torch.Tensor, eps: float = EPS) -> torch.
     return x * torch.log(rate + eps) - rate - torch.lgamma(x + 1)
 
 
-def _gather_theta(theta: torch.Tensor, x: torch.Tensor, rows, cols, fn) -> torch.Tensor:
-    """``fn(theta)`` at the non-zero positions; per-gene theta (1, n_genes) is transformed once per gene."""
+def _gather_theta(theta: torch.Tensor, like: torch.Tensor, rows, cols, fn) -> torch.Tensor:
+    """``fn(theta)`` at the non-zero positions of an array shaped as ``like`` (n_cells, n_genes); per-gene
+    theta (1, n_genes) is transformed once per gene."""
     if theta.dim() == 2 and theta.shape[0] == 1:
         return fn(theta[0])[cols]
-    return fn(theta.expand_as(x)[rows, cols])
+    return fn(theta.expand_as(like)[rows, cols])
+
+
+def nonzero_entries(x: torch.Tensor | None, nonzero: tuple | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, cols, values) of the non-zero counts: ``nonzero`` as the loaders give it, either (rows, cols)
+    of the dense ``x`` or (rows, cols, values) when the counts never became dense (``x`` then None); found
+    in ``x`` when ``nonzero`` is None. rows, cols int64 (row-major order); values as ``x``."""
+    if nonzero is not None and len(nonzero) == 3:
+        return nonzero[0], nonzero[1], nonzero[2]
+    if x is None:
+        raise ValueError("Counts given neither dense (x) nor as (rows, cols, values) non-zeros.")
+    rows, cols = torch.nonzero(x, as_tuple=True) if nonzero is None else nonzero
+    return rows, cols, x.reshape(-1)[rows * x.shape[1] + cols]  # a flat gather: cheaper than x[rows, cols]
 
 
 def _zero_case(mu: torch.Tensor, theta: torch.Tensor, pi_logits: torch.Tensor | None, eps: float):
@@ -94,14 +107,13 @@ class _CountLikelihoodSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, mu, theta, pi_logits, eps, nonzero, log_factorial):
-        rows, cols = torch.nonzero(x, as_tuple=True) if nonzero is None else nonzero
-        flat = rows * x.shape[1] + cols  # one flat gather is cheaper than 2-d advanced indexing
-        xv = x.reshape(-1)[flat]
+        rows, cols, xv = nonzero_entries(x, nonzero)
+        flat = rows * mu.shape[1] + cols  # one flat gather is cheaper than 2-d advanced indexing
         mu_nz = mu.reshape(-1)[flat]
-        t_nz = theta.expand_as(x)[rows, cols] if theta.shape[0] != 1 else theta[0][cols]
+        t_nz = theta.expand_as(mu)[rows, cols] if theta.shape[0] != 1 else theta[0][cols]
         tm_nz = t_nz + mu_nz + eps
         r_nz = torch.log(t_nz + eps) - torch.log(tm_nz)
-        lgamma_terms = torch.lgamma(xv + t_nz) - _gather_theta(theta, x, rows, cols, torch.lgamma)
+        lgamma_terms = torch.lgamma(xv + t_nz) - _gather_theta(theta, mu, rows, cols, torch.lgamma)
         if log_factorial is None:
             lgamma_terms = lgamma_terms - torch.lgamma(xv + 1)
         nb_nz = t_nz * r_nz + xv * (torch.log(mu_nz + eps) - torch.log(tm_nz)) + lgamma_terms
@@ -123,10 +135,10 @@ class _CountLikelihoodSum(torch.autograd.Function):
             value = value - log_factorial
 
         if needs_grad:
-            dg = torch.digamma(xv + t_nz) - _gather_theta(theta, x, rows, cols, torch.digamma)
+            dg = torch.digamma(xv + t_nz) - _gather_theta(theta, mu, rows, cols, torch.digamma)
             grad_mu = grad_mu.contiguous()
             grad_mu.view(-1)[flat] = xv / (mu_nz + eps) - (xv + t_nz) / tm_nz
-            grad_t = grad_t.expand_as(x).contiguous()
+            grad_t = grad_t.expand_as(mu).contiguous()
             grad_t.view(-1)[flat] = r_nz + 1 - (xv + t_nz) / tm_nz + dg
             if grad_pi is not None:
                 grad_pi = grad_pi.contiguous()
@@ -153,7 +165,7 @@ def log_nb_sum(
 ) -> torch.Tensor:
     """Per-cell NB log-likelihood summed over genes. x, mu: (n_cells, n_genes); theta: (1 or n_cells,
     n_genes). ``nonzero``: optional (rows, cols) int64 coordinates of the non-zero entries of x, as the
-    loaders provide them (else found here). ``log_factorial``: optional (n_cells,) per-cell sum of
+    loaders provide them (else found here), or (rows, cols, values) with ``x=None`` (never densified). ``log_factorial``: optional (n_cells,) per-cell sum of
     ``lgamma(x + 1)``, also from the loaders (else computed here). Returns (n_cells,)."""
     return _CountLikelihoodSum.apply(x, mu, theta, None, eps, nonzero, log_factorial)
 
@@ -173,13 +185,32 @@ def log_zinb_sum(
 
 
 def log_poisson_sum(
-    x: torch.Tensor, rate: torch.Tensor, eps: float = EPS, log_factorial: torch.Tensor | None = None
+    x: torch.Tensor | None,
+    rate: torch.Tensor,
+    eps: float = EPS,
+    log_factorial: torch.Tensor | None = None,
+    nonzero: tuple | None = None,
 ) -> torch.Tensor:
-    """Per-cell Poisson log-likelihood summed over genes (``log_factorial`` as for :func:`log_nb_sum`).
+    """Per-cell Poisson log-likelihood summed over genes (``log_factorial`` as for :func:`log_nb_sum`;
+    ``nonzero`` (rows, cols, values) with ``x=None`` for counts that were never densified).
     Returns (n_cells,)."""
+    if x is None:
+        rows, cols, xv = nonzero_entries(None, nonzero)
+        if log_factorial is None:
+            log_factorial = torch.zeros_like(rate[:, 0]).index_add_(0, rows, torch.lgamma(xv + 1))
+        return row_dot(rows, cols, xv, torch.log(rate + eps)) - rate.sum(-1) - log_factorial
     if log_factorial is None:
         log_factorial = log_factorial_sum(x)
     return (x * torch.log(rate + eps) - rate).sum(-1) - log_factorial
+
+
+def row_dot(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """Per-row sum of ``values * dense[rows, cols]``: ``(x * dense).sum(1)`` for a sparse ``x``, (n_rows,).
+    Each product is written once into a zero matrix that is then summed by row, not index_add-ed: compiled
+    code would add with atomics, in an order (so bits) that differs between runs."""
+    flat = rows * dense.shape[1] + cols
+    per_entry = torch.zeros_like(dense).view(-1).index_put_((flat,), values * dense.reshape(-1)[flat])
+    return per_entry.view_as(dense).sum(1)
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .counts import log_factorial_sum
+from .counts import log_factorial_sum, nonzero_entries, row_dot
 from .special import lgamma_digamma
 
 
@@ -61,14 +61,13 @@ def _dense_pass(a, log_library, log_theta, pi_logits, with_grad: bool):
     return value, log_scale, mu, w * q * -theta, w * (q - sp), (1 - p) - w
 
 
-def _nonzero_pass(x, a, log_scale, log_theta, pi_logits, rows, cols, log_factorial, with_grad: bool):
-    """The non-zero entries at (rows, cols): ``correction`` = log p(x) - log p(0) there (what to add to the
+def _nonzero_pass(xv, a, log_scale, log_theta, pi_logits, rows, cols, log_factorial, with_grad: bool):
+    """The non-zero entries ``xv`` at (rows, cols): ``correction`` = log p(x) - log p(0) there (what to add to the
     dense pass's per-cell value), without ``-lgamma(x + 1)`` when ``log_factorial`` (its per-cell sum) is
     given, and with ``with_grad`` the true ``h``, ``g_theta`` and ``g_pi`` there, each a vector over the
     non-zeros (``g_pi`` None without zero inflation). ``lgamma``/``digamma`` come from
     :func:`~cellvi.distributions.special.lgamma_digamma`, which the compiler vectorises."""
     flat = rows * a.shape[1] + cols
-    xv = x.reshape(-1)[flat]
     if log_theta.shape[0] == 1:  # per gene: the special functions of theta once per gene, then gathered
         lgamma_t, digamma_t = (f[cols] for f in lgamma_digamma(torch.exp(log_theta[0])))
         lt = log_theta[0][cols]
@@ -101,14 +100,14 @@ def _nonzero_pass(x, a, log_scale, log_theta, pi_logits, rows, cols, log_factori
     return correction, h, g_theta, g_pi
 
 
-def _forward_terms(x, a, log_library, log_theta, pi_logits, rows, cols, log_factorial, with_grad: bool):
+def _forward_terms(xv, a, log_library, log_theta, pi_logits, rows, cols, log_factorial, with_grad: bool):
     """The forward pass: a dense pass as if every count were zero, then the non-zero entries corrected
     and written in place. Returns the per-cell value (n_cells,) and, with
     ``with_grad``, what the backward pass multiplies by the incoming gradient: ``g_a`` = dlogp/dlogits,
     ``h_sum`` (n_cells, 1) = dlogp/dlog_library, ``g_theta`` = dlogp/dtheta and ``g_pi``."""
     value, log_scale, mu, h, g_theta, g_pi = _dense_pass(a, log_library, log_theta, pi_logits, with_grad)
     correction, h_nz, g_theta_nz, g_pi_nz = _nonzero_pass(
-        x, a, log_scale, log_theta, pi_logits, rows, cols, log_factorial, with_grad
+        xv, a, log_scale, log_theta, pi_logits, rows, cols, log_factorial, with_grad
     )
     # swap log p(0) for log p(x) at the non-zeros. Written into a zero matrix and summed per row rather
     # than index_add-ed: each position is written once, so compiled code has no atomic adds (whose
@@ -131,11 +130,11 @@ def _forward_terms(x, a, log_library, log_theta, pi_logits, rows, cols, log_fact
 
 class _SoftmaxCountLikelihood(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, a, log_library, log_theta, pi_logits, rows, cols, log_factorial):
+    def forward(ctx, xv, a, log_library, log_theta, pi_logits, rows, cols, log_factorial):
         with_grad = any(ctx.needs_input_grad[1:5])
         log_theta = log_theta.expand(1, a.shape[1]) if log_theta.dim() == 1 else log_theta
         value, g_a, h_sum, g_theta, g_pi = _forward_terms(
-            x, a, log_library, log_theta, pi_logits, rows, cols, log_factorial, with_grad
+            xv, a, log_library, log_theta, pi_logits, rows, cols, log_factorial, with_grad
         )
         if with_grad:
             ctx.save_for_backward(g_a, h_sum, g_theta, g_pi, log_theta)
@@ -164,10 +163,6 @@ class _SoftmaxCountLikelihood(torch.autograd.Function):
         )
 
 
-def _coordinates(x: torch.Tensor, nonzero: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.nonzero(x, as_tuple=True) if nonzero is None else nonzero
-
-
 def log_nb_sum_softmax(
     x: torch.Tensor,
     logits: torch.Tensor,
@@ -178,10 +173,10 @@ def log_nb_sum_softmax(
 ) -> torch.Tensor:
     """Per-cell NB log-likelihood with mean ``exp(log_library) * softmax(logits)`` and inverse dispersion
     ``exp(log_theta)``. ``nonzero``: optional (rows, cols) int64 coordinates of x's non-zeros, row-major
-    as the loaders give them. ``log_factorial``: optional (n_cells,) per-cell sum of ``lgamma(x + 1)``,
+    as the loaders give them, or (rows, cols, values) with ``x=None`` (counts never densified). ``log_factorial``: optional (n_cells,) per-cell sum of ``lgamma(x + 1)``,
     which does not depend on the parameters (the loaders give it; else computed here). Returns (n_cells,)."""
-    rows, cols = _coordinates(x, nonzero)
-    return _SoftmaxCountLikelihood.apply(x, logits, log_library, log_theta, None, rows, cols, log_factorial)
+    rows, cols, xv = nonzero_entries(x, nonzero)
+    return _SoftmaxCountLikelihood.apply(xv, logits, log_library, log_theta, None, rows, cols, log_factorial)
 
 
 def log_zinb_sum_softmax(
@@ -195,18 +190,28 @@ def log_zinb_sum_softmax(
 ) -> torch.Tensor:
     """Per-cell ZINB log-likelihood; as :func:`log_nb_sum_softmax` with zero-inflation logits
     ``pi_logits`` (n_cells, n_genes)."""
-    rows, cols = _coordinates(x, nonzero)
-    return _SoftmaxCountLikelihood.apply(x, logits, log_library, log_theta, pi_logits, rows, cols, log_factorial)
+    rows, cols, xv = nonzero_entries(x, nonzero)
+    return _SoftmaxCountLikelihood.apply(xv, logits, log_library, log_theta, pi_logits, rows, cols, log_factorial)
 
 
 def log_poisson_sum_softmax(
-    x: torch.Tensor, logits: torch.Tensor, log_library: torch.Tensor, log_factorial: torch.Tensor | None = None
+    x: torch.Tensor | None,
+    logits: torch.Tensor,
+    log_library: torch.Tensor,
+    log_factorial: torch.Tensor | None = None,
+    nonzero: tuple | None = None,
 ) -> torch.Tensor:
     """Per-cell Poisson log-likelihood with rate ``exp(log_library) * softmax(logits)``. The rates of a cell
     sum to its library, so ``sum_g rate_g = exp(log_library)`` needs no pass over the genes.
-    ``log_factorial`` as for :func:`log_nb_sum_softmax`."""
+    ``log_factorial`` and ``nonzero`` as for :func:`log_nb_sum_softmax`."""
     log_softmax = logits - torch.logsumexp(logits, 1, keepdim=True)
     library = log_library.reshape(-1)
+    if x is None:  # counts as (rows, cols, values) only
+        rows, cols, xv = nonzero_entries(None, nonzero)
+        if log_factorial is None:
+            log_factorial = torch.zeros_like(library).index_add_(0, rows, torch.lgamma(xv + 1))
+        # sum_g x_g (log_softmax_g + log L) = x . log_softmax + sum(x) log L
+        return row_dot(rows, cols, xv, log_softmax + log_library) - torch.exp(library) - log_factorial
     if log_factorial is None:
         log_factorial = log_factorial_sum(x)
     return (x * log_softmax).sum(1) + x.sum(1) * library - torch.exp(library) - log_factorial

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ..module import VAE
 
 FUSED_KERNELS_MIN_CELL_EPOCHS = 1_000_000
+FUSED_KERNELS_MIN_ENTRY_EPOCHS = 2_000_000_000  # cells x genes x epochs: 1M cell-epochs at 2,000 genes
 
 
 class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
@@ -120,10 +121,13 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
         likelihood_terms: bool = True,
         sparse_counts: bool = False,
         shard: tuple[int, int] = (0, 1),
+        csr_transfer: bool = False,
+        read_ahead: int = 0,
     ):
         """A :class:`MinibatchLoader`, or an :class:`OnDiskLoader` (chunked reads) when ``data.X`` is on
         disk (a backed AnnData or zarr) and the cells are asked for in increasing order. ``shard``:
-        (index, count) of a data-parallel rank's share of each minibatch."""
+        (index, count) of a data-parallel rank's share of each minibatch; ``csr_transfer``, ``read_ahead``:
+        see :class:`MinibatchLoader` (the on-disk loader reads ahead by itself)."""
         if is_on_disk(data.X) and (indices is None or bool(np.all(np.diff(indices) > 0))):
             layer = self.registry.setup_args["layer"]
             return OnDiskLoader(
@@ -139,6 +143,7 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
                 sparse_counts=sparse_counts,
                 shard_index=shard[0],
                 n_shards=shard[1],
+                csr_transfer=csr_transfer,
             )
         return MinibatchLoader(
             data,
@@ -151,6 +156,8 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
             sparse_counts,
             shard_index=shard[0],
             n_shards=shard[1],
+            csr_transfer=csr_transfer,
+            read_ahead=read_ahead,
         )
 
     def _my_cells(self, adata=None, indices=None) -> np.ndarray | None:
@@ -182,6 +189,7 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
         callbacks: list | None = None,
         check_val_every_n_epoch: int | None = None,
         loss_kwargs: dict | None = None,
+        sparse_first_layer: bool | None = None,
         **kwargs,
     ) -> BaseModel:
         """Train the model with Adam on minibatches.
@@ -212,8 +220,8 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
         fused_kernels
             Compile the training step with ``torch.compile`` (~15 s once per process, ~6 s with a warm
             cache; then ~1.4x faster steps on a 2-core CPU). Default: on for long runs (training cells x
-            epochs >= 1,000,000, as at the default ``max_epochs`` for any dataset above ~2,500 cells),
-            off otherwise. Where compilation fails it warns and trains eagerly.
+            epochs >= 1,000,000, as at the default ``max_epochs`` for any dataset above ~2,500 cells, or
+            cells x epochs x genes >= 2e9, the same work on wider data), off otherwise. Where compilation fails it warns and trains eagerly.
         callbacks
             Functions ``f(epoch, row)`` called after each epoch with that epoch's history row (a dict);
             one that returns True stops training.
@@ -223,6 +231,11 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
             scvi-tools, cellvi does not spend time on it unless asked).
         loss_kwargs
             Extra keyword arguments of the module's loss (SCANVI passes its classification weight).
+        sparse_first_layer
+            The encoders' first layer reads each minibatch's non-zero counts, in the forward pass and for
+            its weight's gradient; no dense minibatch is built for them (the result differs from the
+            dense layer's by float round-off only). Default: on for wide, sparse data (at least 5,000
+            genes, at most 10% non-zeros; docs/performance.md, "The training data path").
         **kwargs
             scvi-tools' extra keywords: ``early_stopping_monitor`` ("elbo_validation"),
             ``early_stopping_min_delta`` and ``early_stopping_mode`` ("min") are honoured; ``accelerator``,
@@ -234,6 +247,7 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
         columns hold the negative ELBO, as scvi-tools names it) and, in scvi-tools' shape (a dict of
         one-column DataFrames), in ``model.history_``.
         """
+        from ._data_path import training_data_path
         from ._minify import refuse_if_minified
         from ._train_kwargs import resolve
 
@@ -270,13 +284,18 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
             perm = np.random.default_rng([seed, 1]).permutation(n)
             self.train_indices = np.sort(perm[:n_train])
             self.validation_indices = np.sort(perm[n_train : n_train + n_val])
-        train_loader = self._loader(data, self.train_indices, batch_size, True, seed, shard=(world.rank, world.size))
+        path = training_data_path(self.device, data.X, sparse_first_layer)
+        train_loader = self._loader(
+            data, self.train_indices, batch_size, True, seed, shard=(world.rank, world.size), **path
+        )
         if fused_kernels is None:
-            long_run = len(self.train_indices) * max_epochs >= FUSED_KERNELS_MIN_CELL_EPOCHS
+            cell_epochs = len(self.train_indices) * max_epochs
+            long_run = cell_epochs >= FUSED_KERNELS_MIN_CELL_EPOCHS
+            long_run = long_run or cell_epochs * int(data.X.shape[1]) >= FUSED_KERNELS_MIN_ENTRY_EPOCHS
             fused_kernels = self._compile_by_default and long_run
         val_mine = distributed.my_cells(self.validation_indices)  # each rank validates a contiguous share
         val_indices = self.validation_indices if val_mine is None else val_mine
-        val_loader = self._loader(data, val_indices, max(batch_size, 1024), False, seed)
+        val_loader = self._loader(data, val_indices, max(batch_size, 1024), False, seed, **path)
         trainer = Trainer(
             self.module,
             train_loader,

@@ -165,7 +165,7 @@ class SCANVAE(VAE):
         """
         inf = self.inference(batch)
         gen = self.generative(inf["z"], inf["library"], batch)
-        rec = -self.log_likelihood(batch["X"], gen, batch.get("nonzero"), batch.get("log_factorial"))
+        rec = self.reconstruction_loss(batch, gen)
         labels = batch["labels"].reshape(-1)
         z1_part, kl_part = self._z_terms(inf, labels)
         kl_l = self._kl_library(batch, inf)

@@ -7,6 +7,9 @@ A minibatch is a dict of tensors (see :mod:`cellvi.data.loaders`):
 * ``cat_covs`` (n_cells, n_extra_categorical) int64 or absent; ``cont_covs`` (n_cells, n_continuous) or absent
 * ``size_factor`` (n_cells,) float32 or absent: a given library size that replaces the observed one
 * ``nonzero`` optional pair (rows, cols) of int64 coordinates of the non-zero entries of ``X``
+* instead of ``X``: ``X_csr`` (row pointers, column indices, values) of the counts, and in training also
+  ``X_csc`` (column pointers, row indices, values), the same entries by gene; the encoders then read
+  the non-zeros only (see :class:`cellvi.nn.layers.SparseRows`) and ``nonzero`` locates ``X_csr``'s values
 * ``log_factorial`` (n_cells,) float32 or absent: per-cell sum of ``lgamma(X + 1)``, a constant of the
   likelihood that the loaders compute once per minibatch, outside the gradient path
 
@@ -26,7 +29,7 @@ from torch import nn
 
 from .. import distributions as D
 from ..nn import Decoder, Encoder
-from ..nn.layers import select_rows
+from ..nn.layers import SparseRows, select_rows
 
 DISPERSIONS = ("gene", "gene-batch", "gene-label", "gene-cell")
 LIKELIHOODS = ("zinb", "nb", "poisson")
@@ -158,12 +161,16 @@ class VAE(nn.Module):
         """The covariates the encoders see: all of them with ``encode_covariates``, else none."""
         return self._covariates(batch) if self.encode_covariates else (None, None)
 
-    def _log_counts(self, batch: dict) -> torch.Tensor:
-        """The encoders' input ``log1p(counts)``, (n_cells, n_genes): dense from ``X``, or sparse CSR from
-        ``X_csr`` (row pointers, column indices, values), which the first layer multiplies as it is."""
+    def _log_counts(self, batch: dict) -> torch.Tensor | SparseRows:
+        """The encoders' input ``log1p(counts)``, (n_cells, n_genes): dense from ``X``; from ``X_csr`` (row
+        pointers, column indices, values) sparse CSR, which the first layer multiplies as it is, or with
+        ``X_csc`` (training) :class:`SparseRows`, whose first layer also gives the weight its gradient."""
         if "X_csr" not in batch:
             return torch.log1p(batch["X"])  # not log(x + 1): measured non-deterministic across processes
         indptr, cols, values = batch["X_csr"]
+        if "X_csc" in batch and torch.is_grad_enabled():  # without gradients, the CSR tensor's faster path
+            colptr, rows, col_values = batch["X_csc"]
+            return SparseRows(indptr, cols, torch.log1p(values), colptr, rows, torch.log1p(col_values))
         with warnings.catch_warnings():  # PyTorch's notice that sparse CSR is "beta", once per process
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             return torch.sparse_csr_tensor(
@@ -233,9 +240,14 @@ class VAE(nn.Module):
         return torch.exp(gen["library"]) * torch.softmax(gen["scale_logits"], dim=-1)
 
     def log_likelihood(
-        self, x: torch.Tensor, gen: dict, nonzero: tuple | None = None, log_factorial: torch.Tensor | None = None
+        self,
+        x: torch.Tensor | None,
+        gen: dict,
+        nonzero: tuple | None = None,
+        log_factorial: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """log p(x | z, l) summed over genes, (n_cells,). ``nonzero``: (rows, cols) of x's non-zeros;
+        """log p(x | z, l) summed over genes, (n_cells,). ``nonzero``: (rows, cols) of x's non-zeros, or
+        (rows, cols, values) with ``x=None`` for counts that were never densified;
         ``log_factorial``: (n_cells,) per-cell sum of ``lgamma(x + 1)``; both optional, as the loaders give them.
 
         Two implementations of the same value and gradients (tested equal): eagerly, softmax then the
@@ -251,17 +263,25 @@ class VAE(nn.Module):
                 )
             if self.gene_likelihood == "nb":
                 return D.log_nb_sum(x, rate, theta, nonzero=nonzero, log_factorial=log_factorial)
-            return D.log_poisson_sum(x, rate, log_factorial=log_factorial)
+            return D.log_poisson_sum(x, rate, log_factorial=log_factorial, nonzero=nonzero)
         log_theta, pi_logits = gen["log_theta"], gen["dropout_logits"]
         if self.gene_likelihood == "zinb":
             return D.log_zinb_sum_softmax(x, logits, library, log_theta, pi_logits, nonzero, log_factorial)
         if self.gene_likelihood == "nb":
             return D.log_nb_sum_softmax(x, logits, library, log_theta, nonzero, log_factorial)
-        return D.log_poisson_sum_softmax(x, logits, library, log_factorial)
+        return D.log_poisson_sum_softmax(x, logits, library, log_factorial, nonzero)
+
+    def reconstruction_loss(self, batch: dict, gen: dict) -> torch.Tensor:
+        """-log p(x | z, l) per cell, (n_cells,), from the dense ``X`` or, when the minibatch never became
+        dense, from the values of ``X_csr`` at ``nonzero``."""
+        if "X" in batch:
+            return -self.log_likelihood(batch["X"], gen, batch.get("nonzero"), batch.get("log_factorial"))
+        rows, cols = batch["nonzero"]
+        return -self.log_likelihood(None, gen, (rows, cols, batch["X_csr"][2]), batch.get("log_factorial"))
 
     def _kl_library(self, batch: dict, inf: dict) -> torch.Tensor:
         if self.use_observed_lib_size:
-            return torch.zeros(batch["X"].shape[0], device=batch["X"].device)
+            return torch.zeros_like(inf["library"][:, 0])
         b = batch["batch"]
         return kl_normal(inf["ql_m"], inf["ql_v"], self.library_log_means[b, None], self.library_log_vars[b, None])
 
@@ -270,7 +290,7 @@ class VAE(nn.Module):
         and per cell (n_cells,): ``reconstruction_loss`` = -log p(x|z,l), ``kl_z``, ``kl_l``."""
         inf = self.inference(batch)
         gen = self.generative(inf["z"], inf["library"], batch)
-        rec = -self.log_likelihood(batch["X"], gen, batch.get("nonzero"), batch.get("log_factorial"))
+        rec = self.reconstruction_loss(batch, gen)
         zeros = torch.zeros_like(inf["qz_m"])
         kl_z = kl_normal(inf["qz_m"], inf["qz_v"], zeros, torch.ones_like(zeros))
         kl_l = self._kl_library(batch, inf)
@@ -365,5 +385,5 @@ class VAE(nn.Module):
                 lw = lw + log_normal_density(library, self.library_log_means[b, None], self.library_log_vars[b, None])
                 lw = lw - log_normal_density(library, inf["ql_m"], inf["ql_v"])
             gen = self.generative(z, library, batch)
-            log_w.append(lw + self.log_likelihood(batch["X"], gen, batch.get("nonzero"), batch.get("log_factorial")))
+            log_w.append(lw - self.reconstruction_loss(batch, gen))
         return torch.logsumexp(torch.stack(log_w), dim=0) - np.log(n_mc_samples)

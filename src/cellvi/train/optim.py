@@ -50,6 +50,7 @@ class AdamStep:
         grads = [p.grad for p in state[0]] if state is not None else None
         if state is None or any(g is None for g in grads):
             self.optimizer.step()
+            _mark_changed(self.optimizer.param_groups[0]["params"])
             if self.direct and state is None:  # a current state is kept: its tensors were updated in place
                 self._state = self._direct_state()
             return
@@ -74,6 +75,7 @@ class AdamStep:
             grad_scale=None,
             found_inf=None,
         )
+        _mark_changed(params)
 
     def _direct_state(self) -> tuple | None:
         """The lists the kernel takes, with every step counter made a view of one tensor."""
@@ -99,6 +101,12 @@ class AdamStep:
         first = self.optimizer.state.get(params[0], {})
         last = self.optimizer.state.get(params[-1], {})
         return first.get("step") is steps[0] and last.get("exp_avg") is exp_avgs[-1]
+
+
+def _mark_changed(params: list) -> None:
+    """Bump the parameters' version counters, which the fused Adam kernel leaves as they were: whatever is
+    cached from a weight until it changes (the sparse first layer's transposed weight) is then renewed."""
+    torch.autograd.graph.increment_version(params)
 
 
 def _direct_call_fits(optimizer: torch.optim.Optimizer) -> bool:
