@@ -3,15 +3,18 @@ pbmc_3chemistries, trained shortened (EPOCHS epochs with a KL warm-up of the sam
 default schedule keeps its shape; one thread), seed 0.
 
 The references and tolerances come from the seed spread measured at exactly these settings by
-``bench/integration_regression.py`` (bench/results/integration_regression.md; 8 seeds):
-bio conservation 0.6540 ± 0.0094 (mean ± sd, min 0.6378), batch correction 0.7771 ± 0.0134 (min
-0.7546). The reference is the seed mean, not one seed's value, and the tolerance is 3 sd (rounded
-up): any seed, and other hardware whose round-off sends training down another path (which acts
-like another seed: bench/results/integration_parity.md), stays inside it with room to spare. The
-same script shows what the test rejects: the 10-component PCA of the log counts (no integration)
-has bio 0.65 but batch correction 0.30; a model set up without ``batch_key`` (batch not injected)
-has batch correction 0.62. Bio conservation alone cannot tell PCA from scVI on this set, so both
-groups are checked. Both tests share one training and one scoring call (scib-metrics compiles its
+``bench/integration_regression.py`` (bench/results/integration_regression.md, seeds 0-4): bio
+conservation 0.6831 ± 0.0151 (mean ± sd; range 0.665-0.702), batch correction 0.6011 ± 0.0314 (range
+0.553-0.636). The reference is the seed mean, not one seed's value, and the tolerance is 3 sd
+(rounded up): any seed, and other hardware whose round-off sends training down another path (which
+acts like another seed: bench/results/integration_parity.md), should stay inside it. The tolerance on
+bio is wider than the issue's 0.02 because one seed's sd already is 0.015. The same script shows
+what the test rejects: the 10-component PCA of the log counts (no integration) has bio 0.668 (inside)
+but batch correction 0.293 (0.31 below the reference, over 3x the tolerance); a model set up without ``batch_key`` (batch not
+injected) has bio 0.626 and batch correction 0.263, both out. Bio conservation alone cannot tell PCA
+from scVI on this set, so both groups are checked. At 60 epochs the batch correction was
+0.40 ± 0.06, too close to PCA's to tell them apart, hence 100. Both tests share one training and one
+scoring call (scib-metrics compiles its
 JAX code once per data shape).
 """
 
@@ -26,9 +29,9 @@ from tests.conftest import real_data_path
 import cellvi
 from cellvi.analysis import benchmark_integration
 
-EPOCHS = 60
-REFERENCE = {"Bio conservation": 0.6540, "Batch correction": 0.7771}  # seed means, see the docstring
-TOLERANCE = {"Bio conservation": 0.03, "Batch correction": 0.045}  # 3 sd of the seeds, rounded up
+EPOCHS = 100
+REFERENCE = {"Bio conservation": 0.6831, "Batch correction": 0.6011}  # seed means, see the docstring
+TOLERANCE = {"Bio conservation": 0.046, "Batch correction": 0.095}  # 3 sd of the seeds, rounded up
 BIO = ["Isolated labels", "KMeans NMI", "KMeans ARI", "Silhouette label", "cLISI"]
 BATCH = ["BRAS", "iLISI", "KBET", "Graph connectivity", "PCR comparison"]
 
