@@ -266,6 +266,12 @@ def write_results(ref: dict, runs: dict, out_dir: Path) -> None:
             f"{r['scib']['cellvi']['Total']:.4f} / {r['scib']['scvi-tools']['Total']:.4f} | "
             f"{r['scib']['cellvi']['Bio conservation']:.4f} / {r['scib']['scvi-tools']['Bio conservation']:.4f} |"
         )
+    lines += [
+        "",
+        "Validation loss: eval mode, kl_weight 1, on the held-out cells, with one draw of z each; the two draws "
+        "are not the same noise (scvi-tools' latent call draws from the generator first), so it differs more "
+        "than the training losses do.",
+    ]
     lines += ["", "Per-step training loss, first 12 steps and every 100th (dropout on):", ""]
     lines += ["| step | cellvi | scvi-tools | rel. diff. |", "|---|---|---|---|"]
     r = runs["dropout"]
