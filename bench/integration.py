@@ -15,7 +15,8 @@ depend on the others, so one call gives the same numbers as one call per seed.
 
 Output, per dataset: bench/results/integration_<name>.{csv,json,md,png}: the per-seed scores (CSV),
 mean ± sd per method of every metric (JSON, markdown) and the scib-metrics results table of the seed
-means (plot_results_table) as a figure. Embeddings are cached in --work-dir (re-runs add seeds only).
+means (plot_results_table) as a figure, and cellvi minus scvi-tools per metric (standard error, Welch's
+p). Embeddings and each embedding's scores are cached in --work-dir (re-runs add seeds only).
 The 10-batch >= 100k-cell case of the issue is `--simulated 100000 --sim-batches 10` (not run here:
 a 2-core machine shared with other jobs).
 """
