@@ -15,7 +15,8 @@ depend on the others, so one call gives the same numbers as one call per seed.
 
 Output, per dataset: bench/results/integration_<name>.{csv,json,md,png}: the per-seed scores (CSV),
 mean ± sd per method of every metric (JSON, markdown) and the scib-metrics results table of the seed
-means (plot_results_table) as a figure. Embeddings are cached in --work-dir (re-runs add seeds only).
+means (plot_results_table) as a figure, and cellvi minus scvi-tools per metric (standard error, Welch's
+p). Embeddings and each embedding's scores are cached in --work-dir (re-runs add seeds only).
 The 10-batch >= 100k-cell case of the issue is `--simulated 100000 --sim-batches 10` (not run here:
 a 2-core machine shared with other jobs).
 """
@@ -150,8 +151,18 @@ def write_outputs(name: str, meta: dict, scores: pd.DataFrame, bm, out_dir: Path
         }
         for m in mean.index
     }
+    comparison = compare(scores, SUMMARY + BIO + [c for c in metrics if c not in BIO + SUMMARY])
     with open(out_dir / f"integration_{name}.json", "w") as f:
-        json.dump({**meta, "summary": summary, "per_seed": scores.to_dict(orient="records")}, f, indent=1)
+        json.dump(
+            {
+                **meta,
+                "summary": summary,
+                "cellvi_minus_scvi_tools": comparison,
+                "per_seed": scores.to_dict(orient="records"),
+            },
+            f,
+            indent=1,
+        )
 
     def fmt(m, k):
         return f"{mean.loc[m, k]:.3f} ± {sd.loc[m, k]:.3f}" if n[m] > 1 else f"{mean.loc[m, k]:.3f}"
@@ -172,6 +183,18 @@ def write_outputs(name: str, meta: dict, scores: pd.DataFrame, bm, out_dir: Path
     for m in order:
         lines.append(f"| {m} | {n[m]} | " + " | ".join(fmt(m, k) for k in SUMMARY + BIO) + " |")
     batch_cols = [c for c in metrics if c not in BIO + SUMMARY]
+    if comparison:
+        lines += [
+            "",
+            "cellvi minus scvi-tools: difference of the means ± its standard error (sqrt(sd1²/n1 + sd2²/n2)), "
+            "Welch's t-test p-value in brackets:",
+            "",
+            "| model | seeds (cellvi, scvi-tools) | " + " | ".join(SUMMARY + BIO) + " |",
+            "|---|---|" + "---|" * len(SUMMARY + BIO),
+        ]
+        for model, c in comparison.items():
+            cells = [f"{c[k]['diff']:+.3f} ± {c[k]['se']:.3f} (p {c[k]['welch_p']:.2f})" for k in SUMMARY + BIO]
+            lines.append(f"| {model} | {c['seeds'][0]}, {c['seeds'][1]} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Batch-correction metrics:",
@@ -203,18 +226,60 @@ def write_outputs(name: str, meta: dict, scores: pd.DataFrame, bm, out_dir: Path
         tab.ax.figure.savefig(out_dir / f"integration_{name}.png", dpi=120, bbox_inches="tight")
 
 
+def score_cached(adata, keys: list, batch_key: str, label_key: str, neighbors: str, cache: Path):
+    """benchmark_integration of ``keys`` (the first is PCA, the unintegrated embedding), scoring only the
+    embeddings not in ``cache`` (unscaled scores of one embedding do not depend on the others, so cached
+    and new columns can be put together). Returns (df, benchmarker) of all ``keys``."""
+    from cellvi.analysis import benchmark_integration
+
+    raw = pd.read_pickle(cache) if cache.exists() else pd.DataFrame()
+    todo = [keys[0]] + [k for k in keys[1:] if k not in raw.columns]
+    _, bm = benchmark_integration(
+        adata, todo, batch_key, label_key, pre_integrated_obsm_key=keys[0], neighbors=neighbors, return_benchmarker=True
+    )
+    new = bm._results
+    raw = pd.concat([raw.drop(columns=[c for c in todo if c in raw.columns]), new.drop(columns="Metric Type")], axis=1)
+    raw["Metric Type"] = new["Metric Type"]
+    raw.to_pickle(cache)
+    bm._results, bm._embedding_obsm_keys = raw[keys + ["Metric Type"]], list(keys)
+    df = bm.get_results(min_max_scale=False)
+    df = df.drop(index="Metric Type").astype(np.float64).loc[keys]
+    df = df[[c for c in df.columns if c not in SUMMARY] + ["Batch correction", "Bio conservation", "Total"]]
+    return df, bm
+
+
+def compare(scores: pd.DataFrame, metrics: list) -> dict:
+    """cellvi against scvi-tools, per model and metric: difference of the means, its standard error
+    sqrt(sd1^2/n1 + sd2^2/n2) and Welch's t-test p-value (scipy.stats.ttest_ind, equal_var=False)."""
+    from scipy.stats import ttest_ind
+
+    out = {}
+    for model in ("SCVI", "SCANVI"):
+        a_, b_ = scores[scores.method == f"cellvi {model}"], scores[scores.method == f"scvi-tools {model}"]
+        if len(a_) < 2 or len(b_) < 2:
+            continue
+        out[model] = {"seeds": [len(a_), len(b_)]}
+        for k in metrics:
+            x, y = a_[k].to_numpy(float), b_[k].to_numpy(float)
+            se = float(np.sqrt(x.var(ddof=1) / len(x) + y.var(ddof=1) / len(y)))
+            out[model][k] = {
+                "diff": float(x.mean() - y.mean()),
+                "se": se,
+                "welch_p": float(ttest_ind(x, y, equal_var=False).pvalue),
+            }
+    return out
+
+
 def bench_dataset(name: str, path: Path, batch_key: str, label_key: str, a) -> None:
     import anndata as ad
     import scib_metrics
-
-    from cellvi.analysis import benchmark_integration
 
     work = Path(a.work_dir) / name
     work.mkdir(parents=True, exist_ok=True)
     jobs = [(lib, seed) for seed in range(a.first_seed, a.first_seed + a.seeds) for lib in a.libs]
     if a.score_only:  # whatever embeddings are cached, any number of seeds per library
         jobs = sorted(
-            ((p.stem.split("_")[0], int(p.stem.split("_")[1])) for p in work.glob("*_*.npz")),
+            ((p.stem.split("_")[0], int(p.stem.split("_")[1])) for p in work.glob("*_*.npz") if ".part" not in p.name),
             key=lambda j: (j[1], list(LIBS).index(j[0])),
         )
     print(f"{name}: {len(jobs)} worker runs", flush=True)
@@ -228,6 +293,8 @@ def bench_dataset(name: str, path: Path, batch_key: str, label_key: str, a) -> N
                 for other in futures:
                     other.cancel()
                 raise fut.exception()
+    if a.embed_only:
+        return
     adata = ad.read_h5ad(path)
     adata.obsm["PCA"] = unintegrated_pca(adata)
     keys, rows, seconds = ["PCA"], [("PCA", 0)], {}
@@ -241,13 +308,18 @@ def bench_dataset(name: str, path: Path, batch_key: str, label_key: str, a) -> N
             rows.append((method, seed))
             seconds.setdefault(method, []).append(float(z[f"seconds_{m}"]))
     t = time.perf_counter()
-    df, bm = benchmark_integration(
-        adata, keys, batch_key, label_key, pre_integrated_obsm_key="PCA", neighbors=a.neighbors, return_benchmarker=True
-    )
-    print(f"  scored {len(keys)} embeddings in {time.perf_counter() - t:.0f} s", flush=True)
+    df, bm = score_cached(adata, keys, batch_key, label_key, a.neighbors, work / f"scores_{a.neighbors}.pkl")
+    print(f"  scored {len(keys)} embeddings ({time.perf_counter() - t:.0f} s)", flush=True)
     scores = df.reset_index(drop=True)
     scores.insert(0, "seed", [s for _, s in rows])
     scores.insert(0, "method", [m for m, _ in rows])
+    if a.previous_scores:  # per-seed rows of an earlier run, for (method, seed) pairs not recomputed here
+        prev = pd.read_csv(a.previous_scores)
+        have = set(zip(scores.method, scores.seed))
+        prev = prev[[(m, s) not in have and m != "PCA" for m, s in zip(prev.method, prev.seed)]]
+        scores = pd.concat([scores, prev[scores.columns]], ignore_index=True)
+        jobs = jobs + [(m, int(s)) for m, s in zip(prev.method, prev.seed)]
+        scores = scores.sort_values("seed", kind="stable").reset_index(drop=True)
     meta = dict(
         dataset=name,
         path=str(path),
@@ -285,6 +357,12 @@ def main(argv=None):
     )
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--score-only", action="store_true", help="score the cached embeddings, run nothing")
+    p.add_argument(
+        "--previous-scores",
+        help="CSV of an earlier run (bench/results/integration_<name>.csv): its per-seed rows are kept for "
+        "the (method, seed) pairs whose embeddings are not cached (check first that a re-run seed reproduces them)",
+    )
+    p.add_argument("--embed-only", action="store_true", help="compute (and cache) the embeddings, score nothing")
     p.add_argument("--libs", nargs="*", default=list(LIBS), choices=list(LIBS))
     p.add_argument("--jobs", type=int, default=2, help="worker processes at once (1 thread each)")
     p.add_argument("--work-dir", default=str(HERE / "data" / "integration_work"))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -119,7 +120,9 @@ def main(argv=None):
         out = baselines(adata, a.batch_key, a.seed)
     else:
         out = scvi_family(a.lib, adata, a.batch_key, a.label_key, a.seed)
-    np.savez(a.out, **{k: np.asarray(v) for k, v in out.items()})
+    tmp = a.out + ".part.npz"  # renamed when complete: an interrupted run leaves no half-written cache
+    np.savez(tmp, **{k: np.asarray(v) for k, v in out.items()})
+    os.replace(tmp, a.out)
     print(json.dumps({k: float(v) for k, v in out.items() if k.startswith(("seconds", "epochs"))}))
 
 
