@@ -28,9 +28,48 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
+def _clusters(adata) -> None:
+    """obs["cluster"]: the simulated cell type x 4 pseudotime bins."""
+    import pandas as pd
+
+    t = adata.obs["pseudotime"].to_numpy() if "pseudotime" in adata.obs else np.zeros(adata.n_obs)
+    bins = np.minimum((t * 4).astype(int), 3)
+    seg = adata.obs["cell_type"].astype(str).to_numpy()
+    adata.obs["cluster"] = pd.Categorical([f"{s}_{b}" for s, b in zip(seg, bins)])
+
+
+def _grn_run(adata, n_tfs: int, timings: dict, **oracle_kwargs) -> dict:
+    """The timed part: Oracle (expression), a GRN per cluster, one knockout; the figures of the run."""
+    from cellvi import grn
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tfs = list(adata.var_names[:n_tfs])
+    start = time.perf_counter()
+    pseudotime = "pseudotime" if "pseudotime" in adata.obs else None
+    o = grn.Oracle(adata, "cluster", "X_pca2", tfs=tfs, pseudotime_key=pseudotime, **oracle_kwargs)
+    expression_s = time.perf_counter() - start
+    o.fit_grn(n_bootstraps=20, p=0.001, top_k=2000)
+    res = o.simulate_shift({tfs[0]: 0.0}, n_propagation=3)
+    total = time.perf_counter() - start
+    return {
+        "cells": adata.n_obs,
+        "genes": adata.n_vars,
+        "tfs": len(tfs),
+        **({"chunked": True, "size_factors_s": expression_s} if oracle_kwargs else {}),
+        "clusters": int(adata.obs["cluster"].nunique()),
+        "edges_kept": len(o.links),
+        "total_s": total,
+        **{k: round(v, 3) for k, v in o.timings.items()},
+        **{k: round(v, 3) for k, v in res.timings.items()},
+        **timings,
+        "transition_nnz": int(res.transitions.nnz),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_before_grn_mib": rss_before,
+    }
+
+
 def one(n_cells: int, n_genes: int, n_tfs: int, seed: int = 0) -> dict:
     sys.path.insert(0, str(HERE.parent / "src"))
-    import pandas as pd
     from sklearn.decomposition import PCA
 
     import cellvi
@@ -41,10 +80,7 @@ def one(n_cells: int, n_genes: int, n_tfs: int, seed: int = 0) -> dict:
         n_cells=n_cells, n_genes=n_genes, n_batches=2, trajectory=True, seed=seed, de_fraction=0.2
     )
     sim_s = time.perf_counter() - t0
-    t = adata.obs["pseudotime"].to_numpy() if "pseudotime" in adata.obs else np.zeros(n_cells)
-    bins = np.minimum((t * 4).astype(int), 3)
-    seg = adata.obs["cell_type"].astype(str).to_numpy()
-    adata.obs["cluster"] = pd.Categorical([f"{s}_{b}" for s, b in zip(seg, bins)])
+    _clusters(adata)
     t0 = time.perf_counter()
     expr, _ = grn.expression_matrix(adata)
     # fitted on 5,000 cells, applied to all in blocks: the embedding is not what is measured
@@ -54,38 +90,14 @@ def one(n_cells: int, n_genes: int, n_tfs: int, seed: int = 0) -> dict:
         np.float32
     )
     del expr
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     emb_s = time.perf_counter() - t0
-    tfs = list(adata.var_names[:n_tfs])
-    start = time.perf_counter()
-    o = grn.Oracle(
-        adata, "cluster", "X_pca2", tfs=tfs, pseudotime_key="pseudotime" if "pseudotime" in adata.obs else None
-    )
-    o.fit_grn(n_bootstraps=20, p=0.001, top_k=2000)
-    res = o.simulate_shift({tfs[0]: 0.0}, n_propagation=3)
-    total = time.perf_counter() - start
-    return {
-        "cells": n_cells,
-        "genes": n_genes,
-        "tfs": len(tfs),
-        "clusters": int(adata.obs["cluster"].nunique()),
-        "edges_kept": len(o.links),
-        "total_s": total,
-        **{k: round(v, 3) for k, v in o.timings.items()},
-        **{k: round(v, 3) for k, v in res.timings.items()},
-        "simulate_s": sim_s,
-        "pca_s": emb_s,
-        "transition_nnz": int(res.transitions.nnz),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_rss_before_grn_mib": rss_before,
-    }
+    return _grn_run(adata, n_tfs, {"simulate_s": sim_s, "pca_s": emb_s})
 
 
 def one_chunked(n_cells: int, n_genes: int, n_tfs: int, seed: int = 0) -> dict:
     """The same pipeline from a backed .h5ad: counts read a block of cells at a time (chunked expression)."""
     sys.path.insert(0, str(HERE.parent / "src"))
     import anndata as ad
-    import pandas as pd
     from sklearn.decomposition import PCA
 
     import cellvi
@@ -100,10 +112,7 @@ def one_chunked(n_cells: int, n_genes: int, n_tfs: int, seed: int = 0) -> dict:
         )
     sim_s = time.perf_counter() - t0
     adata = ad.read_h5ad(path, backed="r")
-    t = adata.obs["pseudotime"].to_numpy()
-    bins = np.minimum((t * 4).astype(int), 3)
-    seg = adata.obs["cell_type"].astype(str).to_numpy()
-    adata.obs["cluster"] = pd.Categorical([f"{s}_{b}" for s, b in zip(seg, bins)])
+    _clusters(adata)
     t0 = time.perf_counter()
     rows = grn.CountRows(adata.X, grn.size_factors(adata.X, "total"))  # the embedding only: not what is timed
     sub = np.sort(np.random.default_rng(0).choice(n_cells, min(n_cells, 5000), replace=False))
@@ -112,31 +121,7 @@ def one_chunked(n_cells: int, n_genes: int, n_tfs: int, seed: int = 0) -> dict:
         [pca.transform(rows[np.arange(i, min(i + 5000, n_cells))]) for i in range(0, n_cells, 5000)]
     ).astype(np.float32)
     emb_s = time.perf_counter() - t0
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    tfs = list(adata.var_names[:n_tfs])
-    start = time.perf_counter()
-    o = grn.Oracle(adata, "cluster", "X_pca2", tfs=tfs, pseudotime_key="pseudotime", batch_key="batch")
-    expr_s = time.perf_counter() - start
-    o.fit_grn(n_bootstraps=20, p=0.001, top_k=2000)
-    res = o.simulate_shift({tfs[0]: 0.0}, n_propagation=3)
-    total = time.perf_counter() - start
-    return {
-        "cells": n_cells,
-        "genes": n_genes,
-        "tfs": len(tfs),
-        "chunked": True,
-        "clusters": int(adata.obs["cluster"].nunique()),
-        "edges_kept": len(o.links),
-        "total_s": total,
-        "size_factors_s": expr_s,
-        **{k: round(v, 3) for k, v in o.timings.items()},
-        **{k: round(v, 3) for k, v in res.timings.items()},
-        "simulate_s": sim_s,
-        "pca_s": emb_s,
-        "transition_nnz": int(res.transitions.nnz),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_rss_before_grn_mib": rss_before,
-    }
+    return _grn_run(adata, n_tfs, {"simulate_s": sim_s, "pca_s": emb_s}, batch_key="batch")
 
 
 def main():
