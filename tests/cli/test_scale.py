@@ -130,3 +130,39 @@ def test_knn_options_above_the_threshold_only(monkeypatch):
     trees = _scale.knn_options(1_000_000, 7)["transformer"]
     assert (trees.n_trees, trees.n_neighbors, trees.n_iters, trees.random_state) == (_scale.KNN_TREES, 15, 20, 7)
     assert trees.metric == "euclidean" and _scale.KNN_TREES < min(64, 5 + round(1_000_000**0.5 / 20))
+
+
+def _y_shaped_cells(n_per_group: int, seed: int = 0):
+    """Cells along a Y in 10-D, in six consecutive groups: root a-b, then branch 1 (c-d) and 2 (e-f)."""
+    rng = np.random.default_rng(seed)
+    fork, ends = np.zeros(10), (np.eye(10)[1] * 8, np.eye(10)[2] * 8)
+    start = -np.eye(10)[0] * 8
+    segments = {"a": (start, start / 2), "b": (start / 2, fork)}
+    segments |= {"c": (fork, ends[0] / 2), "d": (ends[0] / 2, ends[0])}
+    segments |= {"e": (fork, ends[1] / 2), "f": (ends[1] / 2, ends[1])}
+    points, groups = [], []
+    for name, (p, q) in segments.items():
+        t = rng.uniform(size=(n_per_group, 1))
+        points.append(p + t * (q - p) + rng.normal(scale=0.4, size=(n_per_group, 10)))
+        groups += [name] * n_per_group
+    a = ad.AnnData(obs=pd.DataFrame({"leiden": pd.Categorical(groups)}))
+    a.obsm["X_scvi"] = np.concatenate(points).astype(np.float32)
+    return a
+
+
+def test_paga_on_a_cell_sample_estimates_scanpys_connectivities():
+    import scanpy as sc
+
+    a = _y_shaped_cells(1000)
+    sc.pp.neighbors(a, use_rep="X_scvi", transformer="sklearn")
+    full = a.copy()
+    assert _scale.paga(full, seed=0) == full.n_obs  # below the threshold: scanpy's PAGA as is
+    used = _scale.paga(a, seed=0, max_cells=2000)
+    assert used == 2000 and a.uns["paga"]["subsample_cells"] == 2000
+    assert list(a.uns["leiden_sizes"]) == [1000] * 6  # sizes of all cells, not of the sample
+    conn, full_conn = (x.uns["paga"]["connectivities"].toarray() for x in (a, full))
+    assert np.abs(conn - full_conn).max() < 0.15  # an estimate of the full graph's connectivities
+    tree = a.uns["paga"]["connectivities_tree"].toarray() > 0
+    names = list(a.obs["leiden"].cat.categories)
+    edges = {tuple(sorted((names[i], names[j]))) for i, j in zip(*np.nonzero(tree | tree.T))}
+    assert {("a", "b"), ("c", "d"), ("e", "f")} <= edges  # (b, c and e all meet at the fork)

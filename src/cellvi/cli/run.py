@@ -31,6 +31,7 @@ from ._scale import (
     analysis_data,
     knn_options,
     lean_igraph,
+    paga,
     release_memory,
     training_counts,
     umap_layout,
@@ -322,8 +323,7 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
                     random_state=args.seed,
                 )
         with steps.step("PAGA"):
-            with lean_igraph():
-                sc.tl.paga(ldata, groups="leiden")
+            paga_cells = paga(ldata, args.seed)
             release_memory()
         root = None
         if args.root_cell is not None or args.root_group is not None:
@@ -376,6 +376,7 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
                 "metric_cells": int(min(METRIC_CELLS, adata.n_obs)),
                 "de_cells_per_side": int(args.de_cells),
                 "umap_fit_cells": int(umap_cells),
+                "paga_cells": int(paga_cells),
             },
         }
         with steps.step("report"):

@@ -226,7 +226,8 @@ def _summary(report: Report, tdata, summary: dict) -> None:
     note = (
         f"Subsamples: highly variable genes on {sub['hvg_cells']:,} cells, metrics on {sub['metric_cells']:,}, "
         f"marker DE {sub['de_cells_per_side']:,} cells per side, plots at most {PLOT_CELLS:,} cells, "
-        f"UMAP layout fitted on {sub.get('umap_fit_cells', summary['cells']):,} cells."
+        f"UMAP layout fitted on {sub.get('umap_fit_cells', summary['cells']):,} cells, PAGA on the neighbour "
+        f"graph among {sub.get('paga_cells', summary['cells']):,} cells."
     )
     report.add(
         "Run summary",
