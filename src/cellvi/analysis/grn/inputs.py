@@ -127,6 +127,7 @@ def size_factors(X, method: str = "median_ratio", min_detected: float = 0.5, blo
     ``"total"``: the total counts. ``"median_ratio"`` (default): DESeq's median-of-ratios on ``log1p``,
     ``exp(median_g(log1p x_cg - mean_c log1p x_cg))``, over the genes detected in at least
     ``min_detected`` of the cells (all genes if fewer than 20 are), rescaled to the median total count.
+    Negative counts raise :class:`~cellvi.errors.InvalidDataError`.
     Why: with the total, a cell's normalised values all move together when a few highly expressed genes
     change (composition), which gives every abundant gene, even one with no targets, many significant
     regression edges; the median ignores the genes that change as long as most do not. ``X`` is read
@@ -144,6 +145,8 @@ def size_factors(X, method: str = "median_ratio", min_detected: float = 0.5, blo
     detected = np.zeros(G)
     for lo, hi in blocks:
         B = rows(lo, hi)
+        if B.nnz and B.data.min() < 0:
+            raise InvalidDataError("counts must be non-negative for log-normalisation.")
         lib[lo:hi] = np.asarray(B.sum(axis=1)).ravel()
         detected += np.asarray((B > 0).sum(axis=0)).ravel()
     if method == "total":
@@ -170,14 +173,16 @@ def expression_matrix(
     log1p: bool = True,
     batch_size: int | None = None,
     normalisation: str = "median_ratio",
+    library: np.ndarray | None = None,
 ) -> tuple[np.ndarray, str]:
     """Expression (n_cells, n_genes) float32 and a description.
 
     model: a trained SCVI; its denoised expression ``get_normalized_expression(library_size=...)``
     (per ``library_size`` counts, log1p'd if ``log1p``). Else: counts from ``layer`` (default X),
     divided by each cell's effective library (:func:`size_factors` with ``normalisation``: median of
-    ratios by default, ``"total"`` for the total counts), times ``library_size``, log1p'd
-    (``log1p=False`` takes X as given, e.g. continuous expression that is not counts).
+    ratios by default, ``"total"`` for the total counts; or ``library`` (n_cells,) when the caller has
+    them already), times ``library_size``, log1p'd (``log1p=False`` takes X as given, e.g. continuous
+    expression that is not counts).
     """
     if model is not None:
         expr = model.get_normalized_expression(
@@ -193,7 +198,7 @@ def expression_matrix(
         X = sp.csr_matrix(X, dtype=np.float32)
         if X.nnz and X.data.min() < 0:
             raise InvalidDataError("counts must be non-negative for log-normalisation.")
-        lib = size_factors(X, normalisation)
+        lib = size_factors(X, normalisation) if library is None else np.asarray(library, dtype=np.float32)
         expr = (sp.diags((library_size / lib).astype(np.float32)) @ X).toarray()
         desc = f"log-normalised counts ({normalisation.replace('_', ' ')} size factors, per {library_size:g})"
     if not np.all(np.isfinite(expr)):

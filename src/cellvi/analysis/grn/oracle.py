@@ -118,11 +118,12 @@ class Oracle:
         self.regulators = candidate_regulators(self.genes, tfs=tfs, base_grn=base_grn)
         t0 = time.perf_counter()
         self.chunked = bool(getattr(adata, "isbacked", False)) if chunked is None else chunked
-        self._library = None
-        if self.chunked:
-            if model is not None or not log1p:
-                raise InvalidParameterError("chunked expression is computed from counts: no model, log1p=True.")
+        self._library = None  # the size factors the log-normalised expression was computed with
+        if model is None and log1p:
             self._library = size_factors(_counts(adata, layer), normalisation)
+        if self.chunked:
+            if self._library is None:
+                raise InvalidParameterError("chunked expression is computed from counts: no model, log1p=True.")
             self.expression = CountRows(_counts(adata, layer), self._library, library_size)
             self.expression_source = (
                 f"log-normalised counts ({normalisation.replace('_', ' ')} size factors, per {library_size:g}; "
@@ -130,10 +131,8 @@ class Oracle:
             )
         else:
             self.expression, self.expression_source = expression_matrix(
-                adata, model, layer, library_size, log1p, normalisation=normalisation
+                adata, model, layer, library_size, log1p, normalisation=normalisation, library=self._library
             )
-            if model is None and log1p:  # the effective library that maps expression back to counts
-                self._library = size_factors(_counts(adata, layer), normalisation)
         self.batches = None if batch_key is None else adata.obs[batch_key].astype(str).to_numpy()
         self.timings = {"expression_s": time.perf_counter() - t0}
         self.pseudotime = None if pseudotime_key is None else adata.obs[pseudotime_key].to_numpy(np.float64)
