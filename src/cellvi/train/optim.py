@@ -50,7 +50,7 @@ class AdamStep:
         grads = [p.grad for p in state[0]] if state is not None else None
         if state is None or any(g is None for g in grads):
             self.optimizer.step()
-            _mark_changed(self.optimizer.param_groups[0]["params"])
+            _mark_changed([p for group in self.optimizer.param_groups for p in group["params"]])
             if self.direct and state is None:  # a current state is kept: its tensors were updated in place
                 self._state = self._direct_state()
             return
