@@ -117,6 +117,7 @@ def main():
                 check=False,
                 args=[
                     str(venv),
+                    "-P",  # not bench/ first on sys.path: bench/distributed.py would shadow dask's distributed
                     str(HERE / "grn_peers_worker.py"),
                     str(DATA / "expression.csv"),
                     str(out),

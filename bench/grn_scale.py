@@ -9,7 +9,9 @@ cells would dominate this shared 2-core machine). Defaults: 20 bootstraps, alpha
     PYTHONPATH=src python bench/grn_scale.py                       # the default sizes
     PYTHONPATH=src python bench/grn_scale.py --sizes 50000x3000    # one size
 
-Writes bench/results/grn_scale.json and .md. The 1M-cell case is not run here (see the .md).
+    PYTHONPATH=src python bench/grn_scale.py --chunked --out grn_scale_chunked --sizes 1000000x3000 --keep-rows
+
+Writes bench/results/grn_scale.json and .md (``--out`` names another results file).
 """
 
 from __future__ import annotations
@@ -136,6 +138,11 @@ def main():
     )
     ap.add_argument("--out", default="grn_scale", help="results name under bench/results/")
     ap.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
+    ap.add_argument(
+        "--keep-rows",
+        action="store_true",
+        help="keep the other sizes' rows of the existing results file (a size run again replaces its row)",
+    )
     args = ap.parse_args()
     if args.render:
         render(args.out)
@@ -145,8 +152,16 @@ def main():
         print(json.dumps((one_chunked if args.chunked else one)(n, g, min(args.tfs, g))))
         return
     rows = []
+    previous = HERE / "results" / f"{args.out}.json"
+    if args.keep_rows and previous.exists():
+        again = set(args.sizes.split(","))
+        rows = [
+            r for r in json.loads(previous.read_text())["rows"] if f"{r.get('cells')}x{r.get('genes')}" not in again
+        ]
     for size in args.sizes.split(","):
         load = os.getloadavg()[0]
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wall0 = time.perf_counter()
         proc = subprocess.run(
             check=False,
             args=[sys.executable, __file__, "--child", size, "--tfs", str(args.tfs)]
@@ -157,9 +172,15 @@ def main():
         if proc.returncode:
             rows.append({"size": size, "error": proc.stderr[-1500:]})
         else:
-            rows.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "load_before": load})
+            cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_s = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+            # a child's CPU seconds over its wall seconds: below 1 at one thread, the machine was shared
+            share = cpu_s / (time.perf_counter() - wall0)
+            rows.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "load_before": load, "cpu_share": share})
         print(rows[-1], flush=True)
     out = {"rows": rows, "threads": os.environ.get("OMP_NUM_THREADS"), "cpus": os.cpu_count(), "chunked": args.chunked}
+    if args.keep_rows and previous.exists():
+        out["note"] = json.loads(previous.read_text()).get("note")
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / f"{args.out}.json").write_text(json.dumps(out, indent=1))
     render(args.out)
@@ -194,22 +215,28 @@ def render(name: str) -> None:
             )
         ),
         "",
-        "| cells | genes | total s | fit GRN s | kNN s | propagation + transitions s | grid s | peak RSS MiB | load |",
-        "|---|---|---|---|---|---|---|---|---|",
+        (
+            "| cells | genes | total s | fit GRN s | kNN s | propagation + transitions s | grid s | peak RSS MiB "
+            "| load before | CPU share |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['size']} | error: {r['error'][-100:]!r} |||||||")
+            lines.append(f"| {r['size']} | error: {r['error'][-100:]!r} ||||||||")
             continue
         tr = r.get("propagate_transitions_s", r.get("propagate_s", 0) + r.get("transitions_s", 0))
         lines.append(
             f"| {r['cells']} | {r['genes']} | {r['total_s']:.1f} | {r['fit_grn_s']:.1f} | "
-            f"{r['knn_s']:.2f} | {tr:.1f} | {r['grid_s']:.2f} | {r['peak_rss_mib']:.0f} | {r['load_before']:.1f} |"
+            f"{r['knn_s']:.2f} | {tr:.1f} | {r['grid_s']:.2f} | {r['peak_rss_mib']:.0f} | {r['load_before']:.1f} | "
+            + (f"{r['cpu_share']:.2f} |" if "cpu_share" in r else "|")
         )
     by_genes = [g for g in (_growth(rows, "genes", "cells", c) for c in (50000, 10000)) if g][:1]
     growth = [g for g in [_growth(rows, "cells", "genes", 3000), *by_genes] if g]
-    lines += ["", "Growth (this run, end-to-end time): " + "; ".join(growth) + "."] if growth else []
+    lines += ["", "Growth (end-to-end time, between these rows' runs): " + "; ".join(growth) + "."] if growth else []
     lines += [
+        "",
+        "CPU share: the run's CPU seconds over its wall seconds (one thread: 1.00 on a quiet machine).",
         "",
         (
             "Peak RSS is of the whole process, including making the data"
