@@ -210,7 +210,9 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
             Stop when the validation ELBO has not improved for this many epochs.
         plan_kwargs
             Optimiser and KL warm-up: ``lr`` (1e-3), ``weight_decay`` (1e-6), ``eps`` (0.01),
-            ``n_epochs_kl_warmup`` (400), ``n_steps_kl_warmup``, ``max_kl_weight``, ``min_kl_weight``.
+            ``n_epochs_kl_warmup`` (400), ``n_steps_kl_warmup``, ``max_kl_weight``, ``min_kl_weight``;
+            ``lr_schedule`` ("constant", scvi-tools' schedule; or "warmup_cosine" with ``lr_warmup_steps``
+            (100) and ``lr_min_fraction`` (0.01), see docs/training.md).
         enable_progress_bar
             Show a progress bar (default: ``cellvi.settings.progress_bar``).
         checkpoint_dir, checkpoint_every, resume
