@@ -80,6 +80,24 @@ def run(lib: str, setting: str, data: str, out: Path, seed: int, every: int) -> 
     return json.loads(out.read_text())
 
 
+def partial_run(lib: str, setting: str, path: Path) -> dict | None:
+    """A run cut short (its worker writes the curve after every evaluation): what its curve tells."""
+    if not path.exists():
+        return None
+    curve = json.loads(path.read_text())
+    train_kwargs, plan_kwargs = SETTINGS[setting] if lib == "cellvi" else ({}, {})
+    return {
+        "curve": curve,
+        "train_s": curve[-1][1],
+        "final_heldout_elbo": curve[-1][2],
+        "train_kwargs": train_kwargs,
+        "plan_kwargs": plan_kwargs,
+        "other_procs_cpu_frac": float("nan"),
+        "peak_rss_mib": float("nan"),
+        "partial": True,
+    }
+
+
 def reach(curve: list, target: float) -> dict:
     """First recorded epoch whose held-out ELBO is >= target: its epoch, wall and CPU seconds."""
     for epoch, wall, elbo, cpu in curve:
@@ -122,13 +140,14 @@ def summarise(scvi_runs: list[dict], cellvi_runs: dict[str, list[dict]]) -> dict
             "whole_train_cpu_s": whole_cpu,
             "other_procs_cpu_frac": [r["other_procs_cpu_frac"] for r in runs],
             "peak_rss_mib": [r["peak_rss_mib"] for r in runs],
+            "cut_short": [bool(r.get("partial")) for r in runs],
         }
         if len(ok) == len(runs):
             entry["to_target_wall_s"] = float(np.median([h["wall_s"] for h in ok]))
             entry["to_target_cpu_s"] = float(np.median([h["cpu_s"] for h in ok]))
             entry["speedup_to_target_cpu"] = scvi_cpu / entry["to_target_cpu_s"]
             entry["speedup_to_target_wall"] = scvi_wall / entry["to_target_wall_s"]
-        if all(e >= target for e in entry["final_heldout_elbo"]):
+        if all(e >= target for e in entry["final_heldout_elbo"]) and not any(entry["cut_short"]):
             entry["speedup_whole_train_cpu"] = scvi_cpu / float(np.median(whole_cpu))
         out["cellvi"][name] = entry
     return out
@@ -162,10 +181,11 @@ def markdown(res: dict) -> str:
             f"| {', '.join(_fmt(e, 'd') for e in c['epochs_to_target'])} | {_fmt(c.get('to_target_cpu_s'))} "
             f"| **{_fmt(c.get('speedup_to_target_cpu'), '.2f')}x** | {_fmt(c.get('to_target_wall_s'))} "
             f"| {_fmt(c.get('speedup_to_target_wall'), '.2f')}x "
-            f"| {', '.join(str(e) for e in c['epochs_run'])}, {_fmt(float(np.median(c['whole_train_cpu_s'])))} "
+            f"| {', '.join(str(e) + (' (cut short)' if cut else '') for e, cut in zip(c['epochs_run'], c['cut_short']))}, "
+            f"{_fmt(float(np.median(c['whole_train_cpu_s'])))} "
             f"| {_fmt(c.get('speedup_whole_train_cpu'), '.2f')}x "
             f"| {', '.join(f'{e:.2f}' for e in c['final_heldout_elbo'])} "
-            f"| {max(c['other_procs_cpu_frac']):.2f} |"
+            f"| {_fmt(max((v for v in c['other_procs_cpu_frac'] if v == v), default=None), '.2f')} |"
         )
     lines += [
         "",
@@ -200,7 +220,9 @@ def main() -> None:
     def get(lib: str, setting: str, seed: int) -> dict | None:
         path = runs / f"{lib}_{setting}_s{seed}.json"
         if a.summarise_only:
-            return json.loads(path.read_text()) if path.exists() else None
+            if path.exists():
+                return json.loads(path.read_text())
+            return partial_run(lib, setting, Path(str(path) + ".partial"))
         return run(lib, setting, a.data, path, seed, every=5 if lib == "scvi" else 1)
 
     if a.cellvi_only:
