@@ -165,7 +165,7 @@ def markdown(res: dict) -> str:
         res["machine"],
         "",
         f"Data: {res['dataset']} ({res['n_train_cells']:,} training cells, {res['n_heldout_cells']:,} held-out "
-        f"cells, the same for every run). scvi-tools {res['scvi_version']} at its defaults ({s['epochs']} epochs, "
+        f"cells, the same for every run). scvi-tools {res['scvi_version']} at its defaults ({', '.join(str(e) for e in s['epochs'])} epochs, "
         f"{s['runs']} run(s)): {_fmt(s['train_cpu_s'])} CPU s ({_fmt(s['train_wall_s'])} s wall), held-out ELBO "
         f"**{res['target_heldout_elbo']:.2f}** (the target; median of its runs' final ELBO).",
         "",
