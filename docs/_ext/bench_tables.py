@@ -262,7 +262,6 @@ BENCHMARKS: dict[str, tuple[Callable, str]] = {
         speed_comparisons,
         ".venv/bin/python bench/speed.py --datasets sim200k --out bench/results/speed_sim200k",
     ),
-    "speed_ttq": (speed, ".venv/bin/python bench/speed.py --datasets --time-to-quality --out bench/results/speed_ttq"),
     "out_of_core_1000000": (out_of_core, ".venv/bin/python bench/out_of_core.py --n-cells 1000000 --n-genes 2000"),
     "out_of_core_10000000": (
         out_of_core,

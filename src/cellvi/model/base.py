@@ -190,6 +190,7 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
         check_val_every_n_epoch: int | None = None,
         loss_kwargs: dict | None = None,
         sparse_first_layer: bool | None = None,
+        schedule: str = "scvi-tools",
         **kwargs,
     ) -> BaseModel:
         """Train the model with Adam on minibatches.
@@ -197,7 +198,8 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
         Parameters
         ----------
         max_epochs
-            Passes over the training cells. Default: ``min(400, round(400 * 20000 / n_cells))``.
+            Passes over the training cells. Default: ``min(400, round(400 * 20000 / n_cells))`` (an
+            eighth of it with ``schedule="fast"``).
         train_size, validation_size
             Fractions of cells used to train and to validate (default: the rest). ``train_size=1``
             trains on every cell and skips validation.
@@ -210,7 +212,9 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
             Stop when the validation ELBO has not improved for this many epochs.
         plan_kwargs
             Optimiser and KL warm-up: ``lr`` (1e-3), ``weight_decay`` (1e-6), ``eps`` (0.01),
-            ``n_epochs_kl_warmup`` (400), ``n_steps_kl_warmup``, ``max_kl_weight``, ``min_kl_weight``.
+            ``n_epochs_kl_warmup`` (400), ``n_steps_kl_warmup``, ``max_kl_weight``, ``min_kl_weight``;
+            ``lr_schedule`` ("constant", scvi-tools' schedule; or "warmup_cosine" with ``lr_warmup_steps``
+            (100) and ``lr_min_fraction`` (0.01), see docs/training.md).
         enable_progress_bar
             Show a progress bar (default: ``cellvi.settings.progress_bar``).
         checkpoint_dir, checkpoint_every, resume
@@ -236,6 +240,11 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
             its weight's gradient; no dense minibatch is built for them (the result differs from the
             dense layer's by float round-off only). Default: on for wide, sparse data (at least 5,000
             genes, at most 10% non-zeros; docs/performance.md, "The training data path").
+        schedule
+            "scvi-tools" (default: scvi-tools' epochs, constant learning rate and KL warm-up over 400
+            epochs) or "fast" (an eighth of those epochs, the KL warm-up over half of them, a cosine
+            learning-rate schedule); ``max_epochs`` and ``plan_kwargs`` given here override it
+            (docs/training.md).
         **kwargs
             scvi-tools' extra keywords: ``early_stopping_monitor`` ("elbo_validation"),
             ``early_stopping_min_delta`` and ``early_stopping_mode`` ("min") are honoured; ``accelerator``,
@@ -249,13 +258,13 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
         """
         from ._data_path import training_data_path
         from ._minify import refuse_if_minified
+        from ._schedules import resolve_schedule
         from ._train_kwargs import resolve
 
         refuse_if_minified(self, "train()")
         trainer_extra = resolve(kwargs, self.device)
         n = self.adata.n_obs
-        if max_epochs is None:
-            max_epochs = int(min(400, max(1, round(400 * 20000 / n))))
+        max_epochs, plan_kwargs = resolve_schedule(schedule, n, max_epochs, plan_kwargs)
         _check_positive("max_epochs", max_epochs)
         _check_positive("batch_size", batch_size)
         if not 0 < train_size <= 1:

@@ -204,6 +204,11 @@ class SCANVI(ConfidenceMixin, SCVI):
         plan_kwargs may hold ``classification_ratio`` (default 50), the weight of the classification
         loss against the bound (per cell).
         """
+        if kwargs.get("schedule", "scvi-tools") != "scvi-tools":
+            raise InvalidParameterError(
+                "SCANVI trains with scvi-tools' schedule only (schedule='fast' is measured for SCVI); set "
+                "max_epochs and plan_kwargs yourself for a shorter run."
+            )
         if max_epochs is None:
             max_epochs = int(min(400, max(1, round(400 * 20000 / self.adata.n_obs))))
             if getattr(self, "was_pretrained", False):

@@ -27,6 +27,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .compiled import CompiledLoss, forward_backward
 from .optim import AdamStep, make_adam
+from .schedule import check_schedule, learning_rate
 
 VALIDATION_SEED = 7_919  # validation draws z from its own stream, seeded with this + epoch
 
@@ -38,6 +39,9 @@ class TrainingPlan:
     lr: Adam learning rate. weight_decay: L2 penalty. eps: Adam epsilon.
     n_epochs_kl_warmup / n_steps_kl_warmup: the KL weight on z grows linearly from ``min_kl_weight``
     to ``max_kl_weight`` over this many epochs (or steps, which takes precedence when set).
+    lr_schedule: "constant" (``lr`` at every step, as scvi-tools) or "warmup_cosine" (see
+    :func:`cellvi.train.schedule.learning_rate`: ``lr`` reached linearly over ``lr_warmup_steps`` steps,
+    then a cosine decay to ``lr * lr_min_fraction`` at the last step of ``max_epochs``).
     """
 
     lr: float = 1e-3
@@ -47,6 +51,9 @@ class TrainingPlan:
     n_steps_kl_warmup: int | None = None
     max_kl_weight: float = 1.0
     min_kl_weight: float = 0.0
+    lr_schedule: str = "constant"
+    lr_warmup_steps: int = 100
+    lr_min_fraction: float = 0.01
 
     @classmethod
     def from_kwargs(cls, kwargs: dict | None) -> TrainingPlan:
@@ -59,7 +66,12 @@ class TrainingPlan:
         plan = cls(**kwargs)
         if plan.lr <= 0:
             raise InvalidParameterError(f"lr must be > 0, got {plan.lr}.")
+        check_schedule(plan.lr_schedule, plan.lr_warmup_steps, plan.lr_min_fraction)
         return plan
+
+    def learning_rate(self, step: int, total_steps: int) -> float:
+        """Adam's learning rate at training step ``step`` (0-based) of ``total_steps``."""
+        return learning_rate(self.lr_schedule, self.lr, step, total_steps, self.lr_warmup_steps, self.lr_min_fraction)
 
     def kl_weight(self, epoch: int, step: int) -> float:
         span = self.max_kl_weight - self.min_kl_weight
@@ -96,7 +108,7 @@ class Trainer:
     ``reconstruction_loss`` (-log p(x|z)) and ``kl_local`` (KL of z and library), for a module whose
     loss reports labelled cells (scANVI) ``<train|validation>_classification_loss``, ``_accuracy`` and
     ``_calibration_error`` (ECE), plus ``loss_train`` (what was minimised, with the warmed-up KL weight),
-    ``kl_weight`` and ``epoch_end_s`` (wall seconds since the start of ``fit``).
+    ``kl_weight``, ``lr`` (the learning rate of the epoch's last step) and ``epoch_end_s`` (wall seconds since the start of ``fit``).
     """
 
     def __init__(
@@ -140,6 +152,7 @@ class Trainer:
         params = [p for p in module.parameters() if p.requires_grad]
         self.optimizer = make_adam(params, lr=plan.lr, eps=plan.eps, weight_decay=plan.weight_decay)
         self.optimizer_step = AdamStep(self.optimizer)
+        self.total_steps = self.max_epochs * len(train_loader)  # of the learning-rate schedule
         self.rows: list[dict] = []
         self.step = 0
         self.best = math.inf
@@ -158,7 +171,10 @@ class Trainer:
             for batch in loader:
                 if train:
                     kl_w = self.plan.kl_weight(epoch, self.step)
-                if train:
+                    if self.plan.lr_schedule != "constant":
+                        lr = self.plan.learning_rate(self.step, self.total_steps)
+                        for group in self.optimizer.param_groups:
+                            group["lr"] = lr
                     out = self._forward_backward(batch, kl_w)
                     self.optimizer_step()
                     self.step += 1
@@ -202,6 +218,7 @@ class Trainer:
         if train:
             row["loss_train"] = mean[0]
             row["kl_weight"] = kl_w
+            row["lr"] = float(self.optimizer.param_groups[0]["lr"])  # of the epoch's last step
         return row
 
     def _forward_backward(self, batch: dict, kl_w: float) -> dict:
