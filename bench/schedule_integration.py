@@ -1,0 +1,179 @@
+"""Integration quality (scIB) of cellvi SCVI under each training schedule, on a labelled shared set.
+
+``train(schedule="fast")`` reaches scvi-tools' held-out ELBO far sooner on 20,000 simulated cells
+(bench/results/speed_ttq.md). Whether it also integrates batches as well is a separate question: this
+script trains cellvi SCVI with a schedule (and optionally a number of epochs) for the given seeds and
+scores the latents as bench/integration.py does (``cellvi.analysis.benchmark_integration``, exact kNN,
+unscaled totals, log-normalised 50-PC PCA as the unintegrated embedding). One torch thread per run.
+
+    .venv/bin/python bench/schedule_integration.py run --dataset pbmc_3chemistries --schedule fast --seeds 0 1 2
+    .venv/bin/python bench/schedule_integration.py run --dataset pbmc_3chemistries --schedule fast --max-epochs 400
+    .venv/bin/python bench/schedule_integration.py summarise
+
+``run`` writes one CSV of scores per call to bench/data/schedule_integration/; ``summarise`` puts them
+together with the per-seed scores already in bench/results/schedule_integration.json (so seeds can be
+added in pieces, on another machine too) and compares them with the default schedule's per-seed scores
+in bench/results/integration_<dataset>.json: bench/results/schedule_integration.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+RUNS = HERE / "data" / "schedule_integration"
+DATA = Path(os.environ.get("CELLVI_DATA_DIR", HERE.parent.parent / "shared" / "data"))
+KEYS = {"pbmc_3chemistries": ("batch", "cell_type"), "cellbench_3celllines_2protocols": ("batch", "cell_type")}
+SUMMARY = ["Total", "Bio conservation", "Batch correction"]
+METRICS = [
+    "Isolated labels",
+    "KMeans NMI",
+    "KMeans ARI",
+    "Silhouette label",
+    "cLISI",
+    "BRAS",
+    "iLISI",
+    "KBET",
+    "Graph connectivity",
+    "PCR comparison",
+    *SUMMARY,
+]
+
+
+def run(dataset: str, schedule: str, max_epochs: int | None, seeds: list) -> Path:
+    import anndata as ad
+    import scanpy as sc
+    import torch
+
+    import cellvi
+    from cellvi.analysis import benchmark_integration
+
+    torch.set_num_threads(1)
+    batch_key, label_key = KEYS[dataset]
+    adata = ad.read_h5ad(DATA / f"{dataset}.h5ad")
+    for k in (batch_key, label_key):
+        adata.obs[k] = adata.obs[k].astype(str).astype("category")
+    norm = adata.copy()
+    sc.pp.normalize_total(norm)
+    sc.pp.log1p(norm)
+    sc.pp.pca(norm, n_comps=50)
+    adata.obsm["PCA"] = norm.obsm["X_pca"]
+    tag = schedule + (f"_e{max_epochs}" if max_epochs else "")
+    keys, seconds, epochs = ["PCA"], {}, {}
+    for seed in seeds:
+        cellvi.settings.seed = seed
+        start = time.perf_counter()
+        cellvi.model.SCVI.setup_anndata(adata, batch_key=batch_key)
+        model = cellvi.model.SCVI(adata)
+        model.train(enable_progress_bar=False, schedule=schedule, max_epochs=max_epochs)
+        key = f"{tag}_{seed}"
+        adata.obsm[key] = model.get_latent_representation()
+        seconds[key], epochs[key] = time.perf_counter() - start, len(model.history)
+        keys.append(key)
+        print(key, f"{seconds[key]:.0f} s", epochs[key], "epochs", flush=True)
+    _, bm = benchmark_integration(
+        adata, keys, batch_key, label_key, pre_integrated_obsm_key="PCA", neighbors="exact", return_benchmarker=True
+    )
+    df = bm.get_results(min_max_scale=False).drop(index="Metric Type").astype(np.float64).drop(index="PCA")
+    df["dataset"], df["schedule"], df["max_epochs"] = dataset, schedule, max_epochs or 0
+    df["seed"] = [int(k.rsplit("_", 1)[1]) for k in df.index]
+    df["epochs"] = [epochs[k] for k in df.index]
+    df["seconds"] = [seconds[k] for k in df.index]
+    RUNS.mkdir(parents=True, exist_ok=True)
+    out = RUNS / f"{dataset}_{tag}_{'-'.join(map(str, seeds))}.csv"
+    df.to_csv(out)
+    return out
+
+
+def _group(dataset: str, setting: str, g: pd.DataFrame, epochs: int) -> dict:
+    return {
+        "dataset": dataset,
+        "setting": setting,
+        "epochs": epochs,
+        "seeds": len(g),
+        **{f"{k} mean": float(g[k].mean()) for k in SUMMARY},
+        **{f"{k} sd": float(g[k].std(ddof=1)) if len(g) > 1 else float("nan") for k in SUMMARY},
+        "totals": g["Total"].tolist(),
+    }
+
+
+def summarise() -> None:
+    """bench/results/schedule_integration.{json,md} from every run's CSV, against the default schedule's
+    per-seed scores in bench/results/integration_<dataset>.json (Welch's t-test on the totals)."""
+    from scipy.stats import ttest_ind
+
+    results = HERE / "results" / "schedule_integration.json"
+    earlier = [pd.DataFrame(json.loads(results.read_text())["per_seed"])] if results.exists() else []
+    new = [pd.read_csv(p, index_col=0) for p in sorted(RUNS.glob("*.csv"))]
+    rows = pd.concat(earlier + new, ignore_index=True)  # a seed run again replaces its earlier scores
+    rows = rows.drop_duplicates(["dataset", "schedule", "max_epochs", "seed"], keep="last")
+    groups, refs = [], {}
+    for dataset in rows["dataset"].unique():  # the default schedule, scored the same way
+        ref = HERE / "results" / f"integration_{dataset}.json"
+        if ref.exists():
+            per_seed = pd.DataFrame(json.loads(ref.read_text())["per_seed"])
+            for method in ("cellvi SCVI", "scvi-tools SCVI"):
+                g = per_seed[per_seed["method"] == method]
+                if len(g):
+                    refs[(dataset, method)] = g["Total"].to_numpy()
+                    groups.append(_group(dataset, f"{method}, default schedule", g, 400))
+    for (dataset, schedule, max_epochs), g in rows.groupby(["dataset", "schedule", "max_epochs"]):
+        setting = f"cellvi schedule='{schedule}'" + (f", max_epochs={max_epochs}" if max_epochs else "")
+        row = _group(dataset, setting, g, int(g["epochs"].median()))
+        for (d, method), totals in refs.items():
+            if d == dataset and len(g) > 1:
+                row[f"minus {method}"] = {
+                    "diff": float(g["Total"].mean() - totals.mean()),
+                    "welch_p": float(ttest_ind(g["Total"], totals, equal_var=False).pvalue),
+                }
+        groups.append(row)
+    per_seed = rows[["dataset", "schedule", "max_epochs", "seed", "epochs", "seconds", *METRICS]]
+    results.write_text(json.dumps({"rows": groups, "per_seed": per_seed.to_dict("records")}, indent=1))
+    lines = [
+        "# scIB of cellvi SCVI under each training schedule",
+        "",
+        "scib-metrics Benchmarker (exact kNN, unscaled; Total = 0.6 bio + 0.4 batch), mean ± sd over seeds, one "
+        "torch thread per run. Command: `.venv/bin/python bench/schedule_integration.py run --dataset D --schedule S "
+        "[--max-epochs E] --seeds ...` per setting, then `summarise`. The default-schedule rows are the per-seed "
+        "scores of bench/results/integration_<dataset>.json (the same scoring). Total minus the default "
+        "schedule's, Welch's p in brackets.",
+        "",
+        "| dataset | setting | epochs | seeds | Total | Bio conservation | Batch correction "
+        "| minus cellvi default | minus scvi-tools default |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for g in groups:
+        cells = " | ".join(f"{g[f'{k} mean']:.3f} ± {g[f'{k} sd']:.3f}" for k in SUMMARY)
+        diffs = " | ".join(
+            f"{g[k]['diff']:+.3f} (p {g[k]['welch_p']:.2g})" if k in g else ""
+            for k in ("minus cellvi SCVI", "minus scvi-tools SCVI")
+        )
+        lines.append(f"| {g['dataset']} | {g['setting']} | {g['epochs']} | {g['seeds']} | {cells} | {diffs} |")
+    (HERE / "results" / "schedule_integration.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--dataset", default="pbmc_3chemistries", choices=list(KEYS))
+    r.add_argument("--schedule", default="fast")
+    r.add_argument("--max-epochs", type=int, default=None)
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    sub.add_parser("summarise")
+    a = ap.parse_args()
+    if a.cmd == "run":
+        print(run(a.dataset, a.schedule, a.max_epochs, a.seeds))
+    summarise()
+
+
+if __name__ == "__main__":
+    main()
