@@ -3,6 +3,7 @@
     python bench/de_speed.py                              # all parts at the issue's sizes
     python bench/de_speed.py --n-cells 50000 --runs 3     # a smaller one-vs-all set
     python bench/de_speed.py --parts ifnb fdr             # a subset
+    python bench/de_speed.py --runs 3 --scvi-runs 2 --threads 1   # fewer (slow) scvi-tools one-vs-all runs
 
 Parts (each library in its own process, this file run with ``--worker``; scvi-tools from
 bench/.venv-scvi):
@@ -20,7 +21,8 @@ bench/.venv-scvi):
   called at posterior expected FDR 0.05 and the share of them that is not truly DE, AUROC, for the
   default path and the reference.
 
-Writes bench/results/de_speed.{json,md}. Each worker records the CPU share other processes took
+Writes bench/results/de_speed.{json,md}; the one-vs-all results of an earlier run at another cell count
+are carried over from the file it replaces into a table of earlier sizes. Each worker records the CPU share other processes took
 while it ran ("other CPU"): on a busy shared machine the seconds are noisy, the ratios less so.
 """
 
@@ -281,7 +283,7 @@ def part_onevsall(args):
             epochs=1,
             train_batch=1024,
             groupby="cell_type",
-            runs=args.runs,
+            runs=args.runs if lib == "cellvi" else (args.scvi_runs or args.runs),
             ref_runs=2 if lib == "cellvi" else 0,
         )
         out[lib] = summary(info)
@@ -407,6 +409,23 @@ def write_markdown(res: dict, path: Path):
                 f"scvi-tools {s['isg_precision_top30_default']:.2f}.",
             ]
         lines.append("")
+    if res.get("onevsall_earlier"):
+        lines += [
+            "## One-vs-all at earlier sizes (earlier runs of this benchmark, kept for the scaling)",
+            "",
+            "| cells | cellvi median s (runs) | scvi-tools median s (runs) | speed-up | DE RSS increase MiB "
+            "cellvi / scvi-tools | top-30 overlap default vs reference (noise floor) | other CPU |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {e['n_cells']:,} | {e['cellvi_median_s']:.2f} ({e['cellvi_runs']}) | {e['scvi_median_s']:.2f} "
+            f"({e['scvi_runs']}) | {e['speedup_vs_scvi']:.2f}x | +{e['cellvi_de_rss_increase_mib']:.0f} / "
+            f"+{e['scvi_de_rss_increase_mib']:.0f} | {e['overlap30_default_vs_reference']:.3f} "
+            f"({e['overlap30_reference_vs_reference'] or float('nan'):.3f}) | {e['cellvi_other_cpu']:.2f} / "
+            f"{e['scvi_other_cpu']:.2f} |"
+            for e in res["onevsall_earlier"]
+        ]
+        lines.append("")
     if "fdr" in res:
         r = res["fdr"]
         lines += [
@@ -424,11 +443,32 @@ def write_markdown(res: dict, path: Path):
     path.write_text("\n".join(lines))
 
 
+def _earlier_sizes(old: dict, n_cells: int) -> list[dict]:
+    """The one-vs-all results of earlier runs at other cell counts (kept in the one results file as a
+    table of earlier sizes), from the results file about to be replaced."""
+    rows = [r for r in old.get("onevsall_earlier", []) if r["n_cells"] != n_cells]
+    r = old.get("onevsall")
+    if r and r["n_cells"] != n_cells:
+        keep = ("median_s", "runs", "peak_rss_mib", "de_rss_increase_mib", "other_cpu")
+        rows.append(
+            {
+                "n_cells": r["n_cells"],
+                "command": old.get("command"),
+                "speedup_vs_scvi": r["speedup_vs_scvi"],
+                "overlap30_default_vs_reference": r["cellvi"]["overlap30_default_vs_reference"],
+                "overlap30_reference_vs_reference": r["cellvi"].get("overlap30_reference_vs_reference"),
+                **{f"{lib}_{k}": r[lib][k] for lib in ("cellvi", "scvi") for k in keep},
+            }
+        )
+    return sorted(rows, key=lambda r: r["n_cells"])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", nargs="+", choices=["onevsall", "ifnb", "fdr"], default=["onevsall", "ifnb", "fdr"])
     p.add_argument("--n-cells", type=int, default=200_000)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--scvi-runs", type=int, default=None, help="scvi-tools one-vs-all runs (default: --runs)")
     p.add_argument("--ifnb-epochs", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(RESULTS / "de_speed"))
@@ -450,6 +490,10 @@ def main(argv=None):
         "command": "python bench/de_speed.py " + " ".join(argv or sys.argv[1:]),
         "machine": f"{os.cpu_count()} CPUs, shared with other jobs",
     }
+    previous = Path(args.out + ".json")
+    earlier = _earlier_sizes(json.loads(previous.read_text()), args.n_cells) if previous.exists() else []
+    if earlier and "onevsall" in args.parts:
+        res["onevsall_earlier"] = earlier
     for part in args.parts:
         res[part] = {"onevsall": part_onevsall, "ifnb": part_ifnb, "fdr": part_fdr}[part](args)
         print(part, json.dumps(res[part], default=float)[:1500], flush=True)
