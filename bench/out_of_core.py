@@ -209,6 +209,24 @@ def driver(a) -> None:
                 f"other CPU {r['other_cpu_frac']:.2f}",
                 flush=True,
             )
+    meta = {
+        "command": "python bench/out_of_core.py " + " ".join(a.argv),
+        "max_steps": a.max_steps,
+        "threads": a.threads,
+        "page_cache": a.page_cache if warmable else "partly",
+        "page_cache_warmed": warmable and a.page_cache == "warm",
+        "compile_cache": a.compile_cache,
+        "fused_kernels": a.fused_kernels,
+        "warmup_s": warmup,
+        "warm_steps": a.warm_steps,
+        "file_gib": data.stat().st_size / 2**30,
+        "machine": f"{os.cpu_count()} CPUs, {_mem_gib():.0f} GiB, shared with other jobs",
+    }
+    summarise(a, modes, rows, meta)
+
+
+def summarise(a, modes: list, rows: list, meta: dict) -> None:
+    """Medians, ratios; writes the results JSON and markdown (with the ``--also`` series and ``--notes``)."""
     keys = ["train_cells_per_s", "steady_cells_per_s", "first_step_s", "latent_cells_per_s"]
     keys += ["peak_rss_train_mib", "peak_rss_mib", "other_cpu_frac"]
     by = {}
@@ -227,20 +245,15 @@ def driver(a) -> None:
     name = a.name or f"out_of_core_{a.n_cells}"
     out = HERE / "results" / name
     out.parent.mkdir(exist_ok=True)
-    meta = {
-        "command": "python bench/out_of_core.py " + " ".join(a.argv),
-        "max_steps": a.max_steps,
-        "threads": a.threads,
-        "page_cache": a.page_cache if warmable else "partly",
-        "compile_cache": a.compile_cache,
-        "fused_kernels": a.fused_kernels,
-        "warmup_s": warmup,
-        "warm_steps": a.warm_steps,
-        "file_gib": data.stat().st_size / 2**30,
-        "machine": f"{os.cpu_count()} CPUs, {_mem_gib():.0f} GiB, shared with other jobs",
-    }
-    out.with_suffix(".json").write_text(json.dumps({"runs": rows, "medians": by, "ratios": ratios, **meta}, indent=1))
-    out.with_suffix(".md").write_text(_markdown(a, rows, by, ratios, meta))
+    also = [json.loads(Path(f).read_text()) for f in a.also]
+    for other in also:
+        other.pop("other_series", None)
+    res = {"runs": rows, "medians": by, "ratios": ratios, **meta, "other_series": also}
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    text = _markdown(a, rows, by, ratios, meta) + "".join(_series_markdown(o) for o in also)
+    if a.notes:
+        text += "\n## Reading\n\n" + Path(a.notes).read_text()
+    out.with_suffix(".md").write_text(text)
     print("\n".join(f"- {k}: {v:.2f}" for k, v in ratios.items()))
 
 
@@ -324,6 +337,28 @@ def _markdown(a, rows: list, by: dict, ratios: dict, meta: dict) -> str:
             + f" | {r['peak_rss_mib']:.0f} | {r['other_cpu_frac']:.2f} | {r.get('load_avg_before', 0):.1f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _series_markdown(o: dict) -> str:
+    """A shorter table of another series (``--also``: a results JSON of this script), with its command."""
+    lines = [
+        "",
+        f"### Series `{o['command']}`",
+        "",
+        f"Page cache {o['page_cache']}, compile cache {o['compile_cache']}, fused_kernels "
+        f"{o.get('fused_kernels', 'auto')}, {o['threads']} thread(s).",
+        "",
+        "| run | mode | read s | setup_anndata s | whole train() cells/s | steady cells/s | first step s | other CPU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['run']} | {r['mode']} | {r['read_s']:.1f} | {r['setup_s']:.1f} | {r['train_cells_per_s']:.0f} | "
+        f"{r.get('steady_cells_per_s', float('nan')):.0f} | {r.get('first_step_s', float('nan')):.1f} | "
+        f"{r['other_cpu_frac']:.2f} |"
+        for r in o["runs"]
+    ]
+    lines += ["", "; ".join(f"{k}: {v:.2f}" for k, v in o["ratios"].items()), ""]
+    return "\n".join(lines)
 
 
 def _run_worker(a, mode: str, data: Path, extra: list | None = None) -> dict:
@@ -422,6 +457,9 @@ def main(argv=None) -> None:
     )
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="no untimed compiled run before the series")
     p.add_argument("--warm-steps", type=int, default=50, help="steps left out of the steady-state cells/s")
+    p.add_argument("--also", nargs="*", default=[], help="results JSONs of other series to summarise with this one")
+    p.add_argument("--notes", default=None, help="a markdown file appended to the results as their reading")
+    p.add_argument("--from-json", default=None, help="no runs: summarise the runs of this results JSON again")
     p.add_argument("--name", default=None, help="results file name (default out_of_core_<cells>)")
     p.add_argument("--load-before", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -430,6 +468,13 @@ def main(argv=None) -> None:
     if a.worker:
         print(json.dumps(worker(a)))
         return
+    if a.from_json:  # rewrite the results of an earlier series (with --also / --notes)
+        old = json.loads(Path(a.from_json).read_text())
+        first = old["runs"][0]
+        a.n_cells, a.n_genes, a.batch_size = first["n_cells"], first["n_genes"], first["batch_size"]
+        a.threads, a.max_steps, a.warm_steps = old["threads"], old["max_steps"], old["warm_steps"]
+        meta = {k: v for k, v in old.items() if k not in ("runs", "medians", "ratios", "other_series")}
+        return summarise(a, list(old["medians"]), old["runs"], meta)
     with tempfile.TemporaryDirectory() as series_cache:
         a.series_cache = series_cache
         driver(a)
