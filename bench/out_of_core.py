@@ -195,7 +195,9 @@ def driver(a) -> None:
         print(f"warm-up (compile cache filled): {warmup:.0f} s", flush=True)
     rows = []
     for rep in range(max(a.repeats, a.scvi_repeats)):  # modes alternate, so drifts hit each alike
-        for mode in modes:
+        # abba: every other round in reverse (A B B A A B): a steady drift of the machine's load then
+        # favours neither mode, where A B A B gives B the later, and under a falling load the quieter, slot
+        for mode in modes if a.order == "alternate" or rep % 2 == 0 else modes[::-1]:
             if rep >= (a.scvi_repeats if mode.startswith("scvi") else a.repeats):
                 continue
             cache = _set_page_cache(data, a.page_cache if warmable else "partly")
@@ -217,6 +219,7 @@ def driver(a) -> None:
         "page_cache_warmed": warmable and a.page_cache == "warm",
         "compile_cache": a.compile_cache,
         "fused_kernels": a.fused_kernels,
+        "order": a.order,
         "warmup_s": warmup,
         "warm_steps": a.warm_steps,
         "file_gib": data.stat().st_size / 2**30,
@@ -293,7 +296,8 @@ def _markdown(a, rows: list, by: dict, ratios: dict, meta: dict) -> str:
             if meta.get("warmup_s")
             else ""
         ),
-        'Each run is its own process; runs alternate between modes (order below). "whole train()": cells over '
+        f"Each run is its own process; the modes' order: {meta.get('order', 'alternate')} (runs below). "
+        '"whole train()": cells over '
         'the seconds of `train()`, compilation and loader start included; "steady": cells/s over the steps '
         f'after the first {a.warm_steps} (compilation is in the first steps). "other CPU": the share of the '
         "machine's CPU other processes took during `train()`.",
@@ -457,6 +461,7 @@ def main(argv=None) -> None:
     )
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="no untimed compiled run before the series")
     p.add_argument("--warm-steps", type=int, default=50, help="steps left out of the steady-state cells/s")
+    p.add_argument("--order", choices=["alternate", "abba"], default="abba", help="the modes' order per round")
     p.add_argument("--also", nargs="*", default=[], help="results JSONs of other series to summarise with this one")
     p.add_argument("--notes", default=None, help="a markdown file appended to the results as their reading")
     p.add_argument("--from-json", default=None, help="no runs: summarise the runs of this results JSON again")
