@@ -88,6 +88,7 @@ def worker(a) -> dict:
     model.train(**kw)
     train_s, (all1, own1) = time.perf_counter() - t, busy_cpu_s()
     step_stats = _step_stats(steps, t, train_s, a.warm_steps) if steps else {}
+    step_stats["train_cells_per_cpu_s"] = n_train / (own1 - own0)
     other = max(0.0, (all1 - all0) - (own1 - own0)) / (train_s * (os.cpu_count() or 1))
     rss_train = peak_rss_mib()
     n_inf = n if a.max_steps is None else min(n, a.max_steps * a.batch_size * 4)
@@ -141,9 +142,9 @@ def _log_steps() -> list:
     inner = Trainer._forward_backward
 
     def timed(self, batch, kl_w):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         out = inner(self, batch, kl_w)
-        log.append((t0, time.perf_counter(), len(batch["batch"])))
+        log.append((t0, time.perf_counter(), len(batch["batch"]), cpu0))
         return out
 
     Trainer._forward_backward = timed
@@ -155,7 +156,7 @@ def _step_stats(log: list, t_start: float, train_s: float, warm: int) -> dict:
     (compilation: the first compiled step compiles, ~6-15 s) and the steady state after them; the
     steady cells/s is over the steps after the first ``warm`` (to the start of the last step), and
     their time is split into forward+backward and the rest (optimizer step and loader)."""
-    t0, t1, n = (np.array(x) for x in zip(*log))
+    t0, t1, n, cpu = (np.array(x) for x in zip(*log))
     warm = min(warm, len(log) // 2)
     steady_s = t0[-1] - t0[warm]
     steady_cells = int(n[warm:-1].sum())
@@ -167,6 +168,9 @@ def _step_stats(log: list, t_start: float, train_s: float, warm: int) -> dict:
         first_step_s=float(t1[0] - t0[0]),
         warm_s=float(t0[warm] - t0[0]),
         steady_cells_per_s=steady_cells / steady_s,
+        # CPU seconds of the whole process (all its threads: torch's and a read-ahead thread's): what
+        # other processes on a shared machine take shows in the wall time, much less in these
+        steady_cells_per_cpu_s=steady_cells / (cpu[-1] - cpu[warm]),
         steady_forward_backward_frac=compute / steady_s,
         steady_between_steps_ms=1000 * (steady_s - compute) / max(1, len(log) - warm - 1),
         steady_step_ms=1000 * steady_s / max(1, len(log) - warm - 1),
@@ -231,13 +235,20 @@ def driver(a) -> None:
 def summarise(a, modes: list, rows: list, meta: dict) -> None:
     """Medians, ratios; writes the results JSON and markdown (with the ``--also`` series and ``--notes``)."""
     keys = ["train_cells_per_s", "steady_cells_per_s", "first_step_s", "latent_cells_per_s"]
+    keys += ["train_cells_per_cpu_s", "steady_cells_per_cpu_s"]
     keys += ["peak_rss_train_mib", "peak_rss_mib", "other_cpu_frac"]
     by = {}
     for m in modes:
         mine = [r for r in rows if r["mode"] == m]
         by[m] = {k: float(np.median([r[k] for r in mine])) for k in keys if all(k in r for r in mine)}
     ratios = {}
-    for key in ("train_cells_per_s", "steady_cells_per_s", "latent_cells_per_s"):
+    for key in (
+        "train_cells_per_s",
+        "steady_cells_per_s",
+        "train_cells_per_cpu_s",
+        "steady_cells_per_cpu_s",
+        "latent_cells_per_s",
+    ):
         if "cellvi-disk" in by and "cellvi-memory" in by and key in by["cellvi-disk"]:
             ratios[f"{key}_disk_vs_memory"] = by["cellvi-disk"][key] / by["cellvi-memory"][key]
             pairs = _paired(rows, key)
@@ -251,6 +262,15 @@ def summarise(a, modes: list, rows: list, meta: dict) -> None:
     also = [json.loads(Path(f).read_text()) for f in a.also]
     for other in also:
         other.pop("other_series", None)
+    same = [o for o in also if all(o.get(k) == meta.get(k) for k in ("max_steps", "threads", "compile_cache"))]
+    pooled = rows + [r for o in same for r in o["runs"]]
+    for key in ("steady_cells_per_s", "train_cells_per_s"):
+        adjusted = _load_adjusted(pooled, key)
+        if adjusted:
+            ratios[f"{key}_disk_vs_memory_at_equal_other_cpu"] = adjusted[0]
+            ratios[f"{key}_disk_vs_memory_at_equal_other_cpu_95ci_low"] = adjusted[1]
+            ratios[f"{key}_disk_vs_memory_at_equal_other_cpu_95ci_high"] = adjusted[2]
+    meta["load_adjusted_runs"] = len([r for r in pooled if r["mode"] in ("cellvi-disk", "cellvi-memory")])
     res = {"runs": rows, "medians": by, "ratios": ratios, **meta, "other_series": also}
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     text = _markdown(a, rows, by, ratios, meta) + "".join(_series_markdown(o) for o in also)
@@ -258,6 +278,24 @@ def summarise(a, modes: list, rows: list, meta: dict) -> None:
         text += "\n## Reading\n\n" + Path(a.notes).read_text()
     out.with_suffix(".md").write_text(text)
     print("\n".join(f"- {k}: {v:.2f}" for k, v in ratios.items()))
+
+
+def _load_adjusted(rows: list, key: str) -> tuple | None:
+    """disk / memory of ``key`` at equal "other CPU", with a 95% interval: least squares of
+    log(key) on (1, other CPU, is disk) over the cellvi runs; None under 5 runs. On a shared machine the
+    other processes' share moves both modes' speed alike (measured: -5.8 in log cells/s per unit of
+    other CPU), so runs that happen to meet a quieter machine no longer decide the ratio."""
+    runs = [r for r in rows if r["mode"] in ("cellvi-disk", "cellvi-memory") and key in r]
+    if len(runs) < 5 or len({r["mode"] for r in runs}) < 2:
+        return None
+    y = np.log([r[key] for r in runs])
+    X = np.column_stack(
+        [np.ones(len(runs)), [r["other_cpu_frac"] for r in runs], [r["mode"] == "cellvi-disk" for r in runs]]
+    )
+    b = np.linalg.lstsq(X, y, rcond=None)[0]
+    resid = y - X @ b
+    se = float(np.sqrt(resid @ resid / (len(y) - 3) * np.linalg.inv(X.T @ X)[2, 2]))
+    return float(np.exp(b[2])), float(np.exp(b[2] - 1.96 * se)), float(np.exp(b[2] + 1.96 * se))
 
 
 def _paired(rows: list, key: str) -> list:
@@ -302,34 +340,43 @@ def _markdown(a, rows: list, by: dict, ratios: dict, meta: dict) -> str:
         f'after the first {a.warm_steps} (compilation is in the first steps). "other CPU": the share of the '
         "machine's CPU other processes took during `train()`.",
         "",
-        "| mode | runs | whole train() cells/s | steady cells/s | first step s | latent cells/s | "
-        "peak RSS while training MiB | peak RSS MiB | other CPU |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| mode | runs | whole train() cells/s | steady cells/s | steady cells per CPU-second | first step s | "
+        "latent cells/s | peak RSS while training MiB | peak RSS MiB | other CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     f = lambda v, d, fmt="{:.0f}": fmt.format(v[d]) if d in v else "n/a"  # noqa: E731
     lines += [
         f"| {m} | {n_runs[m]} | {f(v, 'train_cells_per_s')} | {f(v, 'steady_cells_per_s')} | "
-        f"{f(v, 'first_step_s', '{:.1f}')} | {f(v, 'latent_cells_per_s')} | {f(v, 'peak_rss_train_mib')} | "
+        f"{f(v, 'steady_cells_per_cpu_s')} | {f(v, 'first_step_s', '{:.1f}')} | {f(v, 'latent_cells_per_s')} | {f(v, 'peak_rss_train_mib')} | "
         f"{f(v, 'peak_rss_mib')} | {f(v, 'other_cpu_frac', '{:.2f}')} |"
         for m, v in by.items()
     ]
-    lines += ["", "Ratios of medians (and the median of the ratios of runs paired in order):", ""]
+    lines += [
+        "",
+        "Ratios of medians, the median of the ratios of runs paired in order, and the ratio at equal "
+        f'"other CPU" (least squares of log cells/s on other CPU and mode over {meta.get("load_adjusted_runs")} '
+        "runs of this configuration: this series and the others below of the same steps, threads and compile "
+        "cache):",
+        "",
+    ]
     lines += [f"- {k}: {v:.2f}" for k, v in ratios.items()]
     lines += [
         "",
-        "| run | mode | whole train() cells/s | steady cells/s | start s | first step s | first steps s | "
-        "step ms (between steps ms) | latent cells/s (median; each pass) | peak RSS MiB | other CPU | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | mode | whole train() cells/s | steady cells/s | steady cells per CPU-s | start s | first step s | "
+        "first steps s | step ms (between steps ms) | latent cells/s (median; each pass) | peak RSS MiB | "
+        "other CPU | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         st = "steady_cells_per_s" in r
         lines.append(
             f"| {r['run']} | {r['mode']} | {r['train_cells_per_s']:.0f} | "
             + (
-                f"{r['steady_cells_per_s']:.0f} | {r['start_s']:.1f} | {r['first_step_s']:.1f} | {r['warm_s']:.1f} | "
+                f"{r['steady_cells_per_s']:.0f} | {r.get('steady_cells_per_cpu_s', float('nan')):.0f} | "
+                f"{r['start_s']:.1f} | {r['first_step_s']:.1f} | {r['warm_s']:.1f} | "
                 f"{r['steady_step_ms']:.0f} ({r['steady_between_steps_ms']:.0f}) | "
                 if st
-                else "n/a | | | | | "
+                else "n/a | | | | | | "
             )
             + (
                 f"{r['latent_cells_per_s']:.0f} ("
