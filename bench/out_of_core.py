@@ -372,7 +372,7 @@ def _markdown(a, rows: list, by: dict, ratios: dict, meta: dict) -> str:
         lines.append(
             f"| {r['run']} | {r['mode']} | {r['train_cells_per_s']:.0f} | "
             + (
-                f"{r['steady_cells_per_s']:.0f} | {r.get('steady_cells_per_cpu_s', float('nan')):.0f} | "
+                f"{r['steady_cells_per_s']:.0f} | {_fmt(r, 'steady_cells_per_cpu_s')} | "
                 f"{r['start_s']:.1f} | {r['first_step_s']:.1f} | {r['warm_s']:.1f} | "
                 f"{r['steady_step_ms']:.0f} ({r['steady_between_steps_ms']:.0f}) | "
                 if st
@@ -390,6 +390,10 @@ def _markdown(a, rows: list, by: dict, ratios: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fmt(r: dict, key: str, fmt: str = "{:.0f}") -> str:
+    return fmt.format(r[key]) if key in r else "n/a"
+
+
 def _series_markdown(o: dict) -> str:
     """A shorter table of another series (``--also``: a results JSON of this script), with its command."""
     lines = [
@@ -399,12 +403,13 @@ def _series_markdown(o: dict) -> str:
         f"Page cache {o['page_cache']}, compile cache {o['compile_cache']}, fused_kernels "
         f"{o.get('fused_kernels', 'auto')}, {o['threads']} thread(s).",
         "",
-        "| run | mode | read s | setup_anndata s | whole train() cells/s | steady cells/s | first step s | other CPU |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | mode | read s | setup_anndata s | whole train() cells/s | steady cells/s | steady cells per CPU-s "
+        "| first step s | other CPU |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['run']} | {r['mode']} | {r['read_s']:.1f} | {r['setup_s']:.1f} | {r['train_cells_per_s']:.0f} | "
-        f"{r.get('steady_cells_per_s', float('nan')):.0f} | {r.get('first_step_s', float('nan')):.1f} | "
+        f"{_fmt(r, 'steady_cells_per_s')} | {_fmt(r, 'steady_cells_per_cpu_s')} | {_fmt(r, 'first_step_s', '{:.1f}')} | "
         f"{r['other_cpu_frac']:.2f} |"
         for r in o["runs"]
     ]
