@@ -3,6 +3,7 @@
     python bench/de_speed.py                              # all parts at the issue's sizes
     python bench/de_speed.py --n-cells 50000 --runs 3     # a smaller one-vs-all set
     python bench/de_speed.py --parts ifnb fdr             # a subset
+    python bench/de_speed.py --runs 3 --scvi-runs 2 --threads 1   # fewer (slow) scvi-tools one-vs-all runs
 
 Parts (each library in its own process, this file run with ``--worker``; scvi-tools from
 bench/.venv-scvi):
@@ -20,7 +21,8 @@ bench/.venv-scvi):
   called at posterior expected FDR 0.05 and the share of them that is not truly DE, AUROC, for the
   default path and the reference.
 
-Writes bench/results/de_speed.{json,md}. Each worker records the CPU share other processes took
+Writes bench/results/de_speed.{json,md}; the one-vs-all results of an earlier run at another cell count
+are carried over from the file it replaces into a table of earlier sizes. Each worker records the CPU share other processes took
 while it ran ("other CPU"): on a busy shared machine the seconds are noisy, the ratios less so.
 """
 
@@ -281,7 +283,7 @@ def part_onevsall(args):
             epochs=1,
             train_batch=1024,
             groupby="cell_type",
-            runs=args.runs,
+            runs=args.runs if lib == "cellvi" else (args.scvi_runs or args.runs),
             ref_runs=2 if lib == "cellvi" else 0,
         )
         out[lib] = summary(info)
@@ -368,6 +370,8 @@ def write_markdown(res: dict, path: Path):
             continue
         r = res[part]
         c, s, ref = r["cellvi"], r["scvi"], r["cellvi"]["reference"]
+        if r.get("command", res["command"]) != res["command"]:
+            lines += [f"This part was measured by an earlier run: `{r['command']}`.", ""]
         if part == "onevsall" and r["n_cells"] < 200_000:
             lines += [
                 f"Scaled down: {r['n_cells']:,} cells instead of the issue's 200,000 (a shared, busy machine).",
@@ -398,6 +402,15 @@ def write_markdown(res: dict, path: Path):
             f"{c.get(f'overlap{k}_reference_vs_reference', float('nan')):.3f} |"
             for k in TOPS
         ]
+        if part == "ifnb" and res.get("ifnb_reruns"):
+            lines += ["", "Earlier runs of this part, replaced by the one above (all runs are kept, none chosen):", ""]
+            lines += [
+                f"- {e['speedup_vs_scvi']:.2f}x: cellvi {e['cellvi_median_s']:.2f} s "
+                f"({', '.join(f'{x:.2f}' for x in e['cellvi_all_s'])}), scvi-tools {e['scvi_median_s']:.2f} s "
+                f"({', '.join(f'{x:.2f}' for x in e['scvi_all_s'])}), other CPU {e['other_cpu'][0]:.2f} / "
+                f"{e['other_cpu'][1]:.2f}; `{e['command']}`"
+                for e in res["ifnb_reruns"]
+            ]
         if part == "ifnb":
             lines += [
                 "",
@@ -406,6 +419,23 @@ def write_markdown(res: dict, path: Path):
                 f"{c['isg_precision_top30_reference0']:.2f} / {c['isg_precision_top30_reference1']:.2f}, "
                 f"scvi-tools {s['isg_precision_top30_default']:.2f}.",
             ]
+        lines.append("")
+    if res.get("onevsall_earlier"):
+        lines += [
+            "## One-vs-all at earlier sizes (earlier runs of this benchmark, kept for the scaling)",
+            "",
+            "| cells | cellvi median s (runs) | scvi-tools median s (runs) | speed-up | DE RSS increase MiB "
+            "cellvi / scvi-tools | top-30 overlap default vs reference (noise floor) | other CPU |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {e['n_cells']:,} | {e['cellvi_median_s']:.2f} ({e['cellvi_runs']}) | {e['scvi_median_s']:.2f} "
+            f"({e['scvi_runs']}) | {e['speedup_vs_scvi']:.2f}x | +{e['cellvi_de_rss_increase_mib']:.0f} / "
+            f"+{e['scvi_de_rss_increase_mib']:.0f} | {e['overlap30_default_vs_reference']:.3f} "
+            f"({e['overlap30_reference_vs_reference'] or float('nan'):.3f}) | {e['cellvi_other_cpu']:.2f} / "
+            f"{e['scvi_other_cpu']:.2f} |"
+            for e in res["onevsall_earlier"]
+        ]
         lines.append("")
     if "fdr" in res:
         r = res["fdr"]
@@ -424,11 +454,45 @@ def write_markdown(res: dict, path: Path):
     path.write_text("\n".join(lines))
 
 
+def _pairwise_summary(r: dict, command: str | None) -> dict:
+    """The headline figures of an IFN-beta pairwise result that a rerun replaces."""
+    return {
+        "command": r.get("command", command),
+        "speedup_vs_scvi": r["speedup_vs_scvi"],
+        "cellvi_median_s": r["cellvi"]["median_s"],
+        "cellvi_all_s": r["cellvi"]["all_s"],
+        "scvi_median_s": r["scvi"]["median_s"],
+        "scvi_all_s": r["scvi"]["all_s"],
+        "other_cpu": [r["cellvi"]["other_cpu"], r["scvi"]["other_cpu"]],
+    }
+
+
+def _earlier_sizes(old: dict, n_cells: int) -> list[dict]:
+    """The one-vs-all results of earlier runs at other cell counts (kept in the one results file as a
+    table of earlier sizes), from the results file about to be replaced."""
+    rows = [r for r in old.get("onevsall_earlier", []) if r["n_cells"] != n_cells]
+    r = old.get("onevsall")
+    if r and r["n_cells"] != n_cells:
+        keep = ("median_s", "runs", "peak_rss_mib", "de_rss_increase_mib", "other_cpu")
+        rows.append(
+            {
+                "n_cells": r["n_cells"],
+                "command": old.get("command"),
+                "speedup_vs_scvi": r["speedup_vs_scvi"],
+                "overlap30_default_vs_reference": r["cellvi"]["overlap30_default_vs_reference"],
+                "overlap30_reference_vs_reference": r["cellvi"].get("overlap30_reference_vs_reference"),
+                **{f"{lib}_{k}": r[lib][k] for lib in ("cellvi", "scvi") for k in keep},
+            }
+        )
+    return sorted(rows, key=lambda r: r["n_cells"])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", nargs="+", choices=["onevsall", "ifnb", "fdr"], default=["onevsall", "ifnb", "fdr"])
     p.add_argument("--n-cells", type=int, default=200_000)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--scvi-runs", type=int, default=None, help="scvi-tools one-vs-all runs (default: --runs)")
     p.add_argument("--ifnb-epochs", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(RESULTS / "de_speed"))
@@ -450,8 +514,23 @@ def main(argv=None):
         "command": "python bench/de_speed.py " + " ".join(argv or sys.argv[1:]),
         "machine": f"{os.cpu_count()} CPUs, shared with other jobs",
     }
+    previous = Path(args.out + ".json")
+    old = json.loads(previous.read_text()) if previous.exists() else {}
+    if "onevsall" in args.parts:
+        earlier = _earlier_sizes(old, args.n_cells)
+        if earlier:
+            res["onevsall_earlier"] = earlier
+    for key, value in old.items():  # the parts not rerun stay, each with the command that measured it
+        part = key.removesuffix("_earlier").removesuffix("_reruns")
+        if part in ("onevsall", "ifnb", "fdr") and part not in args.parts:
+            res[key] = value
+            if key == part:
+                value.setdefault("command", old.get("command"))
+    if "ifnb" in args.parts and "ifnb" in old:  # a rerun of the pairwise part keeps the ones it replaces
+        res["ifnb_reruns"] = old.get("ifnb_reruns", []) + [_pairwise_summary(old["ifnb"], old.get("command"))]
     for part in args.parts:
         res[part] = {"onevsall": part_onevsall, "ifnb": part_ifnb, "fdr": part_fdr}[part](args)
+        res[part]["command"] = res["command"]
         print(part, json.dumps(res[part], default=float)[:1500], flush=True)
         Path(args.out + ".json").write_text(json.dumps(res, indent=1, default=float))
     write_markdown(res, Path(args.out + ".md"))
