@@ -210,7 +210,8 @@ def write_outputs(name: str, meta: dict, scores: pd.DataFrame, bm, out_dir: Path
         lines.append(f"| {m} | " + " | ".join(fmt(m, k) for k in batch_cols) + " |")
     lines += [
         "",
-        "Seconds per seed (training + latent, median; machine shared, noisy): "
+        "Seconds per seed (training + latent, median over the embeddings computed in --work-dir, not the rows "
+        "kept from --previous-scores; machine shared, noisy): "
         + ", ".join(f"{k} {v:.0f}" for k, v in meta["median_seconds"].items()),
         "",
     ]
@@ -219,11 +220,12 @@ def write_outputs(name: str, meta: dict, scores: pd.DataFrame, bm, out_dir: Path
         import matplotlib
 
         matplotlib.use("Agg")
-        raw = bm._results
-        types = raw["Metric Type"]
-        by_method = raw.drop(columns="Metric Type").T.astype(float)
-        by_method.index = [k.split("#")[0] for k in by_method.index]
-        means = by_method.groupby(level=0, sort=False).mean().T
+        # from the per-seed rows, so that seeds kept from --previous-scores count as well
+        from scib_metrics.benchmark._core import metric_name_cleaner  # scib-metrics' names -> the CSV's
+
+        types = bm._results["Metric Type"]
+        means = scores.groupby("method", sort=False)[[metric_name_cleaner[k] for k in types.index]].mean().T
+        means.index = types.index
         means["Metric Type"] = types
         bm._results, bm._embedding_obsm_keys = means, list(means.columns[:-1])
         tab = bm.plot_results_table(min_max_scale=False, show=False)
