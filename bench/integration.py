@@ -168,6 +168,7 @@ def write_outputs(name: str, meta: dict, scores: pd.DataFrame, bm, out_dir: Path
         return f"{mean.loc[m, k]:.3f} ± {sd.loc[m, k]:.3f}" if n[m] > 1 else f"{mean.loc[m, k]:.3f}"
 
     order = mean["Total"].sort_values(ascending=False).index
+    seeds = scores.groupby("method", sort=False)["seed"].apply(lambda x: seed_ranges(sorted(x)))
     lines = [
         f"# Integration benchmark: {name}",
         "",
@@ -182,6 +183,9 @@ def write_outputs(name: str, meta: dict, scores: pd.DataFrame, bm, out_dir: Path
     ]
     for m in order:
         lines.append(f"| {m} | {n[m]} | " + " | ".join(fmt(m, k) for k in SUMMARY + BIO) + " |")
+    random = [m for m in order if m != "PCA"]
+    lines += ["", "Seeds: " + "; ".join(f"{m} {seeds[m]}" for m in random) + ".", "", *rerun_lines(meta, seeds)]
+    lines += goal_lines(comparison, sd, n)
     batch_cols = [c for c in metrics if c not in BIO + SUMMARY]
     if comparison:
         lines += [
@@ -206,7 +210,8 @@ def write_outputs(name: str, meta: dict, scores: pd.DataFrame, bm, out_dir: Path
         lines.append(f"| {m} | " + " | ".join(fmt(m, k) for k in batch_cols) + " |")
     lines += [
         "",
-        "Seconds per seed (training + latent, median; machine shared, noisy): "
+        "Seconds per seed (training + latent, median over the embeddings computed in --work-dir, not the rows "
+        "kept from --previous-scores; machine shared, noisy): "
         + ", ".join(f"{k} {v:.0f}" for k, v in meta["median_seconds"].items()),
         "",
     ]
@@ -215,15 +220,73 @@ def write_outputs(name: str, meta: dict, scores: pd.DataFrame, bm, out_dir: Path
         import matplotlib
 
         matplotlib.use("Agg")
-        raw = bm._results
-        types = raw["Metric Type"]
-        by_method = raw.drop(columns="Metric Type").T.astype(float)
-        by_method.index = [k.split("#")[0] for k in by_method.index]
-        means = by_method.groupby(level=0, sort=False).mean().T
+        # from the per-seed rows, so that seeds kept from --previous-scores count as well
+        from scib_metrics.benchmark._core import metric_name_cleaner  # scib-metrics' names -> the CSV's
+
+        types = bm._results["Metric Type"]
+        means = scores.groupby("method", sort=False)[[metric_name_cleaner[k] for k in types.index]].mean().T
+        means.index = types.index
         means["Metric Type"] = types
         bm._results, bm._embedding_obsm_keys = means, list(means.columns[:-1])
         tab = bm.plot_results_table(min_max_scale=False, show=False)
         tab.ax.figure.savefig(out_dir / f"integration_{name}.png", dpi=120, bbox_inches="tight")
+
+
+def seed_ranges(seeds: list) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    runs, start = [], seeds[0]
+    for a, b in zip(seeds, seeds[1:] + [None]):
+        if b != a + 1:
+            runs.append(f"{start}-{a}" if a > start else f"{a}")
+            start = b
+    return ", ".join(runs)
+
+
+def rerun_lines(meta: dict, seeds: pd.Series) -> list:
+    """How to recompute every seed in the table from nothing (the run that wrote it may have been a
+    --score-only pass over cached embeddings and an earlier run's CSV)."""
+    ds = f"--datasets {meta['dataset']}" if meta["dataset"] in SHARED else "--h5ad PATH --batch-key KEY --label-key KEY"
+    by_lib = {}
+    for lib, (prefix, methods) in LIBS.items():
+        got = [seeds[f"{prefix} {m}".strip()] for m in methods if f"{prefix} {m}".strip() in seeds.index]
+        got = got[:1]  # a worker run computes all of its library's methods for one seed
+        if got:
+            by_lib.setdefault(got[0], []).append(lib)
+    cmds = []
+    for rng, libs in by_lib.items():
+        for part in rng.split(", "):  # one command per contiguous range of seeds
+            first, last = int(part.split("-")[0]), int(part.split("-")[-1])
+            cmds.append(
+                f"`python bench/integration.py {ds} --neighbors {meta['neighbors']} --libs {' '.join(libs)} "
+                f"--first-seed {first} --seeds {last - first + 1} --embed-only`"
+            )
+    cmds.append(
+        f"`python bench/integration.py {ds} --neighbors {meta['neighbors']} --score-only` (scores every cached seed)"
+    )
+    return [
+        "Rerun from nothing (the embeddings go to one cache in --work-dir): "
+        + "; then ".join(cmds)
+        + f". This table was written by `{meta['command']}`.",
+        "",
+    ]
+
+
+def goal_lines(comparison: dict, sd: pd.DataFrame, n: pd.Series) -> list:
+    """The issue's goal, plainly: cellvi's mean Total >= scvi-tools', and its seed sd no wider."""
+    out = []
+    for model, c in comparison.items():
+        a, b = f"cellvi {model}", f"scvi-tools {model}"
+        t = c["Total"]
+        mean_ok = t["diff"] >= 0
+        sd_ok = sd.loc[a, "Total"] <= sd.loc[b, "Total"]
+        out.append(
+            f"- Goal, {model}: cellvi mean Total >= scvi-tools': **{'met' if mean_ok else 'NOT met'}** "
+            f"(cellvi minus scvi-tools {t['diff']:+.4f} ± {t['se']:.4f}, Welch p {t['welch_p']:.2f}, "
+            f"{n[a]} and {n[b]} seeds; bio {c['Bio conservation']['diff']:+.4f}, p "
+            f"{c['Bio conservation']['welch_p']:.2f}); seed sd no wider than scvi-tools': "
+            f"**{'met' if sd_ok else 'NOT met'}** ({sd.loc[a, 'Total']:.4f} vs {sd.loc[b, 'Total']:.4f})."
+        )
+    return out + [""] if out else []
 
 
 def score_cached(adata, keys: list, batch_key: str, label_key: str, neighbors: str, cache: Path):
