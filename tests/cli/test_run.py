@@ -141,7 +141,7 @@ def test_root_group_starts_at_the_far_end_of_the_group():
     import scanpy as sc
     from anndata import AnnData
 
-    from cellvi.cli.run import _farthest_member
+    from cellvi.cli._run_steps import farthest_member as _farthest_member
 
     rng = np.random.default_rng(0)
     t = rng.uniform(0, 1, 3000)

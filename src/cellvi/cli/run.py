@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +24,16 @@ from ._common import (
     check_obs_key,
     read_input,
 )
+from ._run_steps import (
+    HVG_CELLS,
+    METRIC_CELLS,
+    calibrate,
+    latent_metrics,
+    marker_table,
+    root_index,
+    select_genes,
+    versions,
+)
 from ._scale import (
     PAIRS_ONCE_CELLS,
     analysis_data,
@@ -37,10 +45,6 @@ from ._scale import (
     umap_layout,
     write_result,
 )
-
-HVG_CELLS = 100_000
-METRIC_CELLS = 20_000
-N_MARKERS = 10
 
 RUN_EXAMPLES = """examples:
   cellvi run pbmc.h5ad -o pbmc_out --batch-key batch --labels-key cell_type
@@ -168,92 +172,6 @@ def _params(args) -> dict:
     return {k: getattr(args, k, None) for k in keys}
 
 
-def _subsample(n: int, size: int, seed: int) -> np.ndarray:
-    if n <= size:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
-
-
-def _select_genes(adata, args, steps) -> np.ndarray:
-    """Boolean mask of the genes to train on (all genes when n_top_genes is 0 or >= n_vars)."""
-    import scanpy as sc
-
-    n_top = args.n_top_genes
-    if not n_top or n_top >= adata.n_vars:
-        adata.var["highly_variable"] = True
-        return np.ones(adata.n_vars, bool)
-    rows = _subsample(adata.n_obs, HVG_CELLS, args.seed)
-    sub = adata[rows].to_memory() if adata.isbacked else adata[rows]
-    sub = sc.AnnData(sub.layers[args.layer] if args.layer else sub.X, obs=sub.obs[[]].copy(), var=sub.var[[]].copy())
-    if args.batch_key:
-        sub.obs["batch"] = adata.obs[args.batch_key].to_numpy()[rows]
-    try:
-        sc.pp.highly_variable_genes(
-            sub, flavor="seurat_v3", n_top_genes=n_top, batch_key="batch" if args.batch_key else None
-        )
-    except ImportError as exc:
-        raise CliError(f"--n-top-genes needs scikit-misc (pip install 'cellvi[analysis]'): {exc}") from exc
-    mask = sub.var["highly_variable"].to_numpy()
-    adata.var["highly_variable"] = mask
-    adata.var["highly_variable_rank"] = sub.var["highly_variable_rank"].to_numpy()
-    return mask
-
-
-def _root_index(adata, args) -> int | None:
-    if args.root_cell is not None:
-        if args.root_cell not in adata.obs_names:
-            raise CliError(f"--root-cell {args.root_cell!r} is not a cell name (obs_names)")
-        return int(adata.obs_names.get_loc(args.root_cell))
-    if args.root_group is None:
-        return None
-    for key in ("leiden", args.labels_key):
-        if key and args.root_group in set(adata.obs[key].astype(str)):
-            members = np.flatnonzero(adata.obs[key].astype(str).to_numpy() == args.root_group)
-            return _farthest_member(adata.obsm["X_diffmap"], adata.uns["diffmap_evals"], members)
-    raise CliError(f"--root-group {args.root_group!r} is neither a Leiden cluster nor a --labels-key value")
-
-
-def _farthest_member(diffmap: np.ndarray, evals: np.ndarray, members: np.ndarray) -> int:
-    """The cell of ``members`` farthest from the other cells' centroid, in diffusion components weighted
-    as DPT weighs them (lambda / (1 - lambda), the first, constant component left out): the far end of a
-    root group. The extreme of the first component alone can be the group's end at a branch point."""
-    k = np.arange(1, diffmap.shape[1])
-    y = diffmap[:, k] * (evals[k] / (1 - evals[k]))
-    others = np.ones(len(y), dtype=bool)
-    others[members] = False
-    centre = y[others].mean(axis=0) if others.any() else y.mean(axis=0)
-    return int(members[np.argmax(((y[members] - centre) ** 2).sum(axis=1))])
-
-
-def _markers(model, tdata, args) -> pd.DataFrame:
-    de = model.differential_expression(tdata, groupby="leiden", mode="change", n_samples=args.de_cells)
-    de = de[de["lfc_mean"] > 0]
-    cols = [
-        "group1",
-        "proba_de",
-        "bayes_factor",
-        "lfc_mean",
-        "scale1",
-        "scale2",
-        "non_zeros_proportion1",
-        "non_zeros_proportion2",
-    ]
-    top = (
-        de.rename_axis("gene")
-        .reset_index()[["gene", *cols]]
-        .sort_values(["group1", "proba_de", "lfc_mean"], ascending=[True, False, False], kind="stable")
-        .groupby("group1", sort=False)
-        .head(N_MARKERS)
-        .rename(columns={"group1": "cluster"})
-    )
-    top["cluster"] = top["cluster"].astype(str)
-    order = sorted(top["cluster"].unique(), key=lambda c: (len(c), c))
-    top["cluster"] = pd.Categorical(top["cluster"], order)
-    top = top.sort_values(["cluster", "proba_de"], ascending=[True, False], kind="stable")
-    top["rank"] = top.groupby("cluster", observed=True).cumcount() + 1
-    return top[["cluster", "rank", "gene", *cols[1:]]].reset_index(drop=True)
-
-
 def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
     """The analysis of ``adata`` (counts in X or ``args.layer``); writes everything into ``out``."""
     import matplotlib
@@ -280,7 +198,7 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
     cellvi.settings.progress_bar = not args.no_progress
     with dist_run.staged_dir(out, args.overwrite) as tmp:  # rank 0's under --nproc
         with steps.step("highly variable genes"):
-            mask = _select_genes(adata, args, steps)
+            mask = select_genes(adata, args, steps)
             keys = [args.batch_key, args.labels_key]
             tdata = training_counts(adata, np.flatnonzero(mask), args.layer, keys, tmp)  # backed stays backed
         with steps.step("train scVI"):
@@ -304,7 +222,7 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
             with steps.step("train SCANVI"):
                 scanvi = cellvi.model.SCANVI.from_scvi_model(model, args.unlabeled_category, labels_key=args.labels_key)
                 scanvi.train()
-                _calibrate(scanvi)
+                calibrate(scanvi)
                 ldata.obsm["X_scanvi"] = scanvi.get_latent_representation(tdata)
         dist_run.main_rank_only()  # --nproc: the other ranks exit; rank 0 goes on as one process
         # UMAP comes after the graph steps: its compiled code and buffers do not add to their peaks
@@ -329,7 +247,7 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
         if args.root_cell is not None or args.root_group is not None:
             with steps.step("diffusion pseudotime"):
                 sc.tl.diffmap(ldata)
-                root = _root_index(ldata, args)
+                root = root_index(ldata, args)
                 ldata.uns["iroot"] = root
                 sc.tl.dpt(ldata)
                 release_memory()
@@ -338,9 +256,9 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
             release_memory()
         with steps.step("marker genes"):
             tdata.obs["leiden"] = ldata.obs["leiden"]  # the groups of the DE
-            markers = _markers(model, tdata, args)
+            markers = marker_table(model, tdata, args)
         with steps.step("metrics"):
-            metrics = _metrics(ldata, args)
+            metrics = latent_metrics(ldata, args)
         with steps.step("write result.h5ad and model"):
             for key in ("X_scvi", "X_scanvi", "X_umap", "X_diffmap"):
                 if key in ldata.obsm:
@@ -370,7 +288,7 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
             "clusters": int(ldata.obs["leiden"].nunique()),
             "metrics": metrics,
             "root_cell": None if root is None else str(ldata.obs_names[root]),
-            "versions": _versions(),
+            "versions": versions(),
             "subsamples": {
                 "hvg_cells": int(min(HVG_CELLS, adata.n_obs)),
                 "metric_cells": int(min(METRIC_CELLS, adata.n_obs)),
@@ -392,43 +310,3 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
     else:
         print(f"Report: {out / 'report.html'}")
     return summary
-
-
-def _metrics(tdata, args) -> dict:
-    from ..analysis import batch_mixing_entropy, knn_label_accuracy
-
-    rows = _subsample(tdata.n_obs, METRIC_CELLS, args.seed)
-    z = tdata.obsm["X_scvi"][rows]
-    out = {}
-    if args.batch_key and tdata.obs[args.batch_key].nunique() > 1:
-        out["batch_mixing_entropy"] = round(batch_mixing_entropy(z, tdata.obs[args.batch_key].to_numpy()[rows]), 4)
-    if args.labels_key:
-        labels = tdata.obs[args.labels_key].astype(str).to_numpy()[rows]
-        counts = pd.Series(labels).value_counts()
-        keep = np.isin(labels, counts.index[counts >= 5])  # stratified 5-fold needs 5 cells per label
-        if keep.sum() > 10 and len(set(labels[keep])) > 1:
-            out["knn_label_accuracy"] = round(knn_label_accuracy(z[keep], labels[keep]), 4)
-    return out
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("cellvi", "torch", "scanpy", "anndata", "numpy", "matplotlib"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def _calibrate(scanvi) -> None:
-    """Temperature and unknown-type detector on the held-out labelled cells, saved with the model for
-    ``cellvi map-query``; with too few such cells, a notice and the model as it is."""
-    from ..errors import CellviError
-
-    try:
-        scanvi.calibrate()
-    except CellviError as exc:
-        print(f"cellvi: SCANVI not calibrated ({exc}); map-query will give uncalibrated labels.", file=sys.stderr)
