@@ -18,8 +18,9 @@ defaults, as a user would call them):
     argument at its default, random_state=seed;
     Scanorama: scanorama.integrate on the per-batch log-normalised matrices, defaults (dimred=100,
     knn=20, sigma=15, alpha=0.1), seed=seed.
-The output .npz holds one (n_cells, d) array per embedding (cells in the file's order) and the
-seconds each took (training and latent) under ``seconds_<name>``.
+The output .npz holds one (n_cells, d) array per embedding (cells in the file's order), the
+seconds each took (training and latent) under ``seconds_<name>``, and the worker process's peak RSS
+(``peak_rss_mib``, MiB, data loading included) and CPU seconds (``cpu_seconds``, all its threads).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import time
 
 import numpy as np
@@ -120,10 +122,13 @@ def main(argv=None):
         out = baselines(adata, a.batch_key, a.seed)
     else:
         out = scvi_family(a.lib, adata, a.batch_key, a.label_key, a.seed)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["peak_rss_mib"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    out["cpu_seconds"] = usage.ru_utime + usage.ru_stime
     tmp = a.out + ".part.npz"  # renamed when complete: an interrupted run leaves no half-written cache
     np.savez(tmp, **{k: np.asarray(v) for k, v in out.items()})
     os.replace(tmp, a.out)
-    print(json.dumps({k: float(v) for k, v in out.items() if k.startswith(("seconds", "epochs"))}))
+    print(json.dumps({k: float(v) for k, v in out.items() if k.startswith(("seconds", "epochs", "peak_rss", "cpu_"))}))
 
 
 if __name__ == "__main__":
