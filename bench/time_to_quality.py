@@ -45,10 +45,12 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
         {"batch_size": 1024, "max_epochs": 100},
         {"lr": 0.004, "lr_schedule": "warmup_cosine", "n_epochs_kl_warmup": 25},
     ),
+    # the named schedule train(schedule="fast") (cellvi.model._schedules): kl25_cos50 at 20k cells
+    "fast": ({"schedule": "fast"}, {}),
 }
 
 
-def run(lib: str, setting: str, data: str, out: Path, seed: int, every: int) -> dict:
+def run(lib: str, setting: str, data: str, out: Path, seed: int, every: int, batch_key: str) -> dict:
     if out.exists():
         return json.loads(out.read_text())
     train_kwargs, plan_kwargs = SETTINGS[setting] if lib == "cellvi" else ({}, {})
@@ -65,6 +67,8 @@ def run(lib: str, setting: str, data: str, out: Path, seed: int, every: int) -> 
         str(seed),
         "--every",
         str(every),
+        "--batch-key",
+        batch_key,
         "--train-kwargs",
         json.dumps(train_kwargs),
         "--plan-kwargs",
@@ -205,6 +209,7 @@ def markdown(res: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(HERE / "data" / "sim20k.h5ad"), help="made by bench/speed.py")
+    p.add_argument("--batch-key", default="batch", help="obs column of batches ('' for data without batches)")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--scvi-seeds", nargs="+", type=int, default=[0])
@@ -223,7 +228,7 @@ def main() -> None:
             if path.exists():
                 return json.loads(path.read_text())
             return partial_run(lib, setting, Path(str(path) + ".partial"))
-        return run(lib, setting, a.data, path, seed, every=5 if lib == "scvi" else 1)
+        return run(lib, setting, a.data, path, seed, 5 if lib == "scvi" else 1, a.batch_key)
 
     if a.cellvi_only:
         for name in a.settings:
