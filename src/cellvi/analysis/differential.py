@@ -266,7 +266,9 @@ class PairTally:
 
     def add(self, scales1: np.ndarray, scales2: np.ndarray) -> None:
         """One round's pairs: float32 (r, n_genes) each. Sums over rows are matrix-vector products
-        (BLAS, float32 within a round, float64 across rounds): ~20x faster than ``sum(axis=0)``."""
+        (BLAS, float32 within a round, float64 across rounds): ~20x faster than ``sum(axis=0)``. The
+        LFC is kept as a natural logarithm and turned into log2 units in :meth:`result`: NumPy's
+        ``log`` is vectorised on AVX2 and its ``log2`` is not (4x slower, measured)."""
         if scales1.shape != scales2.shape:
             raise ValueError(f"scales1 {scales1.shape} and scales2 {scales2.shape} must have the same shape")
         one = np.ones(len(scales1), dtype=np.float32)
@@ -283,7 +285,7 @@ class PairTally:
         self.count_b += one @ np.less(ratio, self.down_at, out=work, casting="unsafe")
         lfc = np.add(scales1, self.small, out=ratio)
         lfc /= np.add(scales2, self.small, out=work)
-        np.log2(lfc, out=lfc)
+        np.log(lfc, out=lfc)  # ln units until result()
         if self.lfc_median is None:
             self.lfc_median = median_rows(lfc)
             self.shift = self.lfc_median.astype(np.float32)  # centres the squares (float32 sums)
@@ -318,24 +320,31 @@ class PairTally:
         out = {"scale1": self.scale1 / n, "scale2": self.scale2 / n}
         if self.mode == "vanilla":
             return {"proba_m1": p, "proba_m2": 1.0 - p, "bayes_factor": _log_odds(p), **out}
-        mean = self.lfc_sum / n
+        mean, to_log2 = self.lfc_sum / n, 1.0 / np.log(2.0)
         return {
             "proba_de": p,
             "proba_not_de": 1.0 - p,
             "bayes_factor": _log_odds(p),
             **out,
-            "lfc_mean": mean,
-            "lfc_median": self.lfc_median,
-            "lfc_std": np.sqrt(np.maximum(self.lfc_sq / n - (mean - self.shift) ** 2, 0.0)),
-            "lfc_min": self.lfc_min,
-            "lfc_max": self.lfc_max,
+            "lfc_mean": mean * to_log2,
+            "lfc_median": self.lfc_median * to_log2,
+            "lfc_std": np.sqrt(np.maximum(self.lfc_sq / n - (mean - self.shift) ** 2, 0.0)) * to_log2,
+            "lfc_min": self.lfc_min * to_log2,
+            "lfc_max": self.lfc_max * to_log2,
         }
 
 
 def median_rows(x: np.ndarray) -> np.ndarray:
-    """``np.median(x, axis=0)`` for a 2-D float array, by partitioning each column laid out
-    contiguously (several times faster than ``np.median`` on the row-major array)."""
-    cols = np.ascontiguousarray(x.T)
+    """``np.median(x, axis=0)`` (float64, (n_cols,)) of a 2-D float array: each column laid out
+    contiguously (torch's blocked transpose, 2x faster than NumPy's), then one partition at the lower
+    middle, whose upper half's minimum is the upper middle. Several times faster than ``np.median``;
+    NumPy's partition is vectorised for one kth and not for two (6x slower, measured)."""
+    import torch
+
+    cols = torch.from_numpy(np.asarray(x)).T.contiguous().numpy()
     n = cols.shape[1]
-    mid = np.partition(cols, [(n - 1) // 2, n // 2], axis=1)
-    return 0.5 * (mid[:, (n - 1) // 2].astype(np.float64) + mid[:, n // 2])
+    k = (n - 1) // 2
+    part = np.partition(cols, k, axis=1)
+    low = part[:, k].astype(np.float64)
+    high = low if n % 2 else part[:, k + 1 :].min(axis=1)
+    return 0.5 * (low + high)

@@ -118,8 +118,8 @@ def scale_samples(model, adata, cells: np.ndarray, codes: list, batch_size, out=
         out = np.empty((len(cells), model.module.n_input), dtype=np.float32)
     in_place = len(codes) == 1 and model.device.type == "cpu"
     pos = 0
-    with torch.no_grad():
-        for batch in model._batches(adata, cells, batch_size):
+    with torch.no_grad():  # sparse counts: the encoder's first layer multiplies the non-zeros only
+        for batch in model._batches(adata, cells, batch_size, sparse_counts=True):
             n = len(batch["batch"])
             if in_place:
                 model.module.expression(batch, codes[0], sample_z=True, out=torch.from_numpy(out[pos : pos + n]))
@@ -265,7 +265,8 @@ def importance_options(model, weights, batch_correction, kwargs) -> dict | None:
 def inliers(model, adata, masks: list[np.ndarray], batch_size) -> np.ndarray:
     """``filter_outlier_cells``: (n_cells,) bool, False for the cells that are outliers of the latent
     means of a group they belong to (each group, and the cells in none, checked on its own)."""
-    latent = np.concatenate([model.module.latent(b).cpu().numpy() for b in model._batches(adata, None, batch_size)])
+    batches = model._batches(adata, None, batch_size, sparse_counts=True)
+    latent = np.concatenate([model.module.latent(b).cpu().numpy() for b in batches])
     keep = np.ones(len(latent), dtype=bool)
     for m in [*masks, ~np.any(masks, axis=0)]:
         cells = np.flatnonzero(m)
