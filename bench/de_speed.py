@@ -21,7 +21,7 @@ bench/.venv-scvi):
   called at posterior expected FDR 0.05 and the share of them that is not truly DE, AUROC, for the
   default path and the reference.
 
-Writes bench/results/de_speed.{json,md}; the one-vs-all results of an earlier run at another cell count
+Writes bench/results/de_speed.{json,md} (the markdown by bench/de_speed_report.py); the one-vs-all results of an earlier run at another cell count
 are carried over from the file it replaces into a table of earlier sizes. Each worker records the CPU share other processes took
 while it ran ("other CPU"): on a busy shared machine the seconds are noisy, the ratios less so.
 """
@@ -41,13 +41,14 @@ from pathlib import Path
 
 import numpy as np
 
+from de_speed_report import TOPS, earlier_sizes, pairwise_summary, write_markdown
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 RESULTS = HERE / "results"
 SHARED = Path(os.environ.get("CELLVI_DATA_DIR", HERE.parent.parent / "shared" / "data"))
 PYTHONS = {"cellvi": sys.executable, "scvi": str(HERE / ".venv-scvi" / "bin" / "python")}
 SAME = {"n_hidden": 128, "n_latent": 10, "n_layers": 1, "gene_likelihood": "zinb"}
-TOPS = (30, 100)
 
 
 # ---------------------------------------------------------------------------------------- worker side
@@ -353,140 +354,6 @@ def part_fdr(args):
     }
 
 
-def write_markdown(res: dict, path: Path):
-    lines = [
-        "# Differential expression speed",
-        "",
-        f"cellvi vs scvi-tools 1.4.2, same run, {res['threads']} torch thread(s). Command: `{res['command']}`. "
-        f'Machine: {res["machine"]}. "other CPU": share of the machine\'s CPU other processes took '
-        "while DE ran (a shared machine: seconds noisy, ratios less so).",
-        "",
-    ]
-    for part, title in (
-        ("onevsall", "One-vs-all, {n_groups} clusters, {n_cells} simulated cells x {n_genes} genes"),
-        ("ifnb", "Pairwise, IFN-beta stimulation ({n_cells} cells x {n_genes} genes, stim vs ctrl, {epochs} epochs)"),
-    ):
-        if part not in res:
-            continue
-        r = res[part]
-        c, s, ref = r["cellvi"], r["scvi"], r["cellvi"]["reference"]
-        if r.get("command", res["command"]) != res["command"]:
-            lines += [f"This part was measured by an earlier run: `{r['command']}`.", ""]
-        if part == "onevsall" and r["n_cells"] < 200_000:
-            lines += [
-                f"Scaled down: {r['n_cells']:,} cells instead of the issue's 200,000 (a shared, busy machine).",
-                "",
-            ]
-        lines += [
-            f"## {title.format(**r)}",
-            "",
-            "| | median s (runs) | peak RSS MiB (DE increase) | other CPU |",
-            "|---|---|---|---|",
-            f"| cellvi (shared rounds, default) | {c['median_s']:.2f} ({c['runs']}) | {c['peak_rss_mib']:.0f} "
-            f"(+{c['de_rss_increase_mib']:.0f}) | {c['other_cpu']:.2f} |",
-            f"| cellvi shared rounds, mc_error=None (5000 pairs) | {c['exact_5000_pairs_s']:.2f} (1) | | |",
-            f"| cellvi reference (per comparison, the previous code) | {ref['median_s']:.2f} ({ref['runs']}) | | |",
-            f"| scvi-tools 1.4.2 | {s['median_s']:.2f} ({s['runs']}) | {s['peak_rss_mib']:.0f} "
-            f"(+{s['de_rss_increase_mib']:.0f}) | {s['other_cpu']:.2f} |",
-            "",
-            f"Speed-up vs scvi-tools: **{r['speedup_vs_scvi']:.2f}x** (reference path: "
-            f"{r['reference_speedup_vs_scvi']:.2f}x). Pairs per comparison: {c.get('n_pairs')}, largest "
-            f"Monte-Carlo error of proba_de over all genes: {c.get('mc_error_max', float('nan')):.4f}.",
-            "",
-            "| top genes agreeing | default vs reference | mc_error=None vs reference | "
-            "reference vs reference (noise floor) |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| top {k} | {c[f'overlap{k}_default_vs_reference']:.3f} | {c[f'overlap{k}_exact_vs_reference']:.3f} | "
-            f"{c.get(f'overlap{k}_reference_vs_reference', float('nan')):.3f} |"
-            for k in TOPS
-        ]
-        if part == "ifnb" and res.get("ifnb_reruns"):
-            lines += ["", "Earlier runs of this part, replaced by the one above (all runs are kept, none chosen):", ""]
-            lines += [
-                f"- {e['speedup_vs_scvi']:.2f}x: cellvi {e['cellvi_median_s']:.2f} s "
-                f"({', '.join(f'{x:.2f}' for x in e['cellvi_all_s'])}), scvi-tools {e['scvi_median_s']:.2f} s "
-                f"({', '.join(f'{x:.2f}' for x in e['scvi_all_s'])}), other CPU {e['other_cpu'][0]:.2f} / "
-                f"{e['other_cpu'][1]:.2f}; `{e['command']}`"
-                for e in res["ifnb_reruns"]
-            ]
-        if part == "ifnb":
-            lines += [
-                "",
-                "ISG precision (share of the top 30 up-regulated genes in Hallmark IFN-alpha): "
-                f"cellvi default {c['isg_precision_top30_default']:.2f}, reference "
-                f"{c['isg_precision_top30_reference0']:.2f} / {c['isg_precision_top30_reference1']:.2f}, "
-                f"scvi-tools {s['isg_precision_top30_default']:.2f}.",
-            ]
-        lines.append("")
-    if res.get("onevsall_earlier"):
-        lines += [
-            "## One-vs-all at earlier sizes (earlier runs of this benchmark, kept for the scaling)",
-            "",
-            "| cells | cellvi median s (runs) | scvi-tools median s (runs) | speed-up | DE RSS increase MiB "
-            "cellvi / scvi-tools | top-30 overlap default vs reference (noise floor) | other CPU |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {e['n_cells']:,} | {e['cellvi_median_s']:.2f} ({e['cellvi_runs']}) | {e['scvi_median_s']:.2f} "
-            f"({e['scvi_runs']}) | {e['speedup_vs_scvi']:.2f}x | +{e['cellvi_de_rss_increase_mib']:.0f} / "
-            f"+{e['scvi_de_rss_increase_mib']:.0f} | {e['overlap30_default_vs_reference']:.3f} "
-            f"({e['overlap30_reference_vs_reference'] or float('nan'):.3f}) | {e['cellvi_other_cpu']:.2f} / "
-            f"{e['scvi_other_cpu']:.2f} |"
-            for e in res["onevsall_earlier"]
-        ]
-        lines.append("")
-    if "fdr" in res:
-        r = res["fdr"]
-        lines += [
-            f"## FDR on simulated data ({r['n_cells']} cells x {r['n_genes']} genes, type0 vs type1)",
-            "",
-            "| cellvi path | called at FDR 0.05 | not truly DE among them | AUROC |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {n} | {r[f'fdr_{n}']['n_called']} | {r[f'fdr_{n}']['false_discovery_share']:.3f} | "
-            f"{r[f'fdr_{n}']['auroc']:.3f} |"
-            for n in ("default", "reference")
-        ]
-        lines.append("")
-    path.write_text("\n".join(lines))
-
-
-def _pairwise_summary(r: dict, command: str | None) -> dict:
-    """The headline figures of an IFN-beta pairwise result that a rerun replaces."""
-    return {
-        "command": r.get("command", command),
-        "speedup_vs_scvi": r["speedup_vs_scvi"],
-        "cellvi_median_s": r["cellvi"]["median_s"],
-        "cellvi_all_s": r["cellvi"]["all_s"],
-        "scvi_median_s": r["scvi"]["median_s"],
-        "scvi_all_s": r["scvi"]["all_s"],
-        "other_cpu": [r["cellvi"]["other_cpu"], r["scvi"]["other_cpu"]],
-    }
-
-
-def _earlier_sizes(old: dict, n_cells: int) -> list[dict]:
-    """The one-vs-all results of earlier runs at other cell counts (kept in the one results file as a
-    table of earlier sizes), from the results file about to be replaced."""
-    rows = [r for r in old.get("onevsall_earlier", []) if r["n_cells"] != n_cells]
-    r = old.get("onevsall")
-    if r and r["n_cells"] != n_cells:
-        keep = ("median_s", "runs", "peak_rss_mib", "de_rss_increase_mib", "other_cpu")
-        rows.append(
-            {
-                "n_cells": r["n_cells"],
-                "command": old.get("command"),
-                "speedup_vs_scvi": r["speedup_vs_scvi"],
-                "overlap30_default_vs_reference": r["cellvi"]["overlap30_default_vs_reference"],
-                "overlap30_reference_vs_reference": r["cellvi"].get("overlap30_reference_vs_reference"),
-                **{f"{lib}_{k}": r[lib][k] for lib in ("cellvi", "scvi") for k in keep},
-            }
-        )
-    return sorted(rows, key=lambda r: r["n_cells"])
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", nargs="+", choices=["onevsall", "ifnb", "fdr"], default=["onevsall", "ifnb", "fdr"])
@@ -517,7 +384,7 @@ def main(argv=None):
     previous = Path(args.out + ".json")
     old = json.loads(previous.read_text()) if previous.exists() else {}
     if "onevsall" in args.parts:
-        earlier = _earlier_sizes(old, args.n_cells)
+        earlier = earlier_sizes(old, args.n_cells)
         if earlier:
             res["onevsall_earlier"] = earlier
     for key, value in old.items():  # the parts not rerun stay, each with the command that measured it
@@ -527,7 +394,7 @@ def main(argv=None):
             if key == part:
                 value.setdefault("command", old.get("command"))
     if "ifnb" in args.parts and "ifnb" in old:  # a rerun of the pairwise part keeps the ones it replaces
-        res["ifnb_reruns"] = old.get("ifnb_reruns", []) + [_pairwise_summary(old["ifnb"], old.get("command"))]
+        res["ifnb_reruns"] = old.get("ifnb_reruns", []) + [pairwise_summary(old["ifnb"], old.get("command"))]
     for part in args.parts:
         res[part] = {"onevsall": part_onevsall, "ifnb": part_ifnb, "fdr": part_fdr}[part](args)
         res[part]["command"] = res["command"]

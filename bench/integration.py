@@ -18,8 +18,8 @@ mean ± sd per method of every metric (JSON, markdown) and the scib-metrics resu
 means (plot_results_table) as a figure, and cellvi minus scvi-tools per metric (standard error, Welch's
 p); bench/integration_report.py writes them. Embeddings and each embedding's scores are cached in
 --work-dir (re-runs add seeds only). The 10-batch >= 100k-cell case of the issue, for time and memory:
-`--datasets --simulated 100000 --sim-batches 10 --seeds 1 --libs cellvi scvi --cost-only` (scoring
-100,000 cells with scib-metrics would take longer than training here).
+`--datasets --simulated 100000 --sim-batches 10 --seeds 1 --libs cellvi scvi --cost-only` (training
+time, CPU time and peak RSS per library; no scIB scores, whose cost at that size was not measured).
 """
 
 from __future__ import annotations
