@@ -10,18 +10,12 @@ import sys
 import numpy as np
 import pandas as pd
 
+from ..data.matrix import sample_rows
 from ._common import CliError
 
 HVG_CELLS = 100_000
 METRIC_CELLS = 20_000
 N_MARKERS = 10
-
-
-def subsample(n: int, size: int, seed: int) -> np.ndarray:
-    """Sorted indices of ``size`` of ``n`` rows drawn without replacement (all rows when n <= size)."""
-    if n <= size:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
 def select_genes(adata, args, steps) -> np.ndarray:
@@ -32,7 +26,7 @@ def select_genes(adata, args, steps) -> np.ndarray:
     if not n_top or n_top >= adata.n_vars:
         adata.var["highly_variable"] = True
         return np.ones(adata.n_vars, bool)
-    rows = subsample(adata.n_obs, HVG_CELLS, args.seed)
+    rows = sample_rows(adata.n_obs, HVG_CELLS, args.seed)
     sub = adata[rows].to_memory() if adata.isbacked else adata[rows]
     sub = sc.AnnData(sub.layers[args.layer] if args.layer else sub.X, obs=sub.obs[[]].copy(), var=sub.var[[]].copy())
     if args.batch_key:
@@ -112,7 +106,7 @@ def latent_metrics(tdata, args) -> dict:
     cells, where batches and labels are given."""
     from ..analysis import batch_mixing_entropy, knn_label_accuracy
 
-    rows = subsample(tdata.n_obs, METRIC_CELLS, args.seed)
+    rows = sample_rows(tdata.n_obs, METRIC_CELLS, args.seed)
     z = tdata.obsm["X_scvi"][rows]
     out = {}
     if args.batch_key and tdata.obs[args.batch_key].nunique() > 1:

@@ -46,6 +46,13 @@ def iter_row_chunks(X, chunk_rows: int = CHUNK_ROWS, first: int = 0, end: int | 
             yield X[start:stop]
 
 
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``size`` of ``n`` rows drawn without replacement (all rows when n <= size)."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
 def _values(chunk) -> np.ndarray:
     if sp.issparse(chunk):
         return np.asarray(chunk.data)

@@ -10,8 +10,9 @@ import html
 import numpy as np
 import pandas as pd
 
+from ..data.matrix import sample_rows
 from .html import Report
-from .run_report import PLOT_CELLS, _rows
+from .run_report import PLOT_CELLS
 
 
 def label_table(obs: pd.DataFrame) -> pd.DataFrame:
@@ -33,7 +34,7 @@ def _umaps(report: Report, query, seed: int) -> None:
     import matplotlib.pyplot as plt
     import scanpy as sc
 
-    rows = _rows(query.n_obs, PLOT_CELLS, seed)
+    rows = sample_rows(query.n_obs, PLOT_CELLS, seed)
     view = sc.AnnData(obs=query.obs.iloc[rows].copy(), obsm={"X_scvi": query.obsm["X_scvi"][rows]})
     sc.pp.neighbors(view, use_rep="X_scvi", n_neighbors=min(15, max(2, view.n_obs - 1)), random_state=seed)
     sc.tl.umap(view, random_state=seed)

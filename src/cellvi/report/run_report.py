@@ -12,17 +12,12 @@ import json
 import numpy as np
 import pandas as pd
 
+from ..data.matrix import sample_rows
 from .html import Report, figure_html, table_html
 
 PLOT_CELLS = 50_000
 DOT_CELLS = 20_000
 SCIB_CELLS = 5_000
-
-
-def _rows(n: int, size: int, seed: int) -> np.ndarray:
-    if n <= size:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
 def _count_rows(counts, rows: np.ndarray, genes=None):
@@ -38,7 +33,7 @@ def _umaps(report: Report, tdata, args) -> None:
     import matplotlib.pyplot as plt
     import scanpy as sc
 
-    rows = _rows(tdata.n_obs, PLOT_CELLS, args.seed)
+    rows = sample_rows(tdata.n_obs, PLOT_CELLS, args.seed)
     view = sc.AnnData(
         obs=tdata.obs.iloc[rows].copy(),
         obsm={"X_umap": tdata.obsm["X_umap"][rows]},
@@ -130,7 +125,7 @@ def _scib(analysis, tdata, counts, args) -> str:
 
     from ..errors import CellviError
 
-    rows = _rows(tdata.n_obs, SCIB_CELLS, args.seed)
+    rows = sample_rows(tdata.n_obs, SCIB_CELLS, args.seed)
     sub = ad.AnnData(_count_rows(counts, rows), obs=tdata.obs.iloc[rows][[args.batch_key, args.labels_key]].copy())
     sub.obsm["X_scvi"] = tdata.obsm["X_scvi"][rows]
     try:
@@ -175,7 +170,7 @@ def _markers(report: Report, tdata, counts, markers: pd.DataFrame, args) -> None
     top = markers[markers["rank"] <= 3]
     genes = {str(c): list(g) for c, g in top.groupby("cluster", observed=True)["gene"]}
     used = list(dict.fromkeys(g for gs in genes.values() for g in gs))
-    rows = _rows(tdata.n_obs, DOT_CELLS, args.seed)
+    rows = sample_rows(tdata.n_obs, DOT_CELLS, args.seed)
     view = sc.AnnData(
         _count_rows(counts, rows, used), obs=tdata.obs.iloc[rows][["leiden"]].copy(), var=pd.DataFrame(index=used)
     )
