@@ -262,6 +262,11 @@ def main(argv=None):
         action="store_true",
         help="compute the embeddings and write their time and memory only (no scIB scores: for the large sets)",
     )
+    p.add_argument(
+        "--note",
+        default="",
+        help="with --cost-only: a sentence for the results files (e.g. a library whose run was stopped, and when)",
+    )
     p.add_argument("--libs", nargs="*", default=list(LIBS), choices=list(LIBS))
     p.add_argument("--jobs", type=int, default=2, help="worker processes at once (1 thread each)")
     p.add_argument("--work-dir", default=str(HERE / "data" / "integration_work"))

@@ -224,6 +224,7 @@ def write_cost(name: str, path: Path, batch_key: str, label_key: str, cost: dict
         command="python " + " ".join(sys.argv),
         python=platform.python_version(),
         **cost,
+        **({"note": a.note} if a.note else {}),
     )
     out = Path(a.out_dir)
     (out / f"integration_{name}.json").write_text(json.dumps(meta, indent=1))
@@ -242,6 +243,7 @@ def write_cost(name: str, path: Path, batch_key: str, label_key: str, cost: dict
         "|---|---|---|",
         *[f"| {k} | {v:.0f} | {cost['worker_cpu_seconds'][k]:.0f} |" for k, v in cost["worker_peak_rss_mib"].items()],
         "",
+        *([a.note, ""] if a.note else []),
     ]
     (out / f"integration_{name}.md").write_text("\n".join(lines))
     print("\n".join(lines), flush=True)
