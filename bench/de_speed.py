@@ -21,9 +21,9 @@ bench/.venv-scvi):
   called at posterior expected FDR 0.05 and the share of them that is not truly DE, AUROC, for the
   default path and the reference.
 
-Writes bench/results/de_speed.{json,md} (the markdown by bench/de_speed_report.py); the one-vs-all results of an earlier run at another cell count
-are carried over from the file it replaces into a table of earlier sizes. Each worker records the CPU share other processes took
-while it ran ("other CPU"): on a busy shared machine the seconds are noisy, the ratios less so.
+Writes bench/results/de_speed.{json,md} (the markdown by bench/de_speed_report.py); the one-vs-all
+results of an earlier run at another cell count are carried over from the file it replaces into a table
+of earlier sizes. Each worker records the CPU share other processes took while it ran ("other CPU"): on a busy shared machine the seconds are noisy, the ratios less so.
 """
 
 from __future__ import annotations

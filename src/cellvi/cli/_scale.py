@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.matrix import sample_rows
+
 UMAP_FIT_CELLS = 50_000
 TRANSFORM_CHUNK = 100_000
 CHUNK_EDGES = 1_000_000
@@ -104,7 +106,7 @@ def umap_layout(ldata, seed: int) -> int:
     import umap
 
     z = np.asarray(ldata.obsm["X_scvi"], dtype=np.float32)
-    fit = np.sort(np.random.default_rng(seed).choice(n, UMAP_FIT_CELLS, replace=False))
+    fit = sample_rows(n, UMAP_FIT_CELLS, seed)
     # scanpy's defaults (min_dist 0.5, spread 1, 15 neighbours, spectral initialisation)
     reducer = umap.UMAP(n_neighbors=15, min_dist=0.5, spread=1.0, random_state=seed).fit(z[fit])
     out = np.empty((n, 2), dtype=np.float32)
@@ -134,7 +136,7 @@ def paga(ldata, seed: int, max_cells: int = PAGA_CELLS) -> int:
         with lean_igraph():
             sc.tl.paga(ldata, groups="leiden")
         return n
-    keep = np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
+    keep = sample_rows(n, max_cells, seed)
     sub = anndata.AnnData(obs=ldata.obs[["leiden"]].iloc[keep].copy())
     sub.uns["neighbors"] = dict(ldata.uns["neighbors"])
     for key in ("distances", "connectivities"):

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..analysis import unknown as scores
+from ..data.matrix import sample_rows
 from ..errors import InvalidDataError, InvalidParameterError
 
 DEFAULT_METHOD = "mahalanobis"  # chosen by bench/scanvi_unknown.py (bench/results/scanvi_unknown.md)
@@ -51,7 +52,7 @@ def fit(model, heldout_logits, heldout_latent, reference_indices, temperature: f
     _, ref_latent = logits_and_latent(model, None, reference_indices)
     gauss = scores.class_gaussians(ref_latent, codes, len(model.classes_))
     if len(ref_latent) > MAX_REFERENCE_CELLS:
-        keep = np.sort(np.random.default_rng(seed).choice(len(ref_latent), MAX_REFERENCE_CELLS, replace=False))
+        keep = sample_rows(len(ref_latent), MAX_REFERENCE_CELLS, seed)
         ref_latent = ref_latent[keep]
     detector = {
         "method": DEFAULT_METHOD,
