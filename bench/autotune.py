@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -41,6 +40,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from worker import peak_rss_mib  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -177,7 +179,7 @@ def run_set(name: str, args) -> dict:
         row["test_batch"] = float(scib.loc[f"Z{i}", "Batch correction"])
     out["configs"], out["evals"] = configs, evals
     out["cpu_s"] = round(time.process_time(), 1)
-    out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    out["peak_rss_mib"] = round(peak_rss_mib())
     return out
 
 

@@ -21,11 +21,14 @@ import argparse
 import importlib
 import json
 import os
-import resource
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from worker import peak_rss_mib  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("CELLVI_DATA_DIR", HERE.parent.parent / "shared" / "data"))
@@ -110,7 +113,7 @@ def main(argv=None):
         "epochs": args.epochs,
         "importance_weighting_kwargs": {"max_cells": args.max_cells, "n_mc_samples": args.n_mc},
         "threads": args.threads,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mib(),
         "runs": runs,
     }
     name = "de_importance" if args.lib == "cellvi" else "de_importance_scvi"

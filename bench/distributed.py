@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from worker import peak_rss_mib  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
@@ -71,7 +74,7 @@ def worker(a) -> None:
     elbo = model.get_elbo(indices=model.validation_indices)
     rss = distributed.sum_over_ranks(
         torch.tensor(
-            [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if r == w.rank else 0.0 for r in range(w.size)],
+            [peak_rss_mib() if r == w.rank else 0.0 for r in range(w.size)],
             dtype=torch.float64,
         )
     ).tolist()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,9 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
-from cellvi import grn  # noqa: E402 (after the path above)
+sys.path.insert(0, str(HERE))
+from cellvi import grn  # noqa: E402 (after the paths above)
+from worker import peak_rss_mib  # noqa: E402
 
 DATA = Path(os.environ.get("CELLVI_DATA_DIR", HERE.parent.parent / "shared" / "data")) / "beeline_gsd"
 PUBLISHED = {
@@ -163,7 +164,7 @@ def main():
         "target_met_vs_same_run": target,
         "peers_error": peers_err,
         "published_medians": PUBLISHED,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "load_avg": os.getloadavg(),
     }
     (HERE / "results").mkdir(exist_ok=True)

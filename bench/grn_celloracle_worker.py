@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from worker import peak_rss_mib  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -135,7 +139,6 @@ def main() -> None:
     links, shift, version = run(d, a.tf, steps)
     links.to_csv(d / f"{a.lib}_links.csv", index=False)
     np.save(d / f"{a.lib}_shift.npy", np.asarray(shift, dtype=np.float64))
-    import resource
 
     out = {
         "lib": a.lib,
@@ -143,7 +146,7 @@ def main() -> None:
         "steps": steps,
         "total_s": time.perf_counter() - t0,
         "rss_at_start_mib": start_rss,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
     }
     (d / f"{a.lib}.json").write_text(json.dumps(out, indent=1))
 

@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from worker import peak_rss_mib  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -44,7 +47,7 @@ def _grn_run(adata, n_tfs: int, timings: dict, **oracle_kwargs) -> dict:
     """The timed part: Oracle (expression), a GRN per cluster, one knockout; the figures of the run."""
     from cellvi import grn
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = peak_rss_mib()
     tfs = list(adata.var_names[:n_tfs])
     start = time.perf_counter()
     pseudotime = "pseudotime" if "pseudotime" in adata.obs else None
@@ -65,7 +68,7 @@ def _grn_run(adata, n_tfs: int, timings: dict, **oracle_kwargs) -> dict:
         **{k: round(v, 3) for k, v in res.timings.items()},
         **timings,
         "transition_nnz": int(res.transitions.nnz),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "peak_rss_before_grn_mib": rss_before,
     }
 

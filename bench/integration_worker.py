@@ -20,7 +20,8 @@ defaults, as a user would call them):
     knn=20, sigma=15, alpha=0.1), seed=seed.
 The output .npz holds one (n_cells, d) array per embedding (cells in the file's order), the
 seconds each took (training and latent) under ``seconds_<name>``, and the worker process's peak RSS
-(``peak_rss_mib``, MiB, data loading included) and CPU seconds (``cpu_seconds``, all its threads).
+(``peak_rss_mib``, MiB, data loading included; the kernel's VmHWM, see worker.peak_rss_mib) and CPU
+seconds (``cpu_seconds``, all its threads).
 """
 
 from __future__ import annotations
@@ -29,9 +30,14 @@ import argparse
 import json
 import os
 import resource
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from worker import peak_rss_mib  # noqa: E402
 
 THREADS = 1
 
@@ -123,7 +129,7 @@ def main(argv=None):
     else:
         out = scvi_family(a.lib, adata, a.batch_key, a.label_key, a.seed)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    out["peak_rss_mib"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    out["peak_rss_mib"] = peak_rss_mib()  # VmHWM: ru_maxrss would include the driver's peak
     out["cpu_seconds"] = usage.ru_utime + usage.ru_stime
     tmp = a.out + ".part.npz"  # renamed when complete: an interrupted run leaves no half-written cache
     np.savez(tmp, **{k: np.asarray(v) for k, v in out.items()})

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from worker import peak_rss_mib  # noqa: E402
 
 
 def main() -> None:
@@ -59,7 +63,7 @@ def main() -> None:
         "loadings": a.loadings,
         "l1_loadings": a.l1,
         "seed": a.seed,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
     }
     with open(a.out + ".json", "w") as fh:
         json.dump(info, fh)

@@ -37,13 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from out_of_core_report import summarise
+from worker import peak_rss_mib
 
 HERE = Path(__file__).resolve().parent
 SCVI_PY = HERE / ".venv-scvi" / "bin" / "python"
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def busy_cpu_s() -> tuple[float, float]:

@@ -7,7 +7,7 @@
 The data are written by ``cellvi.data.simulate_trajectory(path=...)`` (chunked, memory bounded), then
 each seed runs ``cellvi run FILE -o OUT`` in a fresh process (so peak RSS is that run's). ``--backed``
 sets CELLVI_BACKED_BYTES=0 so the .h5ad is opened backed whatever its size (by default files of 2 GiB
-and more are). Per step: wall seconds and the process's peak RSS at the end of the step (ru_maxrss, a
+and more are). Per step: wall seconds and the process's peak RSS at the end of the step (VmHWM, a
 running maximum), from the run's summary.json; medians over seeds. "machine busy share" is the share of
 the whole machine's CPU time in use during a run (this run's process included; on a shared machine
 the rest is other processes' load: the figures are then noisy).

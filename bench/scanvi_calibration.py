@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import json
 import os
-import resource
+import sys
 import warnings
 from pathlib import Path
 
 import anndata
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from worker import peak_rss_mib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CELLVI_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -196,7 +199,7 @@ def main() -> None:
             }
             rows.append(row)
             print(json.dumps(row))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     out = {"seeds": SEEDS, "epochs": EPOCHS, "rows": rows, "peak_rss_mib": peak, "load": os.getloadavg()}
     results = REPO / "bench" / "results"
     (results / "scanvi_calibration.json").write_text(json.dumps(out, indent=1))

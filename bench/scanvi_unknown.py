@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -29,6 +29,9 @@ import anndata
 import numpy as np
 
 from scanvi_calibration import calibrated_query_model  # bench/ is on the path when run as a script
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from worker import peak_rss_mib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CELLVI_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -95,7 +98,7 @@ def main() -> None:
                     out.update(
                         runs=runs,
                         wall_s=time.time() - start,
-                        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                        peak_rss_mib=peak_rss_mib(),
                         load=list(os.getloadavg()),
                     )
                     OUT.with_suffix(".json").write_text(json.dumps(out, indent=1))

@@ -165,7 +165,14 @@ def staged_file(out: Path, overwrite: bool):
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (MiB)."""
+    """Peak resident memory of this process (MiB): the kernel's ``VmHWM`` where /proc has it, the peak
+    since the process started or since :class:`Steps` last reset the mark.
+
+    Not ``ru_maxrss`` there: Linux carries that over from the parent through fork and exec, so a run
+    started by a process that once held 3 GB would report at least 3 GB (ru_maxrss is the fallback)."""
+    now_and_peak = _rss_now_and_peak()
+    if now_and_peak is not None:
+        return now_and_peak[1]
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
