@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -210,6 +211,19 @@ def compare(scores: pd.DataFrame, metrics: list) -> dict:
     return out
 
 
+def cost_ratios(cost: dict) -> dict:
+    """scvi-tools over cellvi (above 1: cellvi is faster or smaller), for what both libraries measured."""
+    sec, rss, cpu = cost["median_seconds"], cost["worker_peak_rss_mib"], cost["worker_cpu_seconds"]
+    out = {}
+    for method in ("SCVI", "SCANVI"):
+        if f"cellvi {method}" in sec and f"scvi-tools {method}" in sec:
+            out[f"{method} wall-time speed-up"] = sec[f"scvi-tools {method}"] / sec[f"cellvi {method}"]
+    if "cellvi" in cpu and "scvi-tools" in cpu:
+        out["worker CPU-time speed-up (SCVI and SCANVI)"] = cpu["scvi-tools"] / cpu["cellvi"]
+        out["peak RSS, scvi-tools / cellvi"] = rss["scvi-tools"] / rss["cellvi"]
+    return out
+
+
 def write_cost(name: str, path: Path, batch_key: str, label_key: str, cost: dict, a) -> None:
     """bench/results/integration_<name>.{json,md} with the time and memory of each method, no scores."""
     import anndata as ad
@@ -221,9 +235,10 @@ def write_cost(name: str, path: Path, batch_key: str, label_key: str, cost: dict
         n_genes=int(obs.n_vars),
         n_batches=int(obs.obs[batch_key].nunique()),
         n_labels=int(obs.obs[label_key].nunique()),
-        command="python " + " ".join(sys.argv),
+        command="python " + shlex.join(sys.argv),
         python=platform.python_version(),
         **cost,
+        ratios=cost_ratios(cost),
         **({"note": a.note} if a.note else {}),
     )
     out = Path(a.out_dir)
@@ -242,6 +257,8 @@ def write_cost(name: str, path: Path, batch_key: str, label_key: str, cost: dict
         "| worker | median peak RSS MiB (data loading included) | median CPU s |",
         "|---|---|---|",
         *[f"| {k} | {v:.0f} | {cost['worker_cpu_seconds'][k]:.0f} |" for k, v in cost["worker_peak_rss_mib"].items()],
+        "",
+        *[f"- {k}: {v:.2f}" for k, v in meta["ratios"].items()],
         "",
         *([a.note, ""] if a.note else []),
     ]
