@@ -74,13 +74,14 @@ def main(argv=None) -> None:
     eval_s, eval_cpu_s = [0.0], [0.0]
     t0, cpu0 = [0.0], [0.0]
 
-    def on_epoch_end(epoch: int) -> bool:
-        """Record the held-out ELBO after epoch ``epoch`` (0-based); True asks to stop."""
+    def on_epoch_end(epoch: int, last: bool = False) -> bool:
+        """Record the held-out ELBO after epoch ``epoch`` (0-based; always after the first and the
+        ``last``, so that the final ELBO is the trained model's); True asks to stop."""
         now = time.perf_counter() - t0[0] - eval_s[0]
         cpu_now = own_cpu_s() - cpu0[0] - eval_cpu_s[0]
         t, c = time.perf_counter(), own_cpu_s()
         stop = False
-        if (epoch + 1) % a.every == 0 or epoch == 0:
+        if (epoch + 1) % a.every == 0 or epoch == 0 or last:
             module = model.module
             was_training = module.training
             module.eval()
@@ -111,7 +112,7 @@ def main(argv=None) -> None:
 
         class Clock(Callback):
             def on_train_epoch_end(self, trainer, pl_module):
-                if on_epoch_end(trainer.current_epoch):
+                if on_epoch_end(trainer.current_epoch, last=trainer.current_epoch + 1 >= trainer.max_epochs):
                     trainer.should_stop = True
 
         t0[0], cpu0[0] = time.perf_counter(), own_cpu_s()
