@@ -21,14 +21,12 @@ import argparse
 import importlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from worker import peak_rss_mib  # noqa: E402
+from worker import peak_rss_mib  # bench/ is on the path when run as a script
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("CELLVI_DATA_DIR", HERE.parent.parent / "shared" / "data"))

@@ -36,11 +36,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from worker import peak_rss_mib  # bench/ is on the path when run as a script
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
-sys.path.insert(0, str(HERE))
-from cellvi import grn  # noqa: E402 (after the paths above)
-from worker import peak_rss_mib  # noqa: E402
+from cellvi import grn  # noqa: E402 (after the path above)
 
 DATA = Path(os.environ.get("CELLVI_DATA_DIR", HERE.parent.parent / "shared" / "data")) / "beeline_gsd"
 PUBLISHED = {

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,8 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from worker import peak_rss_mib  # noqa: E402
+from worker import peak_rss_mib  # bench/ is on the path when run as a script
 
 
 def rss_mib() -> float:

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from worker import peak_rss_mib  # noqa: E402
+from worker import peak_rss_mib  # bench/ is on the path when run as a script
 
 
 def main() -> None:

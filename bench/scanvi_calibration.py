@@ -25,8 +25,7 @@ from pathlib import Path
 import anndata
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from worker import peak_rss_mib  # noqa: E402
+from worker import peak_rss_mib  # bench/ is on the path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CELLVI_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -114,7 +113,6 @@ def scvi_tools_main() -> None:
     """``bench/.venv-scvi/bin/python bench/scanvi_calibration.py --scvi-tools``: adds scvi-tools' rows to
     the JSON written by the cellvi run (rerun the cellvi run's report with ``--report``)."""
     import importlib.util
-    import sys
 
     spec = importlib.util.spec_from_file_location("cellvi_ece", REPO / "src" / "cellvi" / "analysis" / "calibration.py")
     module = importlib.util.module_from_spec(spec)
@@ -175,7 +173,6 @@ def report(out: dict) -> None:
 
 
 def main() -> None:
-    import sys
 
     if "--scvi-tools" in sys.argv:
         scvi_tools_main()

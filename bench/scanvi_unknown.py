@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -29,9 +28,7 @@ import anndata
 import numpy as np
 
 from scanvi_calibration import calibrated_query_model  # bench/ is on the path when run as a script
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from worker import peak_rss_mib  # noqa: E402
+from worker import peak_rss_mib  # bench/ is on the path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CELLVI_DATA_DIR", REPO.parent / "shared" / "data"))
