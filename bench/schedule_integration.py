@@ -1,4 +1,4 @@
-"""Integration quality (scIB) of cellvi SCVI under each training schedule, on a labelled shared set.
+"""Integration quality (scIB) of cellvi SCVI under each training schedule or precision, on a labelled shared set.
 
 ``train(schedule="fast")`` reaches scvi-tools' held-out ELBO far sooner on 20,000 simulated cells
 (bench/results/speed_ttq.md). Whether it also integrates batches as well is a separate question: this
@@ -8,6 +8,8 @@ unscaled totals, log-normalised 50-PC PCA as the unintegrated embedding). One to
 
     .venv/bin/python bench/schedule_integration.py run --dataset pbmc_3chemistries --schedule fast --seeds 0 1 2
     .venv/bin/python bench/schedule_integration.py run --dataset pbmc_3chemistries --schedule fast --max-epochs 400
+    .venv/bin/python bench/schedule_integration.py run --dataset cellbench_3celllines_2protocols \
+        --schedule scvi-tools --precision bf16-mixed --seeds 0 1 2 3 4 5 6 7
     .venv/bin/python bench/schedule_integration.py summarise
 
 ``run`` writes one CSV of scores per call to bench/data/schedule_integration/; ``summarise`` puts them
@@ -47,7 +49,7 @@ METRICS = [
 ]
 
 
-def run(dataset: str, schedule: str, max_epochs: int | None, seeds: list) -> Path:
+def run(dataset: str, schedule: str, max_epochs: int | None, seeds: list, precision: str = "32-true") -> Path:
     import anndata as ad
     import scanpy as sc
     import torch
@@ -65,14 +67,15 @@ def run(dataset: str, schedule: str, max_epochs: int | None, seeds: list) -> Pat
     sc.pp.log1p(norm)
     sc.pp.pca(norm, n_comps=50)
     adata.obsm["PCA"] = norm.obsm["X_pca"]
-    tag = schedule + (f"_e{max_epochs}" if max_epochs else "")
+    tag = schedule + (f"_e{max_epochs}" if max_epochs else "") + ("" if precision == "32-true" else f"_{precision}")
     keys, seconds, epochs = ["PCA"], {}, {}
     for seed in seeds:
         cellvi.settings.seed = seed
         start = time.perf_counter()
         cellvi.model.SCVI.setup_anndata(adata, batch_key=batch_key)
         model = cellvi.model.SCVI(adata)
-        model.train(enable_progress_bar=False, schedule=schedule, max_epochs=max_epochs)
+        extra = {} if precision == "32-true" else {"precision": precision}
+        model.train(enable_progress_bar=False, schedule=schedule, max_epochs=max_epochs, **extra)
         key = f"{tag}_{seed}"
         adata.obsm[key] = model.get_latent_representation()
         seconds[key], epochs[key] = time.perf_counter() - start, len(model.history)
@@ -82,7 +85,7 @@ def run(dataset: str, schedule: str, max_epochs: int | None, seeds: list) -> Pat
         adata, keys, batch_key, label_key, pre_integrated_obsm_key="PCA", neighbors="exact", return_benchmarker=True
     )
     df = bm.get_results(min_max_scale=False).drop(index="Metric Type").astype(np.float64).drop(index="PCA")
-    df["dataset"], df["schedule"], df["max_epochs"] = dataset, schedule, max_epochs or 0
+    df["dataset"], df["schedule"], df["max_epochs"], df["precision"] = dataset, schedule, max_epochs or 0, precision
     df["seed"] = [int(k.rsplit("_", 1)[1]) for k in df.index]
     df["epochs"] = [epochs[k] for k in df.index]
     df["seconds"] = [seconds[k] for k in df.index]
@@ -113,7 +116,10 @@ def summarise() -> None:
     earlier = [pd.DataFrame(json.loads(results.read_text())["per_seed"])] if results.exists() else []
     new = [pd.read_csv(p, index_col=0) for p in sorted(RUNS.glob("*.csv"))]
     rows = pd.concat(earlier + new, ignore_index=True)  # a seed run again replaces its earlier scores
-    rows = rows.drop_duplicates(["dataset", "schedule", "max_epochs", "seed"], keep="last")
+    if "precision" not in rows:
+        rows["precision"] = "32-true"
+    rows["precision"] = rows["precision"].fillna("32-true")  # runs from before the option: float32
+    rows = rows.drop_duplicates(["dataset", "schedule", "max_epochs", "precision", "seed"], keep="last")
     groups, refs = [], {}
     for dataset in rows["dataset"].unique():  # the default schedule, scored the same way
         ref = HERE / "results" / f"integration_{dataset}.json"
@@ -124,8 +130,11 @@ def summarise() -> None:
                 if len(g):
                     refs[(dataset, method)] = g["Total"].to_numpy()
                     groups.append(_group(dataset, f"{method}, default schedule", g, 400))
-    for (dataset, schedule, max_epochs), g in rows.groupby(["dataset", "schedule", "max_epochs"]):
+    for (dataset, schedule, max_epochs, precision), g in rows.groupby(
+        ["dataset", "schedule", "max_epochs", "precision"]
+    ):
         setting = f"cellvi schedule='{schedule}'" + (f", max_epochs={max_epochs}" if max_epochs else "")
+        setting += "" if precision == "32-true" else f", precision='{precision}'"
         row = _group(dataset, setting, g, int(g["epochs"].median()))
         for (d, method), totals in refs.items():
             if d == dataset and len(g) > 1:
@@ -134,14 +143,14 @@ def summarise() -> None:
                     "welch_p": float(ttest_ind(g["Total"], totals, equal_var=False).pvalue),
                 }
         groups.append(row)
-    per_seed = rows[["dataset", "schedule", "max_epochs", "seed", "epochs", "seconds", *METRICS]]
+    per_seed = rows[["dataset", "schedule", "max_epochs", "precision", "seed", "epochs", "seconds", *METRICS]]
     results.write_text(json.dumps({"rows": groups, "per_seed": per_seed.to_dict("records")}, indent=1))
     lines = [
-        "# scIB of cellvi SCVI under each training schedule",
+        "# scIB of cellvi SCVI under each training schedule and precision",
         "",
         "scib-metrics Benchmarker (exact kNN, unscaled; Total = 0.6 bio + 0.4 batch), mean ± sd over seeds, one "
         "torch thread per run. Command: `.venv/bin/python bench/schedule_integration.py run --dataset D --schedule S "
-        "[--max-epochs E] --seeds ...` per setting, then `summarise`. The default-schedule rows are the per-seed "
+        "[--max-epochs E] [--precision P] --seeds ...` per setting, then `summarise`. The default-schedule rows are the per-seed "
         "scores of bench/results/integration_<dataset>.json (the same scoring). Total minus the default "
         "schedule's, Welch's p in brackets.",
         "",
@@ -168,10 +177,11 @@ def main() -> None:
     r.add_argument("--schedule", default="fast")
     r.add_argument("--max-epochs", type=int, default=None)
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     sub.add_parser("summarise")
     a = ap.parse_args()
     if a.cmd == "run":
-        print(run(a.dataset, a.schedule, a.max_epochs, a.seeds))
+        print(run(a.dataset, a.schedule, a.max_epochs, a.seeds, a.precision))
     summarise()
 
 

@@ -37,19 +37,24 @@ import speed  # noqa: E402 - the sibling benchmark's worker runner
 HERE = speed.HERE
 speed.PY["cellvi"] = os.environ.get("CELLVI_PYTHON", speed.PY["cellvi"])
 speed.PY["scvi"] = os.environ.get("SCVI_PYTHON", speed.PY["scvi"])
-# name: (library, cellvi fused_kernels, cellvi sparse_first_layer)
+# name: (library, cellvi fused_kernels, cellvi sparse_first_layer, train(precision=...))
 VARIANTS = {
-    "cellvi_dense_eager": ("cellvi", "off", "off"),
-    "cellvi_dense": ("cellvi", "on", "off"),
-    "cellvi_sparse": ("cellvi", "on", "on"),
-    "scvi": ("scvi", None, None),
+    "cellvi_dense_eager": ("cellvi", "off", "off", "32-true"),
+    "cellvi_dense": ("cellvi", "on", "off", "32-true"),
+    "cellvi_sparse": ("cellvi", "on", "on", "32-true"),
+    "cellvi_dense_bf16": ("cellvi", "on", "off", "bf16-mixed"),
+    "cellvi_sparse_bf16": ("cellvi", "on", "on", "bf16-mixed"),
+    "scvi": ("scvi", None, None, "32-true"),
+    "scvi_bf16": ("scvi", None, None, "bf16-mixed"),
 }
+CELLBENCH = ["cellvi_dense_eager", "cellvi_dense", "cellvi_sparse", "cellvi_dense_bf16", "scvi", "scvi_bf16"]
+SIMULATED = ["cellvi_dense", "cellvi_sparse", "cellvi_sparse_bf16", "scvi", "scvi_bf16"]
 
 
 def dataset(name: str, n_cells: int) -> tuple[Path, str, list[str]]:
     """(path of the .h5ad, batch key, the variants run), simulating on first use."""
     if name == "cellbench":  # its old default trained eagerly (449 cells x 400 epochs < 1M cell-epochs)
-        return speed.SHARED / "cellbench_3celllines_2protocols.h5ad", "batch", list(VARIANTS)
+        return speed.SHARED / "cellbench_3celllines_2protocols.h5ad", "batch", CELLBENCH
     path = HERE / "data" / f"sim{n_cells}_20000genes.h5ad"
     if not path.exists():
         path.parent.mkdir(exist_ok=True)
@@ -58,7 +63,7 @@ def dataset(name: str, n_cells: int) -> tuple[Path, str, list[str]]:
             f"seed=0, chunk_size=2000, path={str(path)!r})"
         )
         subprocess.run([speed.PY["cellvi"], "-c", code], check=True)
-    return path, "batch", ["cellvi_dense", "cellvi_sparse", "scvi"]
+    return path, "batch", SIMULATED
 
 
 def run_dataset(name: str, epochs: int, repeats: int, tmp: Path, n_cells: int) -> dict:
@@ -67,8 +72,8 @@ def run_dataset(name: str, epochs: int, repeats: int, tmp: Path, n_cells: int) -
     load = [os.getloadavg()[0]]
     for i in range(repeats):
         for variant in variants:
-            lib, fused, sparse = VARIANTS[variant]
-            extra = ["--config", "defaults", "--skip-inference"]
+            lib, fused, sparse, precision = VARIANTS[variant]
+            extra = ["--config", "defaults", "--skip-inference", "--precision", precision]
             if lib == "cellvi":
                 extra += ["--fused", fused, "--sparse-first-layer", sparse]
             out = tmp / f"wide_{name}_{variant}_{i}.json"
@@ -92,9 +97,15 @@ def run_dataset(name: str, epochs: int, repeats: int, tmp: Path, n_cells: int) -
         med[v]["first_epoch_s"] = float(np.median([r["epoch_s_all"][0] for r in rs]))
         med[v]["est_400_epochs_s"] = med[v]["first_epoch_s"] + 399 * med[v]["epoch_s"]
     # ratios per repeat (runs next to each other), then their median
-    cellvi = [v for v in variants if v != "scvi"]
+    cellvi = [v for v in variants if v != "scvi"]  # scvi_bf16 too: its ratio to scvi-tools' default
     per_repeat = {v: [s["epoch_s"] / c["epoch_s"] for c, s in zip(runs[v], runs["scvi"])] for v in cellvi}
     per_repeat_cpu = {v: [s["epoch_cpu_s"] / c["epoch_cpu_s"] for c, s in zip(runs[v], runs["scvi"])] for v in cellvi}
+    bf16 = [v for v in cellvi if v.startswith("cellvi") and v.endswith("bf16")]
+    same_precision = {  # bfloat16 against scvi-tools' own train(precision="bf16-mixed"), per repeat
+        v: float(np.median([s["epoch_s"] / c["epoch_s"] for c, s in zip(runs[v], runs["scvi_bf16"])]))
+        for v in bf16
+        if "scvi_bf16" in runs
+    }
     first = runs["cellvi_sparse"][0]
     return {
         "dataset": name,
@@ -110,6 +121,7 @@ def run_dataset(name: str, epochs: int, repeats: int, tmp: Path, n_cells: int) -
         "est_400_epochs_speedup_vs_scvi": {
             v: med["scvi"]["est_400_epochs_s"] / med[v]["est_400_epochs_s"] for v in cellvi
         },
+        "speedup_vs_scvi_bf16": same_precision,
         "sparse_vs_dense": med["cellvi_dense"]["epoch_s"] / med["cellvi_sparse"]["epoch_s"],
         "load_average_1min": load,
         "raw": runs,
@@ -123,27 +135,32 @@ def markdown(results: dict) -> str:
         results["machine"],
         "",
         "| data | cells x genes | run | fused_kernels | sparse first layer | epochs | runs | s/epoch "
-        "| speed-up vs scvi (s/epoch) | CPU s/epoch | speed-up (CPU s/epoch) | first epoch s "
+        "| precision | speed-up vs scvi (s/epoch) | CPU s/epoch | speed-up (CPU s/epoch) | first epoch s "
         "| est. 400 epochs s | speed-up, 400 epochs | peak RSS MiB | held-out ELBO | load avg (1 min) | other CPU |",
-        "|" + "---|" * 18,
+        "|" + "---|" * 19,
     ]
     for r in results["datasets"]:
         loads = f"{min(r['load_average_1min']):.1f}-{max(r['load_average_1min']):.1f}"
         for v, m in r["median"].items():
-            lib, fused, sparse = r["variants"][v]
+            lib, fused, sparse, precision = r["variants"][v]
             speed_up = r["speedup_vs_scvi"].get(v)
             whole = r["est_400_epochs_speedup_vs_scvi"].get(v)
             cpu = r["cpu_time_speedup_vs_scvi"].get(v)
             lines.append(
                 f"| {r['dataset']} | {r['cells_x_genes'][0]} x {r['cells_x_genes'][1]} | {v} | {fused or '-'} "
-                f"| {sparse or '-'} | {r['epochs']} | {r['repeats']} | {m['epoch_s']:.3f} "
+                f"| {sparse or '-'} | {r['epochs']} | {r['repeats']} | {m['epoch_s']:.3f} | {precision} "
                 f"| {f'**{speed_up:.2f}x**' if speed_up else '1'} | {m['epoch_cpu_s']:.3f} "
                 f"| {f'**{cpu:.2f}x**' if cpu else '1'} | {m['first_epoch_s']:.1f} "
                 f"| {m['est_400_epochs_s']:.0f} | {f'{whole:.2f}x' if whole else '1'} | {m['peak_rss_mib']:.0f} "
                 f"| {m['heldout_elbo_per_cell']:.1f} | {loads} | {m['other_procs_cpu_frac']:.2f} |"
             )
+    for r in results["datasets"]:
+        for v, ratio in r.get("speedup_vs_scvi_bf16", {}).items():
+            lines.append(f"\n{r['dataset']}: {v} is {ratio:.2f}x faster per epoch than scvi_bf16 (both in bfloat16).")
     lines += [
         "",
+        "precision 'bf16-mixed': `train(precision=\"bf16-mixed\")` in both libraries (Lightning's autocast in "
+        "scvi-tools, torch.autocast in cellvi): matrix products in bfloat16, weights and likelihood in float32. "
         "Medians over runs; each run is its own process; per repeat the runs of a dataset go one after the "
         "other, and each speed-up is the median of the per-repeat ratios of s/epoch (the median over the "
         "epochs after the first). Both libraries train at their defaults and would pick the same number "

@@ -95,6 +95,7 @@ def train(
     seed=0,
     sparse_first="auto",
     cpu_ends=None,
+    precision="32-true",
 ):
     """Train and return the wall seconds since train start at the end of each epoch (and append this
     process's CPU seconds at each epoch's end to ``cpu_ends``).
@@ -105,6 +106,8 @@ def train(
     stream that leaves training's own untouched), so the stopping test and the reported ELBO agree.
     """
     kw = dict(max_epochs=epochs, batch_size=batch_size, train_size=TRAIN_SIZE, enable_progress_bar=False)
+    if precision != "32-true":  # Lightning's name, which both libraries take (older cellvi: float32 only)
+        kw["precision"] = precision
     if lib_name == "cellvi":
         kw["fused_kernels"] = {"auto": None, "on": True, "off": False}[fused]
         if sparse_first != "auto":  # older cellvi versions have no such argument
@@ -170,6 +173,7 @@ def main(argv=None):
     p.add_argument("--fused", choices=["auto", "on", "off"], default="auto", help="cellvi fused_kernels")
     p.add_argument("--until-elbo", type=float, help="cellvi: stop when the held-out ELBO reaches this")
     p.add_argument("--sparse-first-layer", choices=["auto", "on", "off"], default="auto", help="cellvi only")
+    p.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true", help="train(precision=...)")
     p.add_argument(
         "--skip-inference",
         action="store_true",
@@ -211,6 +215,7 @@ def main(argv=None):
         a.seed,
         a.sparse_first_layer,
         cpu_ends,
+        a.precision,
     )
     train_s, (all1, own1) = time.perf_counter() - t, busy_cpu_s()
     other_cpu = max(0.0, (all1 - all0) - (own1 - own0))
@@ -248,6 +253,7 @@ def main(argv=None):
         n_heldout_cells=int(adata_held.n_obs),
         config=a.config,
         fused=a.fused if a.lib == "cellvi" else None,
+        precision=a.precision,
         sparse_first_layer=a.sparse_first_layer if a.lib == "cellvi" else None,
         until_elbo=a.until_elbo,
         epochs=a.epochs,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import warnings
 
+import torch
+
 from ..errors import InvalidParameterError
 
 # keywords of scvi-tools' train()/Lightning Trainer that change nothing cellvi computes
@@ -27,7 +29,7 @@ MONITORS = ("elbo_validation", "elbo_train")
 
 def resolve(kwargs: dict, device) -> dict:
     """Check scvi-tools' extra train() keywords. Returns the ones cellvi's trainer takes
-    (``early_stopping_min_delta``); warns for ignored ones; raises InvalidParameterError naming any
+    (``early_stopping_min_delta``, ``autocast_dtype`` from ``precision``); warns for ignored ones; raises InvalidParameterError naming any
     unknown or unsupported keyword before training starts."""
     out: dict = {}
     unknown = []
@@ -60,8 +62,7 @@ def resolve(kwargs: dict, device) -> dict:
                     "training is not supported."
                 )
         elif key == "precision":
-            if str(value) not in ("32", "32-true"):
-                raise InvalidParameterError(f"precision={value!r}: cellvi trains in float32 only.")
+            out.update(_precision(value, device))
         else:
             unknown.append(key)
     if unknown:
@@ -72,6 +73,37 @@ def resolve(kwargs: dict, device) -> dict:
             "n_epochs_kl_warmup go in plan_kwargs={...}."
         )
     return out
+
+
+PRECISIONS = {"32": None, "32-true": None, "bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def _precision(value, device) -> dict:
+    """Lightning's ``precision`` names: "32" / "32-true" (float32, the default) or "bf16-mixed" (the
+    matrix products of training steps in bfloat16 under autocast; weights, gradients, optimiser,
+    likelihood, validation and every output stay float32)."""
+    key = str(value)
+    if key not in PRECISIONS:
+        raise InvalidParameterError(
+            f"precision={value!r} is not supported: cellvi trains in '32-true' (default) or 'bf16-mixed'. "
+            "float16 ('16-mixed') would need loss scaling and 'bf16-true' float16 weights; neither is offered."
+        )
+    dtype = PRECISIONS[key]
+    if dtype is not None and device.type == "cpu" and not _cpu_has_bf16():
+        warnings.warn(
+            "precision='bf16-mixed': this CPU has no native bfloat16 instructions (AVX512-BF16 or AMX), so "
+            "bfloat16 matrix products are emulated and training may be slower than in float32.",
+            UserWarning,
+            stacklevel=5,
+        )
+    return {"autocast_dtype": dtype}
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _check_accelerator(value, device) -> None:

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..nn import Encoder, FCLayers
+from ..nn.layers import float32
 from .vae import VAE, kl_normal, log_normal_density, norm_parts
 
 CALIBRATION_BINS = 15
@@ -47,7 +48,7 @@ class Classifier(nn.Module):
         self.out = nn.Linear(n_input, n_classes)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.out(self.hidden(z) if self.hidden is not None else z)
+        return float32(self.out(self.hidden(z) if self.hidden is not None else z))
 
 
 class SCANVAE(VAE):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import FCLayers
+from .layers import FCLayers, float32
 
 
 class Encoder(nn.Module):
@@ -52,8 +52,8 @@ class Encoder(nn.Module):
 
     def forward(self, x, cat_codes=None, cont=None, sample: bool = True):
         h = self.encoder(x, cat_codes, cont)
-        mean = self.mean(h)
-        var = torch.exp(self.log_var(h)) + self.var_eps
+        mean = self.mean(h).float()  # float32 also under bf16 autocast: the KL and sampling stay exact
+        var = torch.exp(self.log_var(h).float()) + self.var_eps
         z = mean + var.sqrt() * torch.randn_like(mean) if sample else mean
         return mean, var, self.transform(z)
 
@@ -68,7 +68,8 @@ class Decoder(nn.Module):
     ``forward`` returns ``(scale_logits, r, dropout_logits)``, each (n_cells, n_genes):
     ``softmax(scale_logits)`` is the expression proportion of each gene (the softmax is left to the
     likelihood, which fuses it, see :mod:`cellvi.distributions.softmax_counts`), ``r`` the log inverse dispersion per cell and gene (only used for dispersion="gene-cell"),
-    ``dropout_logits`` the zero-inflation logits.
+    ``dropout_logits`` the zero-inflation logits. The outputs are float32 also when the layers run in
+    bfloat16 under autocast (``train(precision="bf16-mixed")``): the likelihood is always taken in float32.
     """
 
     def __init__(
@@ -104,10 +105,10 @@ class Decoder(nn.Module):
 
     def forward(self, z, cat_codes=None, cont=None):
         h = self.decoder(z, cat_codes, cont)
-        r = self.r_head(h) if self.r_head is not None else None
-        dropout_logits = self.dropout_head(h) if self.dropout_head is not None else None
-        return self.scale_head(h), r, dropout_logits
+        r = float32(self.r_head(h)) if self.r_head is not None else None
+        dropout_logits = float32(self.dropout_head(h)) if self.dropout_head is not None else None
+        return float32(self.scale_head(h)), r, dropout_logits
 
     def scale_logits(self, z, cat_codes=None, cont=None) -> torch.Tensor:
         """The first output of :meth:`forward` alone (n_cells, n_genes), without the other heads' work."""
-        return self.scale_head(self.decoder(z, cat_codes, cont))
+        return float32(self.scale_head(self.decoder(z, cat_codes, cont)))

@@ -17,6 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 (itself when it already is): the layers may run in bfloat16 under autocast
+    (``train(precision="bf16-mixed")``), the likelihoods, KL terms and losses never do."""
+    return x.float()
+
+
 def select_rows(table: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """``table[codes]``, (len(codes), table.shape[1]). Under ``torch.compile`` as ``one_hot(codes) @ table``:
     the gradient of a gather is a scatter-add, which compiled code runs with atomic adds (a different

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import CovariateInjection
+from .layers import CovariateInjection, float32
 
 LOADINGS = ("free", "nonneg")
 
@@ -86,12 +86,12 @@ class LinearDecoder(nn.Module):
         self.dropout_head = nn.Linear(n_input, n_output) if need_dropout else None
 
     def forward(self, z, cat_codes=None, cont=None):
-        r = self.r_head(z) if self.r_head is not None else None
-        dropout_logits = self.dropout_head(z) if self.dropout_head is not None else None
-        return self.decoder(z, cat_codes, cont), r, dropout_logits
+        r = float32(self.r_head(z)) if self.r_head is not None else None
+        dropout_logits = float32(self.dropout_head(z)) if self.dropout_head is not None else None
+        return float32(self.decoder(z, cat_codes, cont)), r, dropout_logits
 
     def scale_logits(self, z, cat_codes=None, cont=None) -> torch.Tensor:
-        return self.decoder(z, cat_codes, cont)
+        return float32(self.decoder(z, cat_codes, cont))
 
     def loadings(self) -> torch.Tensor:
         """The loadings ``W``, (n_genes, n_latent): d log-rate / d z, up to the softmax's per-cell constant."""

@@ -41,11 +41,13 @@ class CompiledLoss:
         self.loss_fn = loss_fn
         self.compiled: Callable | None = torch.compile(loss_fn, dynamic=True)
 
-    def step(self, optimizer: torch.optim.Optimizer, batch: dict, **kwargs) -> dict:
+    def step(
+        self, optimizer: torch.optim.Optimizer, batch: dict, autocast_dtype: torch.dtype | None = None, **kwargs
+    ) -> dict:
         """Forward and backward of one minibatch (gradients set, not yet applied). Returns the loss dict."""
         if self.compiled is not None:
             try:
-                return forward_backward(self.compiled, optimizer, batch, **kwargs)
+                return forward_backward(self.compiled, optimizer, batch, autocast_dtype, **kwargs)
             except Exception as exc:  # noqa: BLE001 - any failure of the compiler; the eager step re-raises real errors
                 warnings.warn(
                     f"torch.compile failed ({type(exc).__name__}: {str(exc)[:300]}); training continues "
@@ -54,12 +56,27 @@ class CompiledLoss:
                     stacklevel=2,
                 )
                 self.compiled = None
-        return forward_backward(self.loss_fn, optimizer, batch, **kwargs)
+        return forward_backward(self.loss_fn, optimizer, batch, autocast_dtype, **kwargs)
 
 
-def forward_backward(loss_fn: Callable, optimizer: torch.optim.Optimizer, batch: dict, **kwargs) -> dict:
-    """The loss of one minibatch and its gradients (set, not yet applied). Returns the loss dict."""
-    out = loss_fn(batch, **kwargs)
+def forward_backward(
+    loss_fn: Callable,
+    optimizer: torch.optim.Optimizer,
+    batch: dict,
+    autocast_dtype: torch.dtype | None = None,
+    **kwargs,
+) -> dict:
+    """The loss of one minibatch and its gradients (set, not yet applied). Returns the loss dict.
+
+    ``autocast_dtype`` (torch.bfloat16 or None): run the forward pass under ``torch.autocast``, so that
+    the matrix products take bfloat16 inputs (float32 accumulation, float32 weights and gradients);
+    the modules return float32 from their layers, so the likelihood and the KL stay float32."""
+    if autocast_dtype is None:
+        out = loss_fn(batch, **kwargs)
+    else:
+        device = next(iter(optimizer.param_groups[0]["params"])).device.type
+        with torch.autocast(device, dtype=autocast_dtype):
+            out = loss_fn(batch, **kwargs)
     clear_grads(optimizer)
     out["loss"].backward()
     return out

@@ -129,6 +129,7 @@ class Trainer:
         callbacks: list | None = None,
         compile_loss: bool = False,
         check_val_every_n_epoch: int | None = None,
+        autocast_dtype: torch.dtype | None = None,
     ) -> None:
         self.module = module
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -146,6 +147,7 @@ class Trainer:
         self.loss = LossWithTotals(module)
         self.train_loss = distributed.wrap_loss(module, self.loss)  # DDP under torchrun
         self.compiled_loss = CompiledLoss(self.train_loss) if compile_loss else None
+        self.autocast_dtype = autocast_dtype  # training steps only: validation stays float32
         n_val = 0 if val_loader is None else len(val_loader.indices)
         self.has_validation = distributed.any_rank(n_val > 0)  # a rank's share may be empty
         self.check_val_every_n_epoch = check_val_every_n_epoch
@@ -223,8 +225,12 @@ class Trainer:
 
     def _forward_backward(self, batch: dict, kl_w: float) -> dict:
         if self.compiled_loss is not None:
-            return self.compiled_loss.step(self.optimizer, batch, kl_weight=kl_w, **self.extra_loss_kwargs)
-        return forward_backward(self.train_loss, self.optimizer, batch, kl_weight=kl_w, **self.extra_loss_kwargs)
+            return self.compiled_loss.step(
+                self.optimizer, batch, self.autocast_dtype, kl_weight=kl_w, **self.extra_loss_kwargs
+            )
+        return forward_backward(
+            self.train_loss, self.optimizer, batch, self.autocast_dtype, kl_weight=kl_w, **self.extra_loss_kwargs
+        )
 
     def _validate_now(self, epoch: int) -> bool:
         """Validation every ``check_val_every_n_epoch`` epochs; by default (None) every epoch with early
