@@ -136,3 +136,32 @@ def test_minibatches_gathered_together_equal_one_at_a_time():
                     np.testing.assert_allclose(b["log_factorial"].numpy(), log_fact, rtol=1e-5)
                 for key, value in covs.items():
                     np.testing.assert_array_equal(b[key].numpy(), value)
+
+
+def test_per_cell_log_factorial_table_equals_the_minibatch_sums_bit_for_bit():
+    """In-memory counts take their log-factorial sums from a table made once per loader; it must give
+    exactly what summing each minibatch's non-zeros gives (CSR in chunks, dense, counts beyond the
+    lookup table, a cell without counts), in every layout the loader hands out."""
+    import torch
+
+    from cellvi.data.matrix import cell_log_factorial
+
+    rng = np.random.default_rng(4)
+    X = sp.random(200, 60, density=0.3, format="lil", random_state=2, dtype=np.float32)
+    X[11] = 0
+    X = X.tocsr()
+    X.data = np.floor(X.data * 40) + rng.choice([0.0, 5000.0], size=X.nnz, p=[0.97, 0.03])
+    np.testing.assert_array_equal(cell_log_factorial(X, chunk_entries=50), cell_log_factorial(X))
+    expected = gammaln(X.toarray().astype(np.float64) + 1).sum(1)
+    np.testing.assert_allclose(cell_log_factorial(X), expected, rtol=1e-6)
+    assert cell_log_factorial(X)[11] == 0.0
+    for matrix in (X, X.toarray()):
+        data = CellData(matrix, np.zeros(200, np.int32), np.zeros(200, np.int32))
+        for layout in ({}, {"sparse_counts": True}, {"csr_transfer": True}):
+            table = MinibatchLoader(data, np.arange(3, 200), batch_size=32, shuffle=True, seed=1, **layout)
+            summed = MinibatchLoader(data, np.arange(3, 200), batch_size=32, shuffle=True, seed=1, **layout)
+            summed._log_factorial_tried = True  # no table: the per-minibatch sums, as for on-disk rows
+            for a, b in zip(table, summed, strict=True):
+                assert a["log_factorial"].dtype == torch.float32
+                assert torch.equal(a["log_factorial"], b["log_factorial"]), layout
+            assert table._log_factorial is not None and summed._log_factorial is None
