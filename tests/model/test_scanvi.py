@@ -105,3 +105,34 @@ def test_save_load_roundtrip(small_adata, tmp_path):
     pd.testing.assert_frame_equal(loaded.predict(soft=True), model.predict(soft=True))
     with pytest.raises(cellvi.errors.ModelFileError):
         SCVI.load(tmp_path / "m", adata=small_adata)
+
+
+def test_labels_in_bound_false_averages_y_for_labelled_cells_too(small_adata):
+    """``labels_in_bound=False`` (scvi-tools 1.4.2's bound): a labelled cell's bound averages y under the
+    classifier exactly as an unlabelled cell's does, and its label enters through the classification loss
+    only. With the default, labelled cells use their observed y, which gives another loss."""
+    from cellvi.data import MinibatchLoader
+
+    _hide_labels(small_adata)
+    SCANVI.setup_anndata(small_adata, labels_key="labels", unlabeled_category="Unknown", batch_key="batch")
+    model = SCANVI(small_adata, n_latent=4, n_hidden=32)
+    module = model.module
+    batch = MinibatchLoader(model._cell_data(), batch_size=64).batch(np.arange(64))
+    labelled = batch["labels"] < module.n_labels
+    assert labelled.any() and not labelled.all()
+    hidden = dict(batch, labels=torch.full_like(batch["labels"], module.n_labels))
+
+    def loss(b, **kw):
+        torch.manual_seed(0)  # the same z draw and dropout masks for each call
+        return module.loss(b, kl_weight=0.5, **kw)
+
+    averaged = loss(batch, labels_in_bound=False)
+    unlabelled = loss(hidden)  # the same bound, no classification loss (no labelled cell)
+    assert float(averaged["classification_loss"]) > 0 and float(unlabelled["classification_loss"]) == 0
+    torch.testing.assert_close(averaged["kl_z"], unlabelled["kl_z"])
+    torch.testing.assert_close(averaged["loss"], unlabelled["loss"] + 50.0 * averaged["classification_loss"])
+    observed = loss(batch)
+    torch.testing.assert_close(observed["kl_z"][~labelled], averaged["kl_z"][~labelled])
+    assert not torch.allclose(observed["kl_z"][labelled], averaged["kl_z"][labelled])
+    model.train(max_epochs=2, plan_kwargs={"labels_in_bound": False})
+    assert np.isfinite(model.history["elbo_train"]).all()

@@ -215,6 +215,7 @@ class SCANVI(ConfidenceMixin, SCVI):
                 max_epochs = int(min(10, max(2, round(max_epochs / 3.0))))
         plan = dict(plan_kwargs or {})
         ratio = float(plan.pop("classification_ratio", 50.0))
+        labels_in_bound = bool(plan.pop("labels_in_bound", True))
         if ratio < 0:
             raise InvalidParameterError(f"classification_ratio must be >= 0, got {ratio}.")
         weights = None
@@ -228,7 +229,7 @@ class SCANVI(ConfidenceMixin, SCVI):
         super().train(
             max_epochs=max_epochs,
             plan_kwargs=plan,
-            loss_kwargs={"classification_ratio": ratio, "class_weights": weights},
+            loss_kwargs={"classification_ratio": ratio, "class_weights": weights, "labels_in_bound": labels_in_bound},
             **kwargs,
         )
         return self

@@ -152,6 +152,7 @@ class SCANVAE(VAE):
         kl_weight: float = 1.0,
         classification_ratio: float = 50.0,
         class_weights: torch.Tensor | None = None,
+        labels_in_bound: bool = True,
     ) -> dict:
         """Negative bound plus ``classification_ratio`` x the classification loss.
 
@@ -168,7 +169,10 @@ class SCANVAE(VAE):
         gen = self.generative(inf["z"], inf["library"], batch)
         rec = self.reconstruction_loss(batch, gen)
         labels = batch["labels"].reshape(-1)
-        z1_part, kl_part = self._z_terms(inf, labels)
+        # labels_in_bound=False: y is averaged under q(y|z1) in the bound for every cell, labelled or not, as
+        # scvi-tools 1.4.2 does; the labels then reach the model through the classification loss only
+        bound_labels = labels if labels_in_bound else torch.full_like(labels, self.n_labels)
+        z1_part, kl_part = self._z_terms(inf, bound_labels)
         kl_l = self._kl_library(batch, inf)
         loss = torch.mean(rec + z1_part + kl_weight * kl_part + kl_l)
         logits = self._logits(inf)
