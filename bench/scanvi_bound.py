@@ -27,7 +27,8 @@ import time
 
 import numpy as np
 import pandas as pd
-from schedule_integration import DATA, HERE, KEYS, METRICS, SUMMARY
+
+from schedule_integration import DATA, HERE, KEYS, METRICS
 
 RUNS = HERE / "data" / "scanvi_bound"
 VARIANTS = {"observed labels in the bound": True, "y averaged in the bound (scvi-tools 1.4.2)": False}
