@@ -202,7 +202,9 @@ class SCANVI(ConfidenceMixin, SCVI):
         clipped to [2, 10]. n_samples_per_label: balance the classes in the classification loss as if
         each had at most this many labelled cells (rarer classes count fully, larger ones less).
         plan_kwargs may hold ``classification_ratio`` (default 50), the weight of the classification
-        loss against the bound (per cell).
+        loss against the bound (per cell), and ``labels_in_bound`` (default True: a labelled cell's bound
+        uses its observed label; False: y is averaged under the classifier for every cell, as in
+        scvi-tools 1.4.2; the scIB totals of the two agree, bench/results/scanvi_bound.md).
         """
         if kwargs.get("schedule", "scvi-tools") != "scvi-tools":
             raise InvalidParameterError(
