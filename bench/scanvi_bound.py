@@ -28,34 +28,23 @@ import time
 import numpy as np
 import pandas as pd
 
-from schedule_integration import DATA, HERE, KEYS, METRICS
+from schedule_integration import HERE, KEYS, METRICS, load_labelled, score
 
 RUNS = HERE / "data" / "scanvi_bound"
 VARIANTS = {"observed labels in the bound": True, "y averaged in the bound (scvi-tools 1.4.2)": False}
 
 
 def run(dataset: str, seeds: list) -> None:
-    import anndata as ad
-    import scanpy as sc
     import torch
 
     import cellvi
-    from cellvi.analysis import benchmark_integration
 
     torch.set_num_threads(1)
-    batch_key, label_key = KEYS[dataset]
-    adata = ad.read_h5ad(DATA / f"{dataset}.h5ad")
-    for k in (batch_key, label_key):
-        adata.obs[k] = adata.obs[k].astype(str).astype("category")
-    norm = adata.copy()
-    sc.pp.normalize_total(norm)
-    sc.pp.log1p(norm)
-    sc.pp.pca(norm, n_comps=50)
-    adata.obsm["PCA"] = norm.obsm["X_pca"]
+    adata, batch_key, label_key = load_labelled(dataset)
     for seed in seeds:
         cellvi.settings.seed = seed  # as bench/integration_worker.py: SCVI, then SCANVI, no reseeding between
         model = _train_scvi(cellvi, adata, batch_key)
-        keys, seconds = ["PCA"], {}
+        keys, seconds = [], {}
         state = (torch.random.get_rng_state(), np.random.get_state(), random.getstate())
         for name, in_bound in VARIANTS.items():
             torch.random.set_rng_state(state[0]), np.random.set_state(state[1]), random.setstate(state[2])
@@ -67,10 +56,7 @@ def run(dataset: str, seeds: list) -> None:
             seconds[key] = time.perf_counter() - start
             keys.append(key)
             print(dataset, seed, name, f"{seconds[key]:.0f} s", flush=True)
-        _, bm = benchmark_integration(
-            adata, keys, batch_key, label_key, pre_integrated_obsm_key="PCA", neighbors="exact", return_benchmarker=True
-        )
-        df = bm.get_results(min_max_scale=False).drop(index="Metric Type").astype(np.float64).drop(index="PCA")
+        df = score(adata, keys, batch_key, label_key)
         df["dataset"], df["variant"] = dataset, [k.split("|")[0] for k in df.index]
         df["seed"], df["seconds"] = seed, [seconds[k] for k in df.index]
         RUNS.mkdir(parents=True, exist_ok=True)

@@ -49,26 +49,47 @@ METRICS = [
 ]
 
 
-def run(dataset: str, schedule: str, max_epochs: int | None, seeds: list, precision: str = "32-true") -> Path:
+def load_labelled(dataset: str):
+    """(adata, batch key, label key) of a shared labelled set, both keys categorical, with the
+    unintegrated embedding (bench/integration.py's log-normalised 50-PC PCA) in ``obsm["PCA"]``."""
     import anndata as ad
-    import scanpy as sc
-    import torch
 
-    import cellvi
-    from cellvi.analysis import benchmark_integration
+    from integration import unintegrated_pca
 
-    torch.set_num_threads(1)
     batch_key, label_key = KEYS[dataset]
     adata = ad.read_h5ad(DATA / f"{dataset}.h5ad")
     for k in (batch_key, label_key):
         adata.obs[k] = adata.obs[k].astype(str).astype("category")
-    norm = adata.copy()
-    sc.pp.normalize_total(norm)
-    sc.pp.log1p(norm)
-    sc.pp.pca(norm, n_comps=50)
-    adata.obsm["PCA"] = norm.obsm["X_pca"]
+    adata.obsm["PCA"] = unintegrated_pca(adata)
+    return adata, batch_key, label_key
+
+
+def score(adata, keys: list, batch_key: str, label_key: str) -> pd.DataFrame:
+    """Unscaled scIB scores of the embeddings ``obsm[k]`` for ``k`` in ``keys`` (one row each), as
+    bench/integration.py scores them: exact kNN, ``obsm["PCA"]`` as the unintegrated embedding."""
+    from cellvi.analysis import benchmark_integration
+
+    _, bm = benchmark_integration(
+        adata,
+        ["PCA", *keys],
+        batch_key,
+        label_key,
+        pre_integrated_obsm_key="PCA",
+        neighbors="exact",
+        return_benchmarker=True,
+    )
+    return bm.get_results(min_max_scale=False).drop(index="Metric Type").astype(np.float64).drop(index="PCA")
+
+
+def run(dataset: str, schedule: str, max_epochs: int | None, seeds: list, precision: str = "32-true") -> Path:
+    import torch
+
+    import cellvi
+
+    torch.set_num_threads(1)
+    adata, batch_key, label_key = load_labelled(dataset)
     tag = schedule + (f"_e{max_epochs}" if max_epochs else "") + ("" if precision == "32-true" else f"_{precision}")
-    keys, seconds, epochs = ["PCA"], {}, {}
+    keys, seconds, epochs = [], {}, {}
     for seed in seeds:
         cellvi.settings.seed = seed
         start = time.perf_counter()
@@ -81,10 +102,7 @@ def run(dataset: str, schedule: str, max_epochs: int | None, seeds: list, precis
         seconds[key], epochs[key] = time.perf_counter() - start, len(model.history)
         keys.append(key)
         print(key, f"{seconds[key]:.0f} s", epochs[key], "epochs", flush=True)
-    _, bm = benchmark_integration(
-        adata, keys, batch_key, label_key, pre_integrated_obsm_key="PCA", neighbors="exact", return_benchmarker=True
-    )
-    df = bm.get_results(min_max_scale=False).drop(index="Metric Type").astype(np.float64).drop(index="PCA")
+    df = score(adata, keys, batch_key, label_key)
     df["dataset"], df["schedule"], df["max_epochs"], df["precision"] = dataset, schedule, max_epochs or 0, precision
     df["seed"] = [int(k.rsplit("_", 1)[1]) for k in df.index]
     df["epochs"] = [epochs[k] for k in df.index]

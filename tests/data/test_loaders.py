@@ -151,10 +151,14 @@ def test_per_cell_log_factorial_table_equals_the_minibatch_sums_bit_for_bit():
     X[11] = 0
     X = X.tocsr()
     X.data = np.floor(X.data * 40) + rng.choice([0.0, 5000.0], size=X.nnz, p=[0.97, 0.03])
-    np.testing.assert_array_equal(cell_log_factorial(X, chunk_entries=50), cell_log_factorial(X))
+    every = np.arange(200)
+    np.testing.assert_array_equal(cell_log_factorial(X, every, chunk_entries=50), cell_log_factorial(X, every))
     expected = gammaln(X.toarray().astype(np.float64) + 1).sum(1)
-    np.testing.assert_allclose(cell_log_factorial(X), expected, rtol=1e-6)
-    assert cell_log_factorial(X)[11] == 0.0
+    np.testing.assert_allclose(cell_log_factorial(X, every), expected, rtol=1e-6)
+    assert cell_log_factorial(X, every)[11] == 0.0
+    some = cell_log_factorial(X, np.array([150, 3, 40]))  # only the cells asked for are summed
+    np.testing.assert_array_equal(some[[3, 40, 150]], cell_log_factorial(X, every)[[3, 40, 150]])
+    assert np.count_nonzero(some) == 3
     for matrix in (X, X.toarray()):
         data = CellData(matrix, np.zeros(200, np.int32), np.zeros(200, np.int32))
         for layout in ({}, {"sparse_counts": True}, {"csr_transfer": True}):

@@ -225,13 +225,14 @@ class MinibatchLoader:
             yield out
 
     def _log_factorial_of(self, rows: np.ndarray, values: np.ndarray, nz_rows=None, indptr=None) -> torch.Tensor:
-        """(len(rows),) float32 per-cell sums of ``lgamma(x + 1)`` of the cells ``rows``. In-memory counts
-        are summed once per loader (:func:`cell_log_factorial`, the same values bit for bit): on 15,000
-        genes these sums took about 40% of the loader's time per epoch. On-disk rows are summed here
-        from the minibatch's non-zero ``values``, whose rows are ``nz_rows`` (or found from ``indptr``)."""
+        """(len(rows),) float32 per-cell sums of ``lgamma(x + 1)`` of the cells ``rows``. For in-memory
+        counts the loader's own cells are summed once, on first use (:func:`cell_log_factorial`, the same
+        values bit for bit): on 15,000 genes these sums took about 40% of the loader's time per epoch.
+        On-disk rows are summed here from the minibatch's non-zero ``values``, whose rows are ``nz_rows``
+        (or found from ``indptr``)."""
         if not self._log_factorial_tried:
             self._log_factorial_tried = True
-            self._log_factorial = cell_log_factorial(self.data.X)
+            self._log_factorial = cell_log_factorial(self.data.X, self.indices)
         if self._log_factorial is not None:
             return torch.from_numpy(self._log_factorial[rows])
         if nz_rows is None:

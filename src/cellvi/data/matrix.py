@@ -114,30 +114,26 @@ def row_log_factorial(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.n
     return sums.astype(np.float32)
 
 
-def cell_log_factorial(X, chunk_entries: int = 1 << 24) -> np.ndarray | None:
-    """Per-cell sum of ``lgamma(x + 1)`` over all of ``X``, (n_cells,) float32, for an in-memory CSR or
-    dense matrix (None for anything else: on-disk rows are summed per minibatch). Each row's terms are
-    summed exactly as :func:`row_log_factorial` sums them for a minibatch, so the two agree bit for bit;
-    rows are taken in chunks of about ``chunk_entries`` stored entries to bound the temporary arrays."""
-    if sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array):
-        indptr, n = np.asarray(X.indptr, dtype=np.int64), X.shape[0]
-        out, start = np.empty(n, dtype=np.float32), 0
-        while start < n:
-            stop = int(np.searchsorted(indptr, indptr[start] + chunk_entries, side="right")) - 1
-            stop = min(n, max(stop, start + 1))
-            counts = np.diff(indptr[start : stop + 1])
-            rows = np.repeat(np.arange(stop - start, dtype=np.int64), counts)
-            out[start:stop] = row_log_factorial(X.data[indptr[start] : indptr[stop]], rows, stop - start)
-            start = stop
-        return out
-    if isinstance(X, np.ndarray):
-        step = max(1, chunk_entries // max(1, X.shape[1]))
-        parts = []
-        for start in range(0, X.shape[0], step):
-            _, rows, _, values = densify(X[start : start + step])
-            parts.append(row_log_factorial(values, rows, min(step, X.shape[0] - start)))
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-    return None
+def cell_log_factorial(X, rows: np.ndarray, chunk_entries: int = 1 << 22) -> np.ndarray | None:
+    """Per-cell sums of ``lgamma(x + 1)`` of the cells ``rows`` of an in-memory CSR or dense matrix
+    ``X``: a (n_cells,) float32 array indexed by cell position, 0 at cells not in ``rows``. None for any
+    other matrix (on-disk rows are summed per minibatch). Each cell is gathered and summed as a
+    minibatch's are (:func:`gather_csr` or :func:`gather_rows`, then :func:`row_log_factorial`), so the
+    values are the same bit for bit; ``rows`` go in chunks of about ``chunk_entries`` cells x genes."""
+    if not (sp.isspmatrix_csr(X) or isinstance(X, (sp.csr_array, np.ndarray))):
+        return None
+    out = np.zeros(X.shape[0], dtype=np.float32)
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    step = max(1, chunk_entries // max(1, X.shape[1]))
+    for start in range(0, len(rows), step):
+        part = rows[start : start + step]
+        if isinstance(X, np.ndarray):
+            _, nz_rows, _, values = gather_rows(X, part)
+        else:
+            indptr, _, values = gather_csr(X, part)
+            nz_rows = np.repeat(np.arange(len(part), dtype=np.int64), np.diff(indptr))
+        out[part] = row_log_factorial(values, nz_rows, len(part))
+    return out
 
 
 class RowBlocks:

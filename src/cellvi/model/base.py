@@ -249,8 +249,8 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
             scvi-tools' extra keywords: ``early_stopping_monitor`` ("elbo_validation"),
             ``early_stopping_min_delta`` and ``early_stopping_mode`` ("min") are honoured; so is ``precision``:
             "32-true" (default) or "bf16-mixed", which runs the training steps' matrix products in bfloat16
-            (weights, gradients, likelihood, validation and outputs stay float32; ~1.6x faster steps on wide
-            data on a CPU with bfloat16 instructions, docs/performance.md); ``accelerator`` and
+            (weights, gradients, likelihood, validation and outputs stay float32; 1.1-1.7x faster steps on
+            wide data on a CPU with bfloat16 instructions, docs/performance.md); ``accelerator`` and
             ``devices`` are checked against what the model uses; Lightning-only ones
             (``logger``, ``load_sparse_tensor``...) are ignored with a warning. Any other keyword is an
             error, raised before training starts.
