@@ -9,11 +9,15 @@ true network (``cellvi.data.simulate_grn``):
 * combining the branch GRNs: the largest weight over the clusters (``max``), the mean of ``|coef|``, or
   Stouffer's sum of z-scores / sqrt(clusters);
 * pseudotime conditioning: each gene's cubic-spline trend in pseudotime (per cluster) regressed out first;
+* the regression's scale: the expression (standardised), or each gene's normal scores within the cluster
+  (``transform="normal_scores"``, a Gaussian copula; added by a later stop, with the Hill settings below);
 
-on two inputs (the noise-free-of-counting ``activity`` layer, continuous like BEELINE's BoolODE output, and
+under two kinetics of the simulator (``linear``: a target's level is linear in its regulators' activity;
+``hill``: switch-like Hill responses, as BoolODE simulates them), on two inputs (the noise-free-of-counting ``activity`` layer, continuous like BEELINE's BoolODE output, and
 log-normalised counts), with two sets of candidate regulators (the TFs; every gene, as in BEELINE), in two
 network sizes (100 genes / 12 TFs; 20 genes / 8 TFs with every non-TF regulated: small and dense like
-BEELINE GSD's 19 genes). The rule fixed before running: the variant with the best median EPR over all
+BEELINE GSD's 19 genes). The rule, fixed before the first run and kept when the Hill settings and
+normal-score variants were added (before cellvi's BEELINE figures for them were computed): the variant with the best median EPR over all
 settings and seeds (AUPRC ratio as the tie-break) becomes cellvi's ranking for BEELINE.
 
     PYTHONPATH=src python bench/grn_ranking.py [--seeds 10]
@@ -24,6 +28,7 @@ Writes bench/results/grn_ranking.json and .md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -53,11 +58,13 @@ def detrend(X, t, knots=4):
     return (X - B @ coef).astype(np.float32)
 
 
-def variant_scores(X, clusters, reg, G, seed):
+def variant_scores(X, clusters, reg, G, seed, transform="none"):
     """{variant: (G, G) edge scores} from one bagging-ridge fit per cluster."""
     coef, z = [], []
     for k, cl in enumerate(np.unique(clusters)):
-        fit = grn.bagging_ridge(X[clusters == cl], reg.index, reg.allowed, seed=seed + k, shared=reg.shared)
+        fit = grn.bagging_ridge(
+            X[clusters == cl], reg.index, reg.allowed, seed=seed + k, shared=reg.shared, transform=transform
+        )
         for out, key in ((coef, "coef"), (z, "z")):
             M = np.zeros((G, G))
             M[reg.index] = np.nan_to_num(np.abs(fit[key]), posinf=1e6)
@@ -73,59 +80,76 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--cells", type=int, default=2000)
+    ap.add_argument("--kinetics", nargs="+", default=["linear", "hill"], choices=["linear", "hill"])
     args = ap.parse_args()
     logging.getLogger("cellvi.grn").setLevel(logging.ERROR)  # "every gene is a candidate" warnings
     rows = []
-    for size, kw in SIZES.items():
-        for seed in range(args.seeds):
-            ad = cellvi.data.simulate_grn(n_cells=args.cells, seed=seed, **kw)
-            truth, genes = ad.uns["true_network"], pd.Index(ad.var_names)
-            branch, t = ad.obs["branch"].to_numpy().astype(str), ad.obs["pseudotime"].to_numpy()
-            for inp in ("activity", "log-normalised counts"):
-                X0 = ad.layers["activity"].astype(np.float32) if inp == "activity" else grn.expression_matrix(ad)[0]
-                Xd = X0.copy()
-                for c in np.unique(branch):
-                    Xd[branch == c] = detrend(X0[branch == c], t[branch == c])
-                for cands in ("TFs", "every gene"):
-                    reg = grn.candidate_regulators(genes, tfs=list(genes[ad.var["is_tf"]]) if cands == "TFs" else None)
-                    for part, X, cl in (
-                        ("per branch", X0, branch),
-                        ("one GRN", X0, np.zeros(ad.n_obs, str)),
-                        ("per branch, pseudotime detrended", Xd, branch),
-                    ):
-                        for w, S in variant_scores(X, cl, reg, len(genes), seed).items():
-                            rows.append(
-                                dict(
-                                    size=size,
-                                    seed=seed,
-                                    input=inp,
-                                    candidates=cands,
-                                    variant=f"{part}, {w}",
-                                    auprc_ratio=grn.auprc_ratio(S, truth, genes),
-                                    epr=grn.early_precision_ratio(S, truth, genes),
-                                )
+    for kinetics, size, seed in itertools.product(args.kinetics, SIZES, range(args.seeds)):
+        ad = cellvi.data.simulate_grn(n_cells=args.cells, seed=seed, kinetics=kinetics, **SIZES[size])
+        truth, genes = ad.uns["true_network"], pd.Index(ad.var_names)
+        branch, t = ad.obs["branch"].to_numpy().astype(str), ad.obs["pseudotime"].to_numpy()
+        for inp in ("activity", "log-normalised counts"):
+            X0 = ad.layers["activity"].astype(np.float32) if inp == "activity" else grn.expression_matrix(ad)[0]
+            Xd = X0.copy()
+            for c in np.unique(branch):
+                Xd[branch == c] = detrend(X0[branch == c], t[branch == c])
+            for cands in ("TFs", "every gene"):
+                reg = grn.candidate_regulators(genes, tfs=list(genes[ad.var["is_tf"]]) if cands == "TFs" else None)
+                for part, X, cl, tr in (
+                    ("per branch", X0, branch, "none"),
+                    ("one GRN", X0, np.zeros(ad.n_obs, str), "none"),
+                    ("per branch, pseudotime detrended", Xd, branch, "none"),
+                    ("per branch, normal scores", X0, branch, "normal_scores"),
+                    ("one GRN, normal scores", X0, np.zeros(ad.n_obs, str), "normal_scores"),
+                ):
+                    for w, S in variant_scores(X, cl, reg, len(genes), seed, tr).items():
+                        rows.append(
+                            dict(
+                                kinetics=kinetics,
+                                size=size,
+                                seed=seed,
+                                input=inp,
+                                candidates=cands,
+                                variant=f"{part}, {w}",
+                                auprc_ratio=grn.auprc_ratio(S, truth, genes),
+                                epr=grn.early_precision_ratio(S, truth, genes),
                             )
+                        )
     df = pd.DataFrame(rows)
     overall = df.groupby("variant")[["epr", "auprc_ratio"]].median()
     # rank of each variant within each setting (1 = best EPR), then its median rank: robust to the scale of
     # the settings (ratios near 60 in the easy ones, near 3 in the hard ones)
-    med = df.groupby(["size", "input", "candidates", "variant"])["epr"].median().reset_index()
-    med["rank"] = med.groupby(["size", "input", "candidates"])["epr"].rank(ascending=False)
+    keys = ["kinetics", "size", "input", "candidates"]
+    med = df.groupby(keys + ["variant"])["epr"].median().reset_index()
+    med["rank"] = med.groupby(keys)["epr"].rank(ascending=False)
     overall["median rank"] = med.groupby("variant")["rank"].median()
     overall["wins"] = med[med["rank"] == 1].groupby("variant").size().reindex(overall.index).fillna(0).astype(int)
     overall = overall.sort_values(["median rank", "wins", "epr"], ascending=[True, False, False])
     chosen = overall.index[0]
-    result = {"cells": args.cells, "seeds": args.seeds, "rows": rows, "chosen": chosen, "load_avg": os.getloadavg()}
+    result = {
+        "cells": args.cells,
+        "seeds": args.seeds,
+        "kinetics": args.kinetics,
+        "rows": rows,
+        "chosen": chosen,
+        "load_avg": os.getloadavg(),
+    }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "grn_ranking.json").write_text(json.dumps(result, indent=1))
     df["setting"] = (
-        df["size"] + ", " + df["input"].str.replace("log-normalised counts", "lognorm") + ", " + df["candidates"]
+        df["kinetics"]
+        + ", "
+        + df["size"]
+        + ", "
+        + df["input"].str.replace("log-normalised counts", "lognorm")
+        + ", "
+        + df["candidates"]
     )
     per = df.groupby(["setting", "variant"])[["auprc_ratio", "epr"]].median().unstack("variant")
     lines = [
         f"# Edge ranking of cellvi's bagging ridge, chosen on simulate_grn ({args.cells} cells, {args.seeds} seeds)",
         "",
-        "Settings: 2 network sizes (100 genes / 12 TFs; 20 genes / 8 TFs, dense) x 2 inputs (activity; "
+        f"Settings: kinetics ({', '.join(args.kinetics)}) x 2 network sizes (100 genes / 12 TFs; 20 genes / 8 TFs, dense) x 2 inputs (activity; "
         "log-normalised counts) x 2 candidate sets (TFs; every gene). Columns: pooled medians over all "
         "settings and seeds, the median rank of the variant's median EPR within each setting (1 = best), "
         "and the settings it wins.",

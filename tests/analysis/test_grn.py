@@ -59,6 +59,34 @@ def test_ridge_matches_sklearn_for_every_target_in_both_solvers():
     assert np.isnan(fit["coef"][0, 0])  # never a self edge
 
 
+def test_normal_scores_ridge_finds_a_switch_that_linear_ridge_underrates():
+    from cellvi.analysis.grn.ridge import normal_scores
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    ns = normal_scores(np.column_stack([x, np.ones(200)]))
+    assert ns.dtype == np.float32 and np.all(ns[:, 3] == 0)  # a constant column scores 0
+    np.testing.assert_array_equal(np.argsort(ns[:, 0]), np.argsort(x[:, 0]))  # ranks kept
+    assert abs(ns[:, 0].std() - 1) < 0.05
+    # a target that saturates in a log-normal regulator 0 (a Hill response) and is linear in regulator 1:
+    # the linear ridge ranks regulator 1 first (regulator 0's tail dominates its variance), the ridge on
+    # normal scores ranks regulator 0 first
+    n = 600
+    z = rng.normal(size=(n, 3))
+    r0 = np.exp(2 * z[:, 0])
+    X = np.column_stack([r0, z[:, 1], z[:, 2], r0**2 / (1 + r0**2) + 0.3 * z[:, 1] + 0.2 * rng.normal(size=n)])
+    reg = np.array([0, 1, 2])
+    allowed = np.ones((3, 4), bool)
+    allowed[np.arange(3), reg] = False
+    lin = grn.bagging_ridge(X, reg, allowed, seed=0)
+    ns = grn.bagging_ridge(X, reg, allowed, seed=0, transform="normal_scores")
+    assert lin["coef"][1, 3] > lin["coef"][0, 3] > 0
+    assert ns["coef"][0, 3] > ns["coef"][1, 3] > 0
+    assert np.isfinite(ns["coef_raw"][0, 3]) and ns["p"][2, 3] > 1e-3
+    with pytest.raises(CellviError, match="transform"):
+        grn.bagging_ridge(X, reg, allowed, transform="ranks")
+
+
 def test_simulator_edges_are_recovered_and_knockouts_move_the_right_branch(sim):
     truth = sim.uns["true_network"]
     tfs = list(sim.var_names[sim.var["is_tf"]])

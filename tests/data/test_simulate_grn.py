@@ -25,3 +25,26 @@ def test_counts_network_and_drivers():
         assert act[on, j].mean() > 5 * act[~on, j].mean()
     with pytest.raises(CellviError):
         cellvi.data.simulate_grn(n_genes=5, n_tfs=8)
+
+
+def test_hill_kinetics_is_switch_like_and_checked():
+    lin = cellvi.data.simulate_grn(n_cells=1000, n_genes=40, n_tfs=8, seed=1)
+    hill = cellvi.data.simulate_grn(n_cells=1000, n_genes=40, n_tfs=8, seed=1, kinetics="hill")
+    # the same network and drivers; only how targets respond to their regulators differs
+    assert lin.uns["true_network"].equals(hill.uns["true_network"])
+    np.testing.assert_array_equal(lin.layers["activity"][:, :3], hill.layers["activity"][:, :3])
+    assert not np.allclose(lin.layers["activity"], hill.layers["activity"])
+    # a target of TF1 alone, where TF1 is at about half the threshold: linear kinetics pass on ~a quarter
+    # of the full response (plus the floor), Hill kinetics (0.2 / 0.5)^4 ~ 3% of it
+    net = hill.uns["true_network"]
+    only = [t for t, d in net.groupby("target") if list(d["regulator"]) == ["TF1"] and d["weight"].iloc[0] > 0]
+    assert only, "seed 1 should give a target activated by TF1 alone"
+    names = list(hill.var_names)
+    tf1 = hill.layers["activity"][:, names.index("TF1")]
+    band = (tf1 > 0.15) & (tf1 < 0.3)
+    for kind, a in (("linear", lin), ("hill", hill)):
+        g = a.layers["activity"][:, names.index(only[0])]
+        ratio = g[band].mean() / g[tf1 > 1.0].mean()
+        assert (ratio < 0.14) if kind == "hill" else (ratio > 0.16), (kind, ratio)
+    with pytest.raises(CellviError, match="kinetics"):
+        cellvi.data.simulate_grn(n_genes=20, n_tfs=8, kinetics="sigmoid")

@@ -6,8 +6,12 @@ about 1 when fully on), computed in the network's topological order::
 
     drivers:   TF0 (root: 1 -> 0 over the root), TF1 (rises along branch1), TF2 (rises along branch2),
                a = floor + smoothstep(...)
-    regulated: a[c, g] = max(base[g] + sum_r w[r, g] * a[c, r], 0) * noise[c, g]
+    regulated: a[c, g] = max(base[g] + sum_r w[r, g] * f(a[c, r]), 0) * noise[c, g]
     free:      a[c, g] = 1 * noise[c, g]          (genes with no regulator)
+
+with ``f(a) = a`` (``kinetics="linear"``, the default) or the switch-like Hill function
+``f(a) = (1 + K^n) a^n / (K^n + a^n)`` (``kinetics="hill"``: about 0 below the threshold ``K``, about 1
+above it, ``f(1) = 1``; the kind of response BoolODE, which made BEELINE's data sets, simulates).
 
 ``noise ~ LogNormal(0, noise_sd)`` is drawn per cell and gene *before* the gene's activity is passed on,
 so a regulator's cell-to-cell variation propagates to its targets (what lets regression find the edges
@@ -69,6 +73,9 @@ def simulate_grn(
     library_log_sd: float = 0.3,
     batch_effect: float = 0.2,
     dispersion: float = 10.0,
+    kinetics: str = "linear",
+    hill_k: float = 0.5,
+    hill_n: float = 4.0,
 ) -> ad.AnnData:
     """Simulate UMI counts (cells x genes, CSR float32) from a known gene regulatory network.
 
@@ -79,8 +86,14 @@ def simulate_grn(
     unregulated. ``obs``: ``pseudotime`` (0-1), ``branch`` / ``cell_type`` (root, branch1, branch2),
     ``batch``. ``layers["activity"]``: the noise-free-of-counting activity ``a`` (cells x genes).
     ``uns["true_network"]``: DataFrame regulator, target, weight, sign. ``dispersion``: NB inverse
-    dispersion theta (higher is less noisy). The same arguments give the same data.
+    dispersion theta (higher is less noisy). ``kinetics``: ``"linear"`` or ``"hill"`` (threshold
+    ``hill_k`` in activity units, steepness ``hill_n``), how a target responds to its regulators' activity
+    (see the module docstring). The same arguments give the same data.
     """
+    if kinetics not in ("linear", "hill"):
+        raise InvalidParameterError(f"kinetics must be 'linear' or 'hill', got {kinetics!r}.")
+    if hill_k <= 0 or hill_n <= 0:
+        raise InvalidParameterError("simulate_grn needs hill_k > 0 and hill_n > 0.")
     if n_tfs < 4 or n_genes <= n_tfs:
         raise InvalidParameterError("simulate_grn needs n_tfs >= 4 and n_genes > n_tfs.")
     if n_cells < 3 or n_batches < 1:
@@ -103,9 +116,15 @@ def simulate_grn(
     a[:, 1] = driver_floor + np.where(branch == 1, after, 0.0)
     a[:, 2] = driver_floor + np.where(branch == 2, after, 0.0)
     a[:, :3] *= noise[:, :3]
+    def response(x):
+        if kinetics == "linear":
+            return x
+        xn = x**hill_n
+        return (1 + hill_k**hill_n) * xn / (hill_k**hill_n + xn)
+
     for g in range(3, n_genes):  # topological order: regulators always have lower indices
         regs = np.flatnonzero(W[:, g])
-        level = base[g] + a[:, regs] @ W[regs, g] if len(regs) else np.ones(n_cells)
+        level = base[g] + response(a[:, regs]) @ W[regs, g] if len(regs) else np.ones(n_cells)
         a[:, g] = np.maximum(level, 0.0) * noise[:, g]
 
     p = rng.lognormal(0.0, 1.0, n_genes)

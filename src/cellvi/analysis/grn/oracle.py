@@ -157,10 +157,13 @@ class Oracle:
         device=None,
         seed: int = 0,
         pvalue: str = "bootstrap",
+        transform: str = "none",
     ) -> pd.DataFrame:
         """Fit a bagging ridge GRN per cluster (see :func:`~cellvi.analysis.grn.bagging_ridge`), then keep
         edges with p < ``p`` and the ``top_k`` largest ``|coef|`` per cluster (``pvalue``: see
-        :func:`~cellvi.analysis.grn.bagging_ridge`; ``"celloracle"`` for CellOracle's t-test). A cluster with fewer than
+        :func:`~cellvi.analysis.grn.bagging_ridge`; ``"celloracle"`` for CellOracle's t-test; ``transform``:
+        ``"normal_scores"`` regresses each cluster's normal scores, not its expression, see the same
+        function; not with chunked expression). A cluster with fewer than
         ``min_cells`` cells raises ClusterTooSmallError (or, with ``skip_small``, is left without GRN).
         Returns the filtered links (cluster, source, target, coef_mean, coef_raw, coef_abs, p, -logp)."""
         sizes = self.clusters.value_counts()
@@ -188,6 +191,7 @@ class Oracle:
                 device,
                 reg.shared,
                 pvalue=pvalue,
+                transform=transform,
             )
             self.links_all[cl] = links_table(fit, reg.names, self.genes, reg.allowed, cluster=cl)
         self.timings["fit_grn_s"] = time.perf_counter() - t0

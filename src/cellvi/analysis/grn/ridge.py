@@ -45,6 +45,14 @@ def _standardise(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (X - mean) / sd, sd
 
 
+def normal_scores(X: np.ndarray) -> np.ndarray:
+    """(n, G) -> (n, G) float32: each column's values replaced by the standard normal quantiles of their
+    ranks, ``Phi^-1((rank - 1/2) / n)`` (ties share their mean rank; a constant column becomes 0)."""
+    X = np.asarray(X)
+    n = X.shape[0]
+    return stats.norm.ppf((stats.rankdata(X, axis=0) - 0.5) / n).astype(np.float32)
+
+
 def _block_moments(blocks) -> tuple[np.ndarray, np.ndarray]:
     """Column means and standard deviations (ddof 1; 1 where constant) over row blocks, one pass."""
     n, s, ss = 0, 0.0, 0.0
@@ -158,6 +166,7 @@ def bagging_ridge(
     chunk: int = 256,
     pvalue: str = "bootstrap",
     acc_bytes: float = 512e6,
+    transform: str = "none",
 ) -> dict:
     """Fit the bagging ridge GRN of one cluster.
 
@@ -177,7 +186,17 @@ def bagging_ridge(
     ``"celloracle"``: CellOracle's one-sample t-test of the B bootstrap coefficients against 0, whose
     standard error ``sd / sqrt(B)`` is that of the bootstrap *mean*, so it grows more significant with
     more bootstraps (about ``sqrt(B)`` times the z-score: anti-conservative; kept to compare).
+
+    transform: ``"none"`` (default): the regression is on the expression, standardised;
+    ``"normal_scores"``: on each gene's normal scores within the cluster (:func:`normal_scores`, a Gaussian
+    copula), so that a monotone but switch-like response counts as much as a linear one. ``coef`` is then
+    in normal-score units and ``coef_raw`` rescales it by the expression's standard deviations, a
+    linearisation. Needs X as an array.
     """
+    if transform not in ("none", "normal_scores"):
+        raise InvalidParameterError(f"transform must be 'none' or 'normal_scores', got {transform!r}.")
+    if transform == "normal_scores" and not (isinstance(X, np.ndarray) or torch.is_tensor(X)):
+        raise InvalidParameterError("transform='normal_scores' needs the cluster's expression in memory, not row blocks.")
     if pvalue not in ("bootstrap", "celloracle"):
         raise InvalidParameterError(f"pvalue must be 'bootstrap' or 'celloracle', got {pvalue!r}.")
     n, G = X.shape
@@ -191,7 +210,10 @@ def bagging_ridge(
     ri = torch.as_tensor(np.asarray(reg_index), device=dev)
     if isinstance(X, np.ndarray) or torch.is_tensor(X):
         # the n x R x G products in float32 (the time); the small R x R systems and the sums in float64
-        Z, sd = _standardise(torch.as_tensor(X, device=dev, dtype=torch.float32))
+        Xt = torch.as_tensor(X, device=dev, dtype=torch.float32)
+        Z, sd = _standardise(Xt)
+        if transform == "normal_scores":
+            Z, _ = _standardise(torch.as_tensor(normal_scores(Xt.cpu().numpy()), device=dev))
         blocks, mean_np = None, None
     else:  # row blocks (e.g. cellvi.analysis.grn.RowBlocks): standardised block by block
         blocks = X
