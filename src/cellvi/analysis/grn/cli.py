@@ -40,6 +40,12 @@ def register(subparsers) -> None:
     p.add_argument("--bootstraps", type=int, default=20)
     p.add_argument("--p", type=float, default=0.001)
     p.add_argument("--top-k", type=int, default=2000)
+    p.add_argument(
+        "--transform",
+        choices=["none", "normal_scores"],
+        default="none",
+        help="regress each cluster's expression (none) or its per-gene normal scores (a Gaussian copula)",
+    )
     p.add_argument("--n-propagation", type=int, default=3)
     p.add_argument("--n-neighbors", type=int, default=30)
     p.add_argument(
@@ -107,7 +113,9 @@ def run(args) -> int:
     perturb = _perturbation(args.perturb)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    links = oracle.fit_grn(alpha=args.alpha, n_bootstraps=args.bootstraps, p=args.p, top_k=args.top_k)
+    links = oracle.fit_grn(
+        alpha=args.alpha, n_bootstraps=args.bootstraps, p=args.p, top_k=args.top_k, transform=args.transform
+    )
     links.to_csv(out / "links.csv", index=False)
     import pandas as pd
 
@@ -119,6 +127,7 @@ def run(args) -> int:
         "edges": len(links),
         "expression": oracle.expression_source,
         "regulators": oracle.regulators.source,
+        "transform": args.transform,
         "timings_s": oracle.timings,
     }
     result = None
