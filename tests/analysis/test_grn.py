@@ -221,14 +221,20 @@ def test_beeline_gsd_beats_random_by_far():
     assert grn.auprc_ratio(S, truth, o.genes) > 1.2 and grn.early_precision_ratio(S, truth, o.genes) > 1.2
 
 
-def test_cli_grn_writes_links_figures_and_report_section(tmp_path, sim):
-    from cellvi.cli import main
-
+def _cli_inputs(tmp_path, sim):
+    """The simulated data as an h5ad (its true network dropped) and a TF list, in tmp_path."""
     a = sim.copy()
     del a.uns["true_network"]
     path = tmp_path / "sim.h5ad"
     a.write_h5ad(path)
     (tmp_path / "tfs.txt").write_text("TF0\nTF1\nTF2\nTF3")
+    return path
+
+
+def test_cli_grn_writes_links_figures_and_report_section(tmp_path, sim):
+    from cellvi.cli import main
+
+    path = _cli_inputs(tmp_path, sim)
     out = tmp_path / "out"
     from cellvi.report import Report
 
@@ -294,11 +300,7 @@ def test_cli_grn_normal_scores_and_its_chunked_error(tmp_path, sim):
 
     from cellvi.cli import main
 
-    a = sim.copy()
-    del a.uns["true_network"]
-    path = tmp_path / "sim.h5ad"
-    a.write_h5ad(path)
-    (tmp_path / "tfs.txt").write_text("TF0\nTF1\nTF2\nTF3")
+    path = _cli_inputs(tmp_path, sim)
     args = ["grn", str(path), "--cluster-key", "branch", "--embedding-key", "X_pca2", "--bootstraps", "3"]
     args += ["--tfs", str(tmp_path / "tfs.txt"), "--transform", "normal_scores"]
     assert main(args + ["--out", str(tmp_path / "o1")]) == 0
