@@ -10,6 +10,8 @@ unscaled totals, log-normalised 50-PC PCA as the unintegrated embedding). One to
     .venv/bin/python bench/schedule_integration.py run --dataset pbmc_3chemistries --schedule fast --max-epochs 400
     .venv/bin/python bench/schedule_integration.py run --dataset cellbench_3celllines_2protocols \
         --schedule scvi-tools --precision bf16-mixed --seeds 0 1 2 3 4 5 6 7
+    .venv/bin/python bench/schedule_integration.py run --dataset pbmc_3chemistries --schedule fast --max-epochs 100 \
+        --plan '{"n_epochs_kl_warmup": 20, "lr": 0.004}'
     .venv/bin/python bench/schedule_integration.py summarise
 
 ``run`` writes one CSV of scores per call to bench/data/schedule_integration/; ``summarise`` puts them
@@ -81,7 +83,9 @@ def score(adata, keys: list, batch_key: str, label_key: str) -> pd.DataFrame:
     return bm.get_results(min_max_scale=False).drop(index="Metric Type").astype(np.float64).drop(index="PCA")
 
 
-def run(dataset: str, schedule: str, max_epochs: int | None, seeds: list, precision: str = "32-true") -> Path:
+def run(
+    dataset: str, schedule: str, max_epochs: int | None, seeds: list, precision: str = "32-true", plan: str = ""
+) -> Path:
     import torch
 
     import cellvi
@@ -89,6 +93,8 @@ def run(dataset: str, schedule: str, max_epochs: int | None, seeds: list, precis
     torch.set_num_threads(1)
     adata, batch_key, label_key = load_labelled(dataset)
     tag = schedule + (f"_e{max_epochs}" if max_epochs else "") + ("" if precision == "32-true" else f"_{precision}")
+    plan_kwargs = json.loads(plan) if plan else {}
+    tag += "".join(f"_{k}{v}" for k, v in sorted(plan_kwargs.items()))
     keys, seconds, epochs = [], {}, {}
     for seed in seeds:
         cellvi.settings.seed = seed
@@ -96,7 +102,9 @@ def run(dataset: str, schedule: str, max_epochs: int | None, seeds: list, precis
         cellvi.model.SCVI.setup_anndata(adata, batch_key=batch_key)
         model = cellvi.model.SCVI(adata)
         extra = {} if precision == "32-true" else {"precision": precision}
-        model.train(enable_progress_bar=False, schedule=schedule, max_epochs=max_epochs, **extra)
+        model.train(
+            enable_progress_bar=False, schedule=schedule, max_epochs=max_epochs, plan_kwargs=plan_kwargs, **extra
+        )
         key = f"{tag}_{seed}"
         adata.obsm[key] = model.get_latent_representation()
         seconds[key], epochs[key] = time.perf_counter() - start, len(model.history)
@@ -104,6 +112,7 @@ def run(dataset: str, schedule: str, max_epochs: int | None, seeds: list, precis
         print(key, f"{seconds[key]:.0f} s", epochs[key], "epochs", flush=True)
     df = score(adata, keys, batch_key, label_key)
     df["dataset"], df["schedule"], df["max_epochs"], df["precision"] = dataset, schedule, max_epochs or 0, precision
+    df["plan"] = json.dumps(plan_kwargs, sort_keys=True) if plan_kwargs else ""
     df["seed"] = [int(k.rsplit("_", 1)[1]) for k in df.index]
     df["epochs"] = [epochs[k] for k in df.index]
     df["seconds"] = [seconds[k] for k in df.index]
@@ -137,7 +146,8 @@ def summarise() -> None:
     if "precision" not in rows:
         rows["precision"] = "32-true"
     rows["precision"] = rows["precision"].fillna("32-true")  # runs from before the option: float32
-    rows = rows.drop_duplicates(["dataset", "schedule", "max_epochs", "precision", "seed"], keep="last")
+    rows["plan"] = rows["plan"].fillna("") if "plan" in rows else ""  # runs from before --plan: none
+    rows = rows.drop_duplicates(["dataset", "schedule", "max_epochs", "precision", "plan", "seed"], keep="last")
     groups, refs = [], {}
     for dataset in rows["dataset"].unique():  # the default schedule, scored the same way
         ref = HERE / "results" / f"integration_{dataset}.json"
@@ -148,11 +158,12 @@ def summarise() -> None:
                 if len(g):
                     refs[(dataset, method)] = g["Total"].to_numpy()
                     groups.append(_group(dataset, f"{method}, default schedule", g, 400))
-    for (dataset, schedule, max_epochs, precision), g in rows.groupby(
-        ["dataset", "schedule", "max_epochs", "precision"]
+    for (dataset, schedule, max_epochs, precision, plan), g in rows.groupby(
+        ["dataset", "schedule", "max_epochs", "precision", "plan"]
     ):
         setting = f"cellvi schedule='{schedule}'" + (f", max_epochs={max_epochs}" if max_epochs else "")
         setting += "" if precision == "32-true" else f", precision='{precision}'"
+        setting += f", plan_kwargs={plan}" if plan else ""
         row = _group(dataset, setting, g, int(g["epochs"].median()))
         for (d, method), totals in refs.items():
             if d == dataset and len(g) > 1:
@@ -161,7 +172,7 @@ def summarise() -> None:
                     "welch_p": float(ttest_ind(g["Total"], totals, equal_var=False).pvalue),
                 }
         groups.append(row)
-    per_seed = rows[["dataset", "schedule", "max_epochs", "precision", "seed", "epochs", "seconds", *METRICS]]
+    per_seed = rows[["dataset", "schedule", "max_epochs", "precision", "plan", "seed", "epochs", "seconds", *METRICS]]
     results.write_text(json.dumps({"rows": groups, "per_seed": per_seed.to_dict("records")}, indent=1))
     lines = [
         "# scIB of cellvi SCVI under each training schedule and precision",
@@ -196,10 +207,11 @@ def main() -> None:
     r.add_argument("--max-epochs", type=int, default=None)
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    r.add_argument("--plan", default="", help="plan_kwargs of train() as JSON, e.g. '{\"n_epochs_kl_warmup\": 20}'")
     sub.add_parser("summarise")
     a = ap.parse_args()
     if a.cmd == "run":
-        print(run(a.dataset, a.schedule, a.max_epochs, a.seeds, a.precision))
+        print(run(a.dataset, a.schedule, a.max_epochs, a.seeds, a.precision, a.plan))
     summarise()
 
 

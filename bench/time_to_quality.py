@@ -47,6 +47,8 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     ),
     # the named schedule train(schedule="fast") (cellvi.model._schedules): kl25_cos50 at 20k cells
     "fast": ({"schedule": "fast"}, {}),
+    # fast's learning rates over half of scvi-tools' epochs (below 20k cells), the KL warm-up over a tenth
+    "fast_e200_kl20": ({"schedule": "fast", "max_epochs": 200}, {"n_epochs_kl_warmup": 20}),
 }
 
 

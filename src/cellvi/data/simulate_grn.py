@@ -116,6 +116,7 @@ def simulate_grn(
     a[:, 1] = driver_floor + np.where(branch == 1, after, 0.0)
     a[:, 2] = driver_floor + np.where(branch == 2, after, 0.0)
     a[:, :3] *= noise[:, :3]
+
     def response(x):
         if kinetics == "linear":
             return x

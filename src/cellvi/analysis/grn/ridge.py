@@ -196,7 +196,9 @@ def bagging_ridge(
     if transform not in ("none", "normal_scores"):
         raise InvalidParameterError(f"transform must be 'none' or 'normal_scores', got {transform!r}.")
     if transform == "normal_scores" and not (isinstance(X, np.ndarray) or torch.is_tensor(X)):
-        raise InvalidParameterError("transform='normal_scores' needs the cluster's expression in memory, not row blocks.")
+        raise InvalidParameterError(
+            "transform='normal_scores' needs the cluster's expression in memory, not row blocks."
+        )
     if pvalue not in ("bootstrap", "celloracle"):
         raise InvalidParameterError(f"pvalue must be 'bootstrap' or 'celloracle', got {pvalue!r}.")
     n, G = X.shape
