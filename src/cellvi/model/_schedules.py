@@ -9,7 +9,8 @@ of them and the learning rate follows :func:`cellvi.train.schedule.learning_rate
 to 2e-3 and down to 2e-5. On 20,000 simulated cells it reaches the held-out ELBO of scvi-tools' 400
 epochs in about a tenth of the training (docs/training.md, bench/results/speed_ttq.md). It is not the
 default because a good ELBO is not a good integration: on 1,200 cells its 50 epochs mixed the batches
-far less (scIB batch correction 0.34 against 0.85; bench/results/schedule_integration.md).
+far less (scIB batch correction 0.34 against 0.85), and on 20,000 simulated cells less (0.70 against
+0.87; bench/results/schedule_integration.md).
 
 Whatever the schedule sets, an explicit ``max_epochs`` or ``plan_kwargs`` entry of the caller wins.
 """
