@@ -23,22 +23,12 @@ import json
 import numpy as np
 import pandas as pd
 
+from cellvi.analysis.integration import kmeans_scores
 from schedule_integration import DATA, HERE, KEYS
 
 LIBS = {"cellvi": "cellvi", "scvi": "scvi-tools"}
 BIO = ["Isolated labels", "KMeans NMI", "KMeans ARI", "Silhouette label", "cLISI"]
 N_INIT = 20
-
-
-def kmeans_scores(z: np.ndarray, labels: np.ndarray, n_init: int) -> tuple[float, float, float]:
-    """(NMI, ARI, inertia) of scib-metrics' KMeans with ``n_init`` starts (seed 0), k = number of labels."""
-    from scib_metrics.utils import KMeans
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    km = KMeans(len(np.unique(labels)), n_init=n_init).fit(z.astype(np.float32))
-    pred = km.labels_
-    nmi = normalized_mutual_info_score(labels, pred, average_method="arithmetic")
-    return float(nmi), float(adjusted_rand_score(labels, pred)), float(km.inertia_)
 
 
 def main() -> None:

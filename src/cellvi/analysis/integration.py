@@ -164,16 +164,21 @@ def benchmark_integration(
     return df
 
 
-def _rescore_kmeans(df: pd.DataFrame, embeddings: dict, labels: np.ndarray, n_init: int) -> None:
-    """KMeans NMI / ARI of each embedding from the best of ``n_init`` starts, then bio and total again."""
+def kmeans_scores(embedding: np.ndarray, labels: np.ndarray, n_init: int = 1) -> tuple[float, float, float]:
+    """(NMI, ARI, inertia) of scib-metrics' KMeans (seed 0, k = the number of labels) on ``embedding``
+    (n_cells, d), the best of ``n_init`` starts by inertia; with 1 start, the Benchmarker's own NMI/ARI."""
     from scib_metrics.utils import KMeans
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    k = len(np.unique(labels))
+    km = KMeans(len(np.unique(labels)), n_init=n_init).fit(np.asarray(embedding, dtype=np.float32))
+    nmi = normalized_mutual_info_score(labels, km.labels_, average_method="arithmetic")
+    return float(nmi), float(adjusted_rand_score(labels, km.labels_)), float(km.inertia_)
+
+
+def _rescore_kmeans(df: pd.DataFrame, embeddings: dict, labels: np.ndarray, n_init: int) -> None:
+    """KMeans NMI / ARI of each embedding from the best of ``n_init`` starts, then bio and total again."""
     for key, emb in embeddings.items():
-        pred = KMeans(k, n_init=n_init).fit(np.asarray(emb, dtype=np.float32)).labels_
-        df.loc[key, "KMeans NMI"] = normalized_mutual_info_score(labels, pred, average_method="arithmetic")
-        df.loc[key, "KMeans ARI"] = adjusted_rand_score(labels, pred)
+        df.loc[key, "KMeans NMI"], df.loc[key, "KMeans ARI"], _ = kmeans_scores(emb, labels, n_init)
     kinds = df.attrs["metric_type"]
     bio = [c for c, t in kinds.items() if t == "Bio conservation" and c in df.columns]
     df["Bio conservation"] = df[bio].mean(axis=1)

@@ -37,12 +37,16 @@ def _device(device) -> torch.device:
     return torch.device(device)
 
 
+def _column_sd(X: torch.Tensor) -> torch.Tensor:
+    """Standard deviation of each column (1 where constant)."""
+    sd = X.std(0)
+    return torch.where(sd > 1e-8, sd, torch.ones_like(sd))
+
+
 def _standardise(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """z-scores per column (constant columns become 0) and the standard deviations (1 where constant)."""
-    mean = X.mean(0)
-    sd = X.std(0)
-    sd = torch.where(sd > 1e-8, sd, torch.ones_like(sd))
-    return (X - mean) / sd, sd
+    sd = _column_sd(X)
+    return (X - X.mean(0)) / sd, sd
 
 
 def normal_scores(X: np.ndarray) -> np.ndarray:
@@ -213,9 +217,10 @@ def bagging_ridge(
     if isinstance(X, np.ndarray) or torch.is_tensor(X):
         # the n x R x G products in float32 (the time); the small R x R systems and the sums in float64
         Xt = torch.as_tensor(X, device=dev, dtype=torch.float32)
-        Z, sd = _standardise(Xt)
-        if transform == "normal_scores":
-            Z, _ = _standardise(torch.as_tensor(normal_scores(Xt.cpu().numpy()), device=dev))
+        if transform == "normal_scores":  # regress the scores; sd of the expression for coef_raw
+            Z, sd = _standardise(torch.as_tensor(normal_scores(Xt.cpu().numpy()), device=dev))[0], _column_sd(Xt)
+        else:
+            Z, sd = _standardise(Xt)
         blocks, mean_np = None, None
     else:  # row blocks (e.g. cellvi.analysis.grn.RowBlocks): standardised block by block
         blocks = X
