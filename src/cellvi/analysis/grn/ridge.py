@@ -201,7 +201,8 @@ def bagging_ridge(
         raise InvalidParameterError(f"transform must be 'none' or 'normal_scores', got {transform!r}.")
     if transform == "normal_scores" and not (isinstance(X, np.ndarray) or torch.is_tensor(X)):
         raise InvalidParameterError(
-            "transform='normal_scores' needs the cluster's expression in memory, not row blocks."
+            "transform='normal_scores' needs the cluster's expression in memory, not row blocks: "
+            "not with chunked expression (Oracle(chunked=True), cellvi grn --chunked)."
         )
     if pvalue not in ("bootstrap", "celloracle"):
         raise InvalidParameterError(f"pvalue must be 'bootstrap' or 'celloracle', got {pvalue!r}.")
