@@ -113,3 +113,26 @@ def test_compiled_training_is_identical_across_processes():
     if not a["compiled"]:
         pytest.skip("torch.compile is not available here (training fell back to eager)")
     assert a["latent_sha256"] == b["latent_sha256"] and a["history"] == b["history"]
+
+
+def test_the_step_is_traced_once_and_its_graphs_can_be_cached(small_adata):
+    """The KL weight changes every step and batch norm reads its eps: neither may make the compiler
+    trace the step again (a restart or a recompilation, seconds each on wide data), and the traced
+    forward and backward graphs must be cacheable on disk (no bypass of the autograd cache)."""
+    from torch._dynamo.utils import counters
+
+    cellvi.model.SCVI.setup_anndata(small_adata, batch_key="batch")
+    model = cellvi.model.SCVI(small_adata, n_latent=5, n_hidden=32)
+    torch._dynamo.reset()
+    counters.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        try:  # 3 epochs of KL warm-up over 2: a different KL weight in every epoch, then a constant one
+            model.train(max_epochs=3, fused_kernels=True, plan_kwargs={"n_epochs_kl_warmup": 2})
+        except RuntimeWarning as exc:
+            pytest.skip(f"torch.compile is not available here: {exc}")
+    assert len(set(model.history["kl_weight"])) == 3
+    assert counters["frames"]["total"] == 1 and counters["stats"]["unique_graphs"] == 1
+    assert counters["aot_autograd"]["total"] == 1  # traced once: no restart
+    assert not counters["graph_break"] and not counters["recompiles"]
+    assert counters["aot_autograd"]["autograd_cache_bypass"] == 0
