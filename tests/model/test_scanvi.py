@@ -136,3 +136,63 @@ def test_labels_in_bound_false_averages_y_for_labelled_cells_too(small_adata):
     assert not torch.allclose(observed["kl_z"][labelled], averaged["kl_z"][labelled])
     model.train(max_epochs=2, plan_kwargs={"labels_in_bound": False})
     assert np.isfinite(model.history["elbo_train"]).all()
+
+
+def test_classification_terms_equal_their_row_selecting_definitions(small_adata):
+    """The classification loss and the calibration bins are computed without selecting the labelled rows
+    (so that the compiled step stays one graph); they must equal the definitions that select them."""
+    from cellvi.data import MinibatchLoader
+    from cellvi.module.scanvae import CALIBRATION_BINS
+
+    _hide_labels(small_adata)
+    SCANVI.setup_anndata(small_adata, labels_key="labels", unlabeled_category="Unknown", batch_key="batch")
+    model = SCANVI(small_adata, n_latent=4, n_hidden=32)
+    module = model.module.eval()  # no dropout: the classifier's logits below are the loss's
+    batch = MinibatchLoader(model._cell_data(), batch_size=64).batch(np.arange(64))
+    labels = batch["labels"].reshape(-1)
+    labelled = labels < module.n_labels
+    logits = torch.randn(64, module.n_labels, requires_grad=True)
+    weights = torch.tensor([0.5, 2.0, 1.0])[: module.n_labels]
+    for w in (None, weights):
+        got = module.classification_loss(logits, labels, w)
+        want = torch.nn.functional.cross_entropy(logits[labelled], labels[labelled], weight=w)
+        torch.testing.assert_close(got, want)
+        g_got, g_want = (torch.autograd.grad(v, logits)[0] for v in (got, want))
+        torch.testing.assert_close(g_got, g_want)
+    none = torch.full_like(labels, module.n_labels)
+    no_labels = module.classification_loss(logits, none)  # 0, and so is its gradient, also scaled up
+    assert float(no_labels) == 0.0
+    assert (torch.autograd.grad(50.0 * no_labels, logits)[0] == 0).all()
+    out = module.loss(batch)
+    logits = module._logits(module.inference(batch))
+    conf, pred = torch.softmax(logits.detach(), -1).max(-1)
+    bins = torch.clamp((conf * CALIBRATION_BINS).long(), max=CALIBRATION_BINS - 1)[labelled]
+    want = [
+        torch.bincount(bins, minlength=CALIBRATION_BINS).float(),
+        torch.bincount(bins, weights=conf[labelled], minlength=CALIBRATION_BINS),
+        torch.bincount(bins, weights=(pred == labels)[labelled].float(), minlength=CALIBRATION_BINS),
+    ]
+    torch.testing.assert_close(out["calibration_bins"], torch.stack(want))
+
+
+def test_compiled_scanvi_step_is_one_graph(small_adata):
+    """No graph break in scANVI's compiled training step: each break is another graph to compile and a
+    return to Python in every step."""
+    import warnings
+
+    from torch._dynamo.utils import counters
+
+    _hide_labels(small_adata)
+    SCANVI.setup_anndata(small_adata, labels_key="labels", unlabeled_category="Unknown", batch_key="batch")
+    model = SCANVI(small_adata, n_latent=4, n_hidden=32)
+    torch._dynamo.reset()
+    counters.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        try:
+            model.train(max_epochs=2, fused_kernels=True)
+        except RuntimeWarning as exc:
+            pytest.skip(f"torch.compile is not available here: {exc}")
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["recompiles"]
+    assert (model.history["train_classification_loss"] > 0).all()

@@ -114,10 +114,16 @@ class SCANVAE(VAE):
     ) -> torch.Tensor:
         """Cross-entropy over the labelled cells (0 when there are none). logits: (n_cells, C); labels:
         (n_cells,) codes; class_weights: (C,) per-class weights (to balance classes), or None."""
+        # as F.cross_entropy(logits[labelled], labels[labelled], weight=class_weights), written without
+        # selecting rows: a selection's size depends on the data, which breaks the compiled step in pieces
         labelled = labels < self.n_labels
-        if not bool(labelled.any()):
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits[labelled], labels[labelled], weight=class_weights)
+        codes = labels.clamp(max=self.n_labels - 1)
+        weights = labelled.to(logits.dtype)
+        if class_weights is not None:
+            weights = weights * class_weights[codes]
+        per_cell = F.cross_entropy(logits, codes, reduction="none")
+        total = weights.sum()  # 0 without labelled cells: then divide 0 by 1 (a tiny divisor overflows the gradient)
+        return (weights * per_cell).sum() / torch.where(total > 0, total, torch.ones_like(total))
 
     # ------------------------------------------------------------------ the bound
     def _z_terms(self, inf: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,14 +188,10 @@ class SCANVAE(VAE):
         conf, pred = probs.max(-1)
         correct = (pred == labels) & labelled
         # per confidence bin (15 equal-width, as torchmetrics' ECE): labelled cells, their confidence, correct
-        bins = torch.clamp((conf * CALIBRATION_BINS).long(), max=CALIBRATION_BINS - 1)[labelled]
-        calib = torch.stack(
-            [
-                torch.bincount(bins, minlength=CALIBRATION_BINS).to(conf.dtype),
-                torch.bincount(bins, weights=conf[labelled], minlength=CALIBRATION_BINS),
-                torch.bincount(bins, weights=correct[labelled].to(conf.dtype), minlength=CALIBRATION_BINS),
-            ]
-        )
+        # (one-hot sums, not bincount of the labelled cells: no size that depends on the data, see above)
+        bins = torch.clamp((conf * CALIBRATION_BINS).long(), max=CALIBRATION_BINS - 1)
+        in_bin = F.one_hot(bins, CALIBRATION_BINS).to(conf.dtype) * labelled[:, None]  # (n_cells, bins)
+        calib = torch.stack([in_bin.sum(0), conf @ in_bin, correct.to(conf.dtype) @ in_bin])
         if classification_ratio:
             loss = loss + classification_ratio * ce
         return {
