@@ -222,8 +222,9 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
             continue from the checkpoint found there. Workers that torchrun restarts (``--max-restarts``)
             resume from it without being asked.
         fused_kernels
-            Compile the training step with ``torch.compile`` (~15 s once per process, ~6 s with a warm
-            cache; then ~1.4x faster steps on a 2-core CPU). Default: on for long runs (training cells x
+            Compile the training step with ``torch.compile`` (~24 s the first time on a machine, ~3-4 s
+            in later processes, which find it in TorchInductor's on-disk caches; then ~1.4x faster steps
+            on a 2-core CPU). Default: on for long runs (training cells x
             epochs >= 1,000,000, as at the default ``max_epochs`` for any dataset above ~2,500 cells, or
             cells x epochs x genes >= 2e9, the same work on wider data), off otherwise. Where compilation fails it warns and trains eagerly.
         callbacks

@@ -3,8 +3,9 @@
 Eagerly, each element-wise operation of a training step is its own pass over memory and its own
 dispatch; at batch 128 on a CPU these small operations cost more than the matrix products. Compiled,
 the forward and backward passes become a few fused loops: ~1.4x faster steps on a 2-core CPU (see
-bench/README.md). Compilation costs ~15 s once per process (~6 s with the on-disk cache warm) and needs
-a C++ compiler on CPU, which is why ``train(fused_kernels=None)`` compiles only long runs.
+bench/README.md). Compilation costs ~24 s the first time on a machine and ~3-4 s in later processes,
+which find the step in the on-disk caches (2,000 and 15,073 genes, 2 threads), and needs a C++ compiler
+on CPU, which is why ``train(fused_kernels=None)`` compiles only long runs.
 
 Only training steps are compiled; validation and inference stay eager, so that switching the module
 between train and eval mode never triggers a recompilation.
