@@ -52,8 +52,6 @@ class SCANVI(ConfidenceMixin, SCVI):
     >>> adata.obs["predicted"] = model.predict()
     """
 
-    _compile_by_default = False  # its loss (class enumeration, label masks) is not benchmarked compiled
-
     _model_name = "SCANVI"
     _latent_key = "X_scanvi"
     module: SCANVAE
