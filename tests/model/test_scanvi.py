@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tests.train.test_compiled import train_compiled
 
 import cellvi
 from cellvi.errors import InvalidDataError, InvalidParameterError, MissingKeyError
@@ -178,8 +179,6 @@ def test_classification_terms_equal_their_row_selecting_definitions(small_adata)
 def test_compiled_scanvi_training_is_reproducible(small_adata):
     """scANVI compiles long runs by default: with a fixed seed two compiled trainings give the same bits
     (no scatter-add with atomic operations in its step, whose order would differ between runs)."""
-    import warnings
-
     _hide_labels(small_adata)
     results = []
     for _ in range(2):
@@ -187,12 +186,7 @@ def test_compiled_scanvi_training_is_reproducible(small_adata):
         a = small_adata.copy()
         SCANVI.setup_anndata(a, labels_key="labels", unlabeled_category="Unknown", batch_key="batch")
         model = SCANVI(a, n_latent=4, n_hidden=32)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would not test this
-            try:
-                model.train(max_epochs=3, fused_kernels=True, n_samples_per_label=40)
-            except RuntimeWarning as exc:
-                pytest.skip(f"torch.compile is not available here: {exc}")
+        train_compiled(model, max_epochs=3, n_samples_per_label=40)
         results.append((model.get_latent_representation(), model.predict(soft=True).to_numpy()))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
@@ -201,8 +195,6 @@ def test_compiled_scanvi_training_is_reproducible(small_adata):
 def test_compiled_scanvi_step_is_one_graph(small_adata):
     """No graph break in scANVI's compiled training step: each break is another graph to compile and a
     return to Python in every step."""
-    import warnings
-
     from torch._dynamo.utils import counters
 
     _hide_labels(small_adata)
@@ -210,12 +202,7 @@ def test_compiled_scanvi_step_is_one_graph(small_adata):
     model = SCANVI(small_adata, n_latent=4, n_hidden=32)
     torch._dynamo.reset()
     counters.clear()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        try:
-            model.train(max_epochs=2, fused_kernels=True)
-        except RuntimeWarning as exc:
-            pytest.skip(f"torch.compile is not available here: {exc}")
+    train_compiled(model, max_epochs=2)
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert counters["stats"]["unique_graphs"] == 1 and not counters["recompiles"]
     assert (model.history["train_classification_loss"] > 0).all()

@@ -12,6 +12,17 @@ from cellvi.data.loaders import MinibatchLoader
 from cellvi.train.compiled import CompiledLoss
 
 
+def train_compiled(model, **train_kwargs) -> None:
+    """``model.train(fused_kernels=True, ...)``, skipping the test where torch.compile is not available:
+    a fallback to eager (announced by a RuntimeWarning) would not test the compiled step."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        try:
+            model.train(fused_kernels=True, **train_kwargs)
+        except RuntimeWarning as exc:
+            pytest.skip(f"torch.compile is not available here: {exc}")
+
+
 def _module_and_batch(small_adata):
     cellvi.model.SCVI.setup_anndata(small_adata, batch_key="batch")
     model = cellvi.model.SCVI(small_adata, n_latent=5, n_hidden=32, dropout_rate=0.0)
@@ -93,12 +104,7 @@ def test_compiled_training_is_reproducible(small_adata):
         a = small_adata.copy()
         cellvi.model.SCVI.setup_anndata(a, batch_key="batch")
         model = cellvi.model.SCVI(a, n_latent=5, n_hidden=32)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would not test this
-            try:
-                model.train(max_epochs=3, fused_kernels=True)
-            except RuntimeWarning as exc:
-                pytest.skip(f"torch.compile is not available here: {exc}")
+        train_compiled(model, max_epochs=3)
         latents.append(model.get_latent_representation())
     np.testing.assert_array_equal(latents[0], latents[1])
 
@@ -125,12 +131,8 @@ def test_the_step_is_traced_once_and_its_graphs_can_be_cached(small_adata):
     model = cellvi.model.SCVI(small_adata, n_latent=5, n_hidden=32)
     torch._dynamo.reset()
     counters.clear()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        try:  # 3 epochs of KL warm-up over 2: a different KL weight in every epoch, then a constant one
-            model.train(max_epochs=3, fused_kernels=True, plan_kwargs={"n_epochs_kl_warmup": 2})
-        except RuntimeWarning as exc:
-            pytest.skip(f"torch.compile is not available here: {exc}")
+    # 3 epochs of KL warm-up over 2: a different KL weight in every epoch, then a constant one
+    train_compiled(model, max_epochs=3, plan_kwargs={"n_epochs_kl_warmup": 2})
     assert len(set(model.history["kl_weight"])) == 3
     assert counters["frames"]["total"] == 1 and counters["stats"]["unique_graphs"] == 1
     assert counters["aot_autograd"]["total"] == 1  # traced once: no restart

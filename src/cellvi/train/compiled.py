@@ -34,7 +34,6 @@ through two settings, applied while the step is compiled (``_compile_settings``;
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable
 
@@ -43,17 +42,17 @@ import torch
 from .optim import clear_grads
 
 
-@contextlib.contextmanager
-def _compile_settings():
-    """The compiler settings under which the training step is traced (see the module docstring)."""
+def _compile_settings() -> tuple:
+    """The compiler settings under which the training step is traced (see the module docstring), as
+    context managers to enter around every call (any call may recompile). Made once per
+    :class:`CompiledLoss`: making them in every step cost ~0.14 ms, entering them ~0.013 ms."""
     import torch._dynamo.config
     import torch._functorch.config
 
-    with (
+    return (
         torch._dynamo.config.patch(specialize_float=True),
         torch._functorch.config.patch(autograd_cache_allow_custom_autograd_functions=True),
-    ):
-        yield
+    )
 
 
 class CompiledLoss:
@@ -67,6 +66,7 @@ class CompiledLoss:
     def __init__(self, loss_fn: Callable) -> None:
         self.loss_fn = loss_fn
         self.compiled: Callable | None = torch.compile(loss_fn, dynamic=True)
+        self.settings = _compile_settings()
 
     def step(
         self, optimizer: torch.optim.Optimizer, batch: dict, autocast_dtype: torch.dtype | None = None, **kwargs
@@ -76,7 +76,8 @@ class CompiledLoss:
             if isinstance(kwargs.get("kl_weight"), float):  # a tensor: a new value is no new constant
                 kwargs = {**kwargs, "kl_weight": torch.tensor(kwargs["kl_weight"])}
             try:
-                with _compile_settings():
+                floats_as_constants, cache_custom_functions = self.settings
+                with floats_as_constants, cache_custom_functions:
                     return forward_backward(self.compiled, optimizer, batch, autocast_dtype, **kwargs)
             except Exception as exc:  # noqa: BLE001 - any failure of the compiler; the eager step re-raises real errors
                 warnings.warn(
