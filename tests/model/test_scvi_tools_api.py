@@ -182,3 +182,20 @@ def test_temperature_scaling_of_scanvi():
     assert report["n_cells"] > 10 and report["temperature"] > 0
     assert report["nll_after"] <= report["nll_before"] + 1e-9  # the fitted temperature minimises it
     np.testing.assert_array_equal(model.predict(), hard)  # labels unchanged, probabilities rescaled
+
+
+def test_view_anndata_setup_prints_the_registry(adata, capsys):
+    model = SCVI(adata, n_hidden=8, n_latent=2)
+    model.view_anndata_setup()
+    out = capsys.readouterr().out
+    assert "120 cells x 30 genes" in out and "batch_key: 'batch'" in out
+    batches = list(adata.obs["batch"].astype("category").cat.categories)
+    assert f"0: {batches[0]}, 1: {batches[1]}" in out
+    assert "labels (none given: one category)" in out
+    other = cellvi.data.simulate(n_cells=50, n_genes=30, n_batches=3, seed=1)
+    with pytest.raises(cellvi.errors.NotSetUpError):
+        model.view_anndata_setup(other)
+    SCVI.setup_anndata(other, labels_key="cell_type")
+    model.view_anndata_setup(other)
+    out = capsys.readouterr().out
+    assert "50 cells x 30 genes" in out and "labels (adata.obs['cell_type'])" in out

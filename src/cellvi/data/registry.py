@@ -199,6 +199,24 @@ class Registry:
             raise NotSetUpError("This AnnData was not set up. Call cellvi.model.SCVI.setup_anndata(adata, ...) first.")
         return cls.from_json(adata.uns[REGISTRY_KEY])
 
+    def describe(self) -> str:
+        """A plain-text summary of the setup: the arguments of ``setup_anndata``, the data's size and
+        each categorical field's categories in code order (what ``view_anndata_setup`` prints)."""
+        s = self.summary
+        lines = [f"Set up for {self.model_name}: {s['n_cells']} cells x {s['n_vars']} genes"]
+        lines += [f"  {k}: {v!r}" for k, v in self.setup_args.items() if v not in (None, [], {})]
+        for name, key in self._categorical_fields():
+            cats = self.categories[name]
+            source = f"adata.obs[{key!r}]" if key is not None else "none given: one category"
+            shown = ", ".join(f"{i}: {c}" for i, c in enumerate(cats[:20]))
+            more = f", ... ({len(cats)} in all)" if len(cats) > 20 else ""
+            lines.append(f"  {name} ({source}): {shown}{more}")
+        for key in self.continuous_keys:
+            lines.append(f"  continuous covariate: adata.obs[{key!r}]")
+        if s.get("n_empty_cells"):
+            lines.append(f"  cells with no counts: {s['n_empty_cells']}")
+        return "\n".join(lines)
+
     # ------------------------------------------------------------------ encoding data
     @property
     def extra_categorical_keys(self) -> list[str]:

@@ -30,6 +30,14 @@ class ScviToolsCompat:
 
         minify(self, minified_data_type, use_latent_qzm_key, use_latent_qzv_key)
 
+    def view_anndata_setup(self, adata=None) -> None:
+        """Print how the data were set up (scvi-tools' ``model.view_anndata_setup()``): the arguments of
+        ``setup_anndata``, cells x genes and the code of each batch, label and covariate category. With
+        ``adata``: that AnnData's own setup (it must have been set up), else the model's."""
+        from ..data.registry import Registry
+
+        print(self.registry.describe() if adata is None else Registry.of(adata).describe())
+
     @property
     def history_(self) -> dict[str, pd.DataFrame]:
         """The training history in scvi-tools' shape: {name: one-column DataFrame indexed by epoch},
