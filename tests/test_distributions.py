@@ -204,3 +204,12 @@ def test_given_log_factorial_equals_the_computed_one(likelihood):
     else:
         ignored = by_logits(x, logits, log_library, log_theta, *extra, log_factorial=zeros)
     torch.testing.assert_close(ignored - log_factorial, pairs[0][1], rtol=1e-9, atol=1e-9)
+
+
+def test_denoised_gamma_samples_have_the_nb_mean_and_gamma_variance():
+    torch.manual_seed(0)
+    mu = torch.tensor([[0.5, 3.0, 40.0]]).expand(200_000, 3)
+    theta = torch.tensor([2.0, 0.5, 10.0])
+    draws = D.sample_gamma_rate(mu, theta)
+    assert torch.allclose(draws.mean(0), mu[0], rtol=0.02)
+    assert torch.allclose(draws.var(0), mu[0] ** 2 / theta, rtol=0.05)  # no Poisson term: denoised

@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import cellvi
 from cellvi.errors import InvalidParameterError
@@ -199,3 +200,50 @@ def test_view_anndata_setup_prints_the_registry(adata, capsys):
     model.view_anndata_setup(other)
     out = capsys.readouterr().out
     assert "50 cells x 30 genes" in out and "labels (adata.obs['cell_type'])" in out
+
+
+def test_feature_correlation_matrix_groups_co_expressed_genes():
+    # strong, type-specific programs and little overdispersion, so that cell-to-cell co-variation shows
+    # through the Gamma noise of the samples (150 epochs: the dispersion must be learnt first)
+    a = cellvi.data.simulate(
+        n_cells=400,
+        n_genes=40,
+        n_batches=2,
+        n_cell_types=3,
+        seed=0,
+        de_fraction=0.5,
+        de_lfc=3.0,
+        dispersion=5.0,
+        mean_log_sd=1.0,
+    )
+    SCVI.setup_anndata(a, batch_key="batch")
+    model = SCVI(a, n_hidden=32, n_latent=4)
+    model.train(max_epochs=150)
+    var = a.var
+    up = {
+        t: np.flatnonzero((var["de_type"] == f"type{t}").to_numpy() & (var[f"de_lfc_type{t}"] > 0).to_numpy())
+        for t in range(3)
+    }
+    same, other = [], []
+    for kind in ("spearman", "pearson"):
+        corr = model.get_feature_correlation_matrix(n_samples=3, correlation_type=kind, transform_batch="batch0")
+        assert corr.shape == (40, 40) and list(corr.index) == list(a.var_names)
+        C = corr.to_numpy()
+        assert np.allclose(C, C.T, atol=1e-6) and np.allclose(np.diag(C), 1, atol=1e-6)
+        for t, genes in up.items():
+            same += [C[i, j] for i in genes for j in genes if i < j]
+            other += [C[i, j] for i in genes for u in range(t + 1, 3) for j in up[u]]
+    # genes up in the same cell type rise and fall together across cells; genes of different types do not
+    assert len(same) > 10 and np.mean(same) > np.mean(other) + 0.15  # +0.26 to +0.46 measured over 3 seeds
+    with pytest.raises(InvalidParameterError, match="correlation_type"):
+        model.get_feature_correlation_matrix(correlation_type="kendall")
+
+
+def test_to_device_moves_the_model(adata):
+    model = SCVI(adata, n_hidden=8, n_latent=2)
+    model.to_device("cpu")
+    assert model.device.type == "cpu" and next(model.module.parameters()).device.type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidParameterError, match="no CUDA"):
+            model.to_device("cuda:0")
+        assert model.device.type == "cpu"

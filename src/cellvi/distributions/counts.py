@@ -220,11 +220,16 @@ def log_factorial_sum(x: torch.Tensor) -> torch.Tensor:
     return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device).index_add_(0, rows, torch.lgamma(x[rows, cols] + 1))
 
 
+def sample_gamma_rate(mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """The Gamma part of the NB's Gamma-Poisson mixture: lambda ~ Gamma(theta, theta / mu), mean ``mu``
+    (a denoised sample: no counting noise). Same shape as ``mu``."""
+    theta = theta.expand_as(mu)
+    return torch.distributions.Gamma(concentration=theta, rate=theta / (mu + EPS)).sample()
+
+
 def sample_nb(mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Draw NB counts as a Gamma-Poisson mixture: lambda ~ Gamma(theta, theta / mu), x ~ Poisson(lambda)."""
-    theta = theta.expand_as(mu)
-    lam = torch.distributions.Gamma(concentration=theta, rate=theta / (mu + EPS)).sample()
-    return torch.poisson(lam)
+    return torch.poisson(sample_gamma_rate(mu, theta))
 
 
 def sample_zinb(mu: torch.Tensor, theta: torch.Tensor, pi_logits: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,15 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
         world = distributed.setup(settings.torch_device())
         return {"shard": (world.rank, world.size), "sum_over_shards": distributed.sum_array}
 
+    def to_device(self, device: str | int | torch.device) -> None:
+        """Move the model to ``device`` ("cpu", "cuda", "cuda:1" or a GPU index, as in scvi-tools); later
+        training and outputs run there. ``model.device`` says where it is."""
+        target = torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+        if target.type == "cuda" and not torch.cuda.is_available():
+            raise InvalidParameterError(f"Cannot move the model to {target}: this machine has no CUDA GPU.")
+        self.module.to(target)
+        self.device = target
+
     def __repr__(self) -> str:
         s = self.registry.summary
         params = ", ".join(f"{k}={v!r}" for k, v in self.init_params.items())

@@ -351,11 +351,21 @@ class VAE(nn.Module):
         return out
 
     @torch.no_grad()
-    def sample_counts(self, batch: dict) -> torch.Tensor:
-        """One draw of counts from the posterior predictive, (n_cells, n_genes)."""
+    def sample_counts(
+        self, batch: dict, batch_code: int | None = None, library_size: float | None = None, denoised: bool = False
+    ) -> torch.Tensor:
+        """One draw of counts from the posterior predictive, (n_cells, n_genes). ``batch_code``: decode every
+        cell as that batch; ``library_size``: this library (counts) for every cell instead of its own;
+        ``denoised``: only the Gamma rate of the Gamma-Poisson (no counting noise, no zero inflation; the
+        mean itself for Poisson), scvi-tools' "denoised samples"."""
         inf = self.inference(batch, sample=True)
-        gen = self.generative(inf["z"], inf["library"], batch)
+        if batch_code is not None:
+            batch = {**batch, "batch": torch.full_like(batch["batch"], batch_code)}
+        library = inf["library"] if library_size is None else torch.full_like(inf["library"], np.log(library_size))
+        gen = self.generative(inf["z"], library, batch)
         rate, theta = self.rate(gen), torch.exp(gen["log_theta"])
+        if denoised:
+            return rate if self.gene_likelihood == "poisson" else D.sample_gamma_rate(rate, theta)
         if self.gene_likelihood == "zinb":
             return D.sample_zinb(rate, theta, gen["dropout_logits"])
         if self.gene_likelihood == "nb":
