@@ -96,6 +96,19 @@ class InferenceMixin:
         self._store_latent(adata, indices, obsm_key, out)
         return out
 
+    def get_latent_library_size(
+        self, adata=None, indices=None, give_mean: bool = True, batch_size: int | None = None
+    ) -> np.ndarray:
+        """Each cell's library size l in counts, (n_cells, 1) float32, as scvi-tools' method: with a latent
+        library, the mean of q(l | x) (``give_mean``) or one sample of it; with the observed library
+        (the default model), the cell's total counts (or size factor). scvi-tools raises there unless
+        ``give_mean=False``; the observed total is its own mean, so cellvi returns it either way."""
+        parts = [
+            self.module.library_size(batch, give_mean).cpu().numpy()
+            for batch in self._batches(adata, indices, batch_size, sparse_counts=True)
+        ]
+        return np.concatenate(parts).astype(np.float32)
+
     def _store_latent(self, adata, indices, obsm_key, out: np.ndarray) -> None:
         """Store a latent of all cells in ``obsm`` (see get_latent_representation); never on a view."""
         if obsm_key is None or indices is not None:

@@ -309,6 +309,15 @@ class VAE(nn.Module):
         return inf["z"] if not give_mean else inf["qz_m"]
 
     @torch.no_grad()
+    def library_size(self, batch: dict, give_mean: bool = True) -> torch.Tensor:
+        """Library size l (counts), (n_cells, 1): the observed total (or size factor) when observed; when
+        latent, the mean exp(m + v / 2) of the log-normal q(l | x), or a sample of it."""
+        inf = self.inference(batch, sample=not give_mean)
+        if self.use_observed_lib_size or not give_mean or "ql_m" not in inf:
+            return torch.exp(inf["library"])
+        return torch.exp(inf["ql_m"] + inf["ql_v"] / 2)
+
+    @torch.no_grad()
     def latent_distribution_parameters(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of the Gaussian q(z | x) (before any softmax), each (n_cells, n_latent)."""
         inf = self.inference(batch, sample=False)
