@@ -11,10 +11,11 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..data.writers import write_rows
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, MissingKeyError
 from ..train import distributed
 
 if TYPE_CHECKING:
@@ -108,6 +109,48 @@ class InferenceMixin:
             for batch in self._batches(adata, indices, batch_size, sparse_counts=True)
         ]
         return np.concatenate(parts).astype(np.float32)
+
+    def differential_abundance(
+        self,
+        adata=None,
+        sample_key: str | None = None,
+        batch_size: int | None = None,
+        num_cells_posterior: int | None = None,
+        dof: float | None = None,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """Log density of each cell's latent mean under each sample's aggregated posterior (scvi-tools'
+        call; :mod:`cellvi.analysis.abundance`): a DataFrame (cells x samples, nats), also stored in
+        ``adata.obsm["da_log_probs"]``. A cell state that sample A has more of than sample B scores
+        higher under A. sample_key: the ``adata.obs`` column of samples; num_cells_posterior: at most
+        this many cells (drawn with ``seed``) make each sample's mixture; dof: Student-t components
+        instead of Gaussians. Each component is q(z | x) with its own standard deviation (scvi-tools
+        1.4.2 passes the variance as the scale, which makes components too narrow where it is below 1)."""
+        from ..analysis.abundance import mixture_log_density
+
+        adata = self.adata if adata is None else adata
+        if sample_key is None or sample_key not in adata.obs.columns:
+            raise MissingKeyError(
+                f"differential_abundance needs sample_key, a column of adata.obs; got {sample_key!r}. "
+                f"Columns: {list(adata.obs.columns)}."
+            )
+        if num_cells_posterior is not None:
+            _check_positive("num_cells_posterior", num_cells_posterior)
+        means, variances = self.get_latent_representation(adata, return_dist=True, batch_size=batch_size)
+        rng = np.random.default_rng(seed)
+        samples = adata.obs[sample_key].to_numpy()
+        columns = {}
+        for name in pd.unique(samples):
+            rows = np.flatnonzero(samples == name)
+            if num_cells_posterior is not None and len(rows) > num_cells_posterior:
+                rows = np.sort(rng.choice(rows, num_cells_posterior, replace=False))
+            columns[name] = mixture_log_density(means, means[rows], variances[rows], dof)
+        out = pd.DataFrame(columns, index=adata.obs_names)
+        if adata.is_view:
+            warnings.warn("adata is a view: obsm['da_log_probs'] was not stored (returned only).", stacklevel=2)
+        else:
+            adata.obsm["da_log_probs"] = out
+        return out
 
     def _store_latent(self, adata, indices, obsm_key, out: np.ndarray) -> None:
         """Store a latent of all cells in ``obsm`` (see get_latent_representation); never on a view."""
