@@ -264,3 +264,14 @@ def test_latent_library_size(adata):
     assert np.corrcoef(np.log(mean[:, 0]), np.log(totals[:, 0]))[0, 1] > 0.6  # 0.79-0.87 (untrained: -0.26-0.24)
     draws = latent.get_latent_library_size(give_mean=False)
     assert not np.allclose(draws, mean) and np.all(draws > 0)
+
+
+def test_train_validation_and_test_indices_partition_the_cells(adata):
+    model = SCVI(adata, n_hidden=8, n_latent=2)
+    assert len(model.test_indices) == 0
+    model.train(max_epochs=1, train_size=0.6, validation_size=0.25)
+    parts = [model.train_indices, model.validation_indices, model.test_indices]
+    assert [len(p) for p in parts] == [72, 30, 18]
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(adata.n_obs))
+    model.train(max_epochs=1)
+    assert len(model.test_indices) == 0 and len(model.train_indices) + len(model.validation_indices) == adata.n_obs

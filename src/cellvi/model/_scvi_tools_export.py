@@ -254,7 +254,7 @@ def save_model(model, dir_path, overwrite: bool = False, save_anndata: bool = Fa
         "is_trained_": bool(model.is_trained),
         "train_indices_": np.asarray(model.train_indices),
         "validation_indices_": np.asarray(model.validation_indices),
-        "test_indices_": np.array([], dtype=np.int64),
+        "test_indices_": np.asarray(model.test_indices),
     }
     if name == "SCANVI":
         attrs["unlabeled_category_"] = model.registry.setup_args["unlabeled_category"]

@@ -63,7 +63,7 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
         self.module.to(self.device)
         self.is_trained = False
         self.history = pd.DataFrame()
-        self.train_indices = self.validation_indices = np.array([], dtype=np.int64)
+        self.train_indices = self.validation_indices = self.test_indices = np.array([], dtype=np.int64)
         self._data_cache: tuple[int, CellData] | None = None
 
     def _build_module(self, registry: Registry, **init_params) -> VAE:
@@ -306,6 +306,8 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
             perm = np.random.default_rng([seed, 1]).permutation(n)
             self.train_indices = np.sort(perm[:n_train])
             self.validation_indices = np.sort(perm[n_train : n_train + n_val])
+        # cells in neither (train_size + validation_size < 1), as scvi-tools' test set
+        self.test_indices = np.setdiff1d(np.arange(n), np.concatenate([self.train_indices, self.validation_indices]))
         path = training_data_path(self.device, data.X, sparse_first_layer)
         train_loader = self._loader(
             data, self.train_indices, batch_size, True, seed, shard=(world.rank, world.size), **path
