@@ -275,3 +275,16 @@ def test_train_validation_and_test_indices_partition_the_cells(adata):
     np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(adata.n_obs))
     model.train(max_epochs=1)
     assert len(model.test_indices) == 0 and len(model.train_indices) + len(model.validation_indices) == adata.n_obs
+
+
+def test_get_ranked_features_orders_genes_by_mean_attribution(adata):
+    adata.obs["labels"] = np.where(np.arange(adata.n_obs) % 3 == 0, "Unknown", "a")
+    SCANVI.setup_anndata(adata, labels_key="labels", unlabeled_category="Unknown", batch_key="batch")
+    model = SCANVI(adata, n_hidden=8, n_latent=2)
+    attrs = np.random.default_rng(0).normal(size=(50, adata.n_vars)) + np.arange(adata.n_vars)[::-1] * 0.5
+    table = model.get_ranked_features(attrs=attrs)
+    assert list(table["feature_idx"][:5]) == list(np.argsort(-attrs.mean(0))[:5])
+    assert list(table["feature"][:2]) == list(adata.var_names[table["feature_idx"][:2]])
+    assert np.all(np.diff(table["attribution_mean"]) <= 0) and set(table["cells"]) == {50}
+    with pytest.raises(InvalidParameterError, match="attrs must be"):
+        model.get_ranked_features(attrs=attrs[:, :5])

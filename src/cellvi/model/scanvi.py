@@ -310,6 +310,24 @@ class SCANVI(ConfidenceMixin, SCVI):
             obs_names = obs_names[np.asarray(indices)]
         return pd.DataFrame(probs, index=obs_names, columns=self.classes_)
 
+    def get_ranked_features(self, adata=None, attrs: np.ndarray | None = None) -> pd.DataFrame:
+        """scvi-tools' ranking of an attribution matrix ``attrs`` (n_cells, n_genes), e.g. from
+        :meth:`shap_predict` summed over classes: one row per gene (``feature``, ``feature_idx``,
+        ``modality``, ``attribution_mean``, ``attribution_std``, ``cells``) by decreasing mean over the
+        cells. ``predict(ig_interpretability=True)`` returns this table for its integrated gradients.
+        ``adata`` is accepted for scvi-tools' signature; the gene names are the model's."""
+        from . import _ig
+
+        if attrs is None:
+            raise InvalidParameterError("get_ranked_features needs attrs, an (n_cells, n_genes) attribution matrix.")
+        attrs = np.asarray(attrs)
+        if attrs.ndim != 2 or attrs.shape[1] != len(self.registry.var_names):
+            raise InvalidParameterError(
+                f"attrs must be (n_cells, {len(self.registry.var_names)}) (one column per gene of the model), "
+                f"got shape {attrs.shape}."
+            )
+        return _ig.ranked_features(self, attrs)
+
     def shap_predict(
         self, adata=None, indices=None, shap_args: dict | None = None, background_size: int | None = None
     ) -> np.ndarray:
