@@ -76,6 +76,18 @@ def variant_scores(X, clusters, reg, G, seed, transform="none"):
     return res
 
 
+def combined(found: dict) -> dict:
+    """Per branch and one GRN together (normal scores, |coef|; added by a later stop): an edge's largest
+    |coef| over the branch GRNs and the GRN of all cells, or the mean of its ranks in the two rankings
+    (scale-free). An edge then counts if it shows within a branch or across the whole trajectory."""
+    per, one = found["per branch, normal scores, abs(coef), max"], found["one GRN, normal scores, abs(coef), max"]
+    ranks = [pd.Series(S.ravel()).rank().to_numpy().reshape(S.shape) for S in (per, one)]
+    return {
+        "per branch + one GRN, normal scores, abs(coef), max": np.maximum(per, one),
+        "per branch + one GRN, normal scores, abs(coef), rank mean": (ranks[0] + ranks[1]) / 2,
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=10)
@@ -95,6 +107,7 @@ def main():
                 Xd[branch == c] = detrend(X0[branch == c], t[branch == c])
             for cands in ("TFs", "every gene"):
                 reg = grn.candidate_regulators(genes, tfs=list(genes[ad.var["is_tf"]]) if cands == "TFs" else None)
+                found = {}
                 for part, X, cl, tr in (
                     ("per branch", X0, branch, "none"),
                     ("one GRN", X0, np.zeros(ad.n_obs, str), "none"),
@@ -102,19 +115,23 @@ def main():
                     ("per branch, normal scores", X0, branch, "normal_scores"),
                     ("one GRN, normal scores", X0, np.zeros(ad.n_obs, str), "normal_scores"),
                 ):
-                    for w, S in variant_scores(X, cl, reg, len(genes), seed, tr).items():
-                        rows.append(
-                            dict(
-                                kinetics=kinetics,
-                                size=size,
-                                seed=seed,
-                                input=inp,
-                                candidates=cands,
-                                variant=f"{part}, {w}",
-                                auprc_ratio=grn.auprc_ratio(S, truth, genes),
-                                epr=grn.early_precision_ratio(S, truth, genes),
-                            )
+                    found.update(
+                        {f"{part}, {w}": S for w, S in variant_scores(X, cl, reg, len(genes), seed, tr).items()}
+                    )
+                found.update(combined(found))
+                for variant, S in found.items():
+                    rows.append(
+                        dict(
+                            kinetics=kinetics,
+                            size=size,
+                            seed=seed,
+                            input=inp,
+                            candidates=cands,
+                            variant=variant,
+                            auprc_ratio=grn.auprc_ratio(S, truth, genes),
+                            epr=grn.early_precision_ratio(S, truth, genes),
                         )
+                    )
     df = pd.DataFrame(rows)
     overall = df.groupby("variant")[["epr", "auprc_ratio"]].median()
     # rank of each variant within each setting (1 = best EPR), then its median rank: robust to the scale of
