@@ -15,7 +15,7 @@ try:
 except PackageNotFoundError:  # imported from a source tree that was never installed
     __version__ = "0+unknown"
 
-from . import data, distributions, errors, model, module, nn, train  # noqa: E402
+from . import data, distributions, errors, external, model, module, nn, train  # noqa: E402
 from ._settings import settings  # noqa: E402
 
-__all__ = ["data", "distributions", "errors", "model", "module", "nn", "settings", "train", "__version__"]
+__all__ = ["data", "distributions", "errors", "external", "model", "module", "nn", "settings", "train", "__version__"]
