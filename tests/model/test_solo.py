@@ -71,3 +71,23 @@ def test_solo_restricts_to_one_batch_and_checks_its_input():
         solo.train(max_epochs=1, gradient_clip_val=1.0)
     with pytest.raises(NotSetUpError):
         scvi.external.SOLO(a)
+
+
+def test_solo_save_and_load_give_the_same_predictions(tmp_path):
+    a, _ = _with_doublets(n_cells=200, n_doublets=10)
+    scvi.model.SCVI.setup_anndata(a)
+    model = scvi.model.SCVI(a, n_hidden=16, n_latent=4)
+    model.train(max_epochs=2)
+    solo = scvi.external.SOLO.from_scvi_model(model, n_hidden=32, seed=3)
+    solo.train(max_epochs=5)
+    solo.save(tmp_path / "solo")
+    back = scvi.external.SOLO.load(tmp_path / "solo")
+    np.testing.assert_array_equal(back.predict().to_numpy(), solo.predict().to_numpy())
+    assert (
+        back.is_trained and len(back.history) == len(solo.history) and back.init_params == {"seed": 3, "n_hidden": 32}
+    )
+    model.save(tmp_path / "scvi")
+    with pytest.raises(cellvi.errors.ModelFileError, match="not SOLO"):
+        scvi.external.SOLO.load(tmp_path / "scvi")
+    with pytest.raises(cellvi.errors.ModelFileError, match="already exists"):
+        solo.save(tmp_path / "solo")

@@ -12,11 +12,13 @@ probably a doublet.
 
 Differences from scvi-tools (see docs/switching.md): the classifier keeps the weights of its best
 validation epoch; the simulation and the split are seeded (``seed``, default ``cellvi.settings.seed``
-or 0); ``predict`` does not warn about scvi-tools' old logits behaviour; SOLO models are not saved.
+or 0); ``predict`` does not warn about scvi-tools' old logits behaviour; ``save`` always writes the (small)
+features with the classifier.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import anndata
@@ -25,11 +27,13 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from .. import __version__
 from .._settings import settings
 from ..data.matrix import count_matrix
-from ..errors import InvalidParameterError, MissingKeyError, NotSetUpError
+from ..errors import InvalidParameterError, MissingKeyError, ModelFileError, NotSetUpError
 from ..module.classifier import Classifier
 from ..train.classifier import fit_classifier
+from . import _files
 
 SETUP_KEY = "_cellvi_solo"
 SIM_KEY = "_solo_doub_sim"
@@ -63,6 +67,7 @@ class SOLO:
         with torch.random.fork_rng(devices=[]):  # the initial weights follow the seed, not the global stream
             torch.manual_seed(self._seed)
             self.module = Classifier(X.shape[1], len(self.classes), **classifier_kwargs)
+        self.init_params = {"seed": self._seed, **classifier_kwargs}
         self.history = pd.DataFrame()
         self.is_trained = False
         self.train_indices = self.validation_indices = np.array([], dtype=np.int64)
@@ -220,6 +225,44 @@ class SOLO:
         keep = np.ones(len(labels), bool) if include_simulated_doublets else labels == "singlet"
         out = pd.DataFrame(values.numpy()[keep], columns=self.classes, index=self.adata.obs_names[keep])
         return out if soft else out.idxmax(axis=1)
+
+    def save(self, dir_path, overwrite: bool = False, save_anndata: bool = True) -> None:
+        """Save the classifier (``model.safetensors``), its settings and history (``model.json``) and its
+        features with their singlet/doublet labels (``adata.h5ad``, cells x (n_latent + 1): small, and
+        what :meth:`predict` reads, so always written; ``save_anndata`` is accepted for scvi-tools' call)."""
+        meta = {
+            "format": _files.FORMAT,
+            "cellvi_version": __version__,
+            "model_class": "SOLO",
+            "init_params": self.init_params,
+            "registry": None,
+            "is_trained": self.is_trained,
+            "history": json.loads(self.history.reset_index().to_json(orient="records")) if len(self.history) else [],
+        }
+        with _files.staged_folder(dir_path, overwrite) as tmp:
+            _files.write_weights(tmp, self.module.state_dict())
+            self.adata.write_h5ad(tmp / _files.ADATA_NAME)
+            meta["sha256"] = {name: _files.sha256(tmp / name) for name in (_files.WEIGHTS_NAME, _files.ADATA_NAME)}
+            (tmp / _files.META_NAME).write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, dir_path, adata=None) -> SOLO:
+        """Load a SOLO saved with :meth:`save` (JSON and safetensors only: no code from the folder runs).
+        ``adata``: features set up with :meth:`setup_anndata` instead of the saved ones."""
+        meta = _files.read_meta(dir_path)
+        if meta["model_class"] != "SOLO":
+            raise ModelFileError(f"{dir_path} holds a {meta['model_class']} model, not SOLO.")
+        adata = _files.read_saved_adata(dir_path, meta) if adata is None else adata
+        try:
+            solo = cls(adata, **meta["init_params"])
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"{dir_path}: the saved init_params do not fit SOLO ({exc!s:.200}).") from exc
+        _files.load_weights_into(solo.module, dir_path, meta)
+        solo.module.eval()
+        solo.is_trained = bool(meta.get("is_trained", True))
+        if meta.get("history"):
+            solo.history = pd.DataFrame(meta["history"]).set_index("epoch")
+        return solo
 
     def __repr__(self) -> str:
         n_sim = int((self._y == 0).sum())
