@@ -8,17 +8,46 @@ repeatable (on CPU bit for bit; on GPU some kernels are not deterministic, see t
 
 from __future__ import annotations
 
+import logging
 import random
+import warnings
 
 import numpy as np
 import torch
+
+# scvi-tools settings that have nothing to act on in cellvi: accepted (a script setting them runs) with a
+# warning that says why they do nothing
+IGNORED = {
+    "dl_num_workers": "cellvi's loaders read minibatches in the training process, with no worker processes",
+    "dl_persistent_workers": "cellvi's loaders use no worker processes",
+    "progress_bar_style": "cellvi's progress bars are tqdm's (turn them off with settings.progress_bar = False)",
+    "warnings_stacklevel": "cellvi's warnings point at the caller's line",
+    "jax_preallocate_gpu_memory": "cellvi does not use JAX",
+}
 
 
 class Settings:
     """Process-wide settings of cellvi. Use the instance ``cellvi.settings``."""
 
+    _names = frozenset(
+        {"_seed", "progress_bar", "device", "keep_freed_memory", "_logging_dir", "logging_dir", "seed"}
+        | {"num_threads", "batch_size", "_batch_size", "verbosity"}
+    )
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in IGNORED:
+            warnings.warn(
+                f"settings.{name} is accepted for scvi-tools scripts and ignored: {IGNORED[name]}.", stacklevel=2
+            )
+            return
+        if name not in self._names:  # a typo would otherwise be stored and silently do nothing
+            known = sorted(n for n in self._names if not n.startswith("_"))
+            raise AttributeError(f"cellvi.settings has no setting {name!r}. Settings: {known}.")
+        object.__setattr__(self, name, value)
+
     def __init__(self) -> None:
         self._seed: int | None = None
+        self._batch_size: int | None = None
         self.progress_bar: bool = True
         self.device: str | None = None  # None: CUDA when available, else CPU
         # keep the memory that training frees for its next steps (see cellvi.train.heap)
@@ -62,6 +91,36 @@ class Settings:
     @num_threads.setter
     def num_threads(self, value: int) -> None:
         torch.set_num_threads(int(value))
+
+    @property
+    def batch_size(self) -> int | None:
+        """Minibatch size of the outputs (latent, expression, likelihoods, ...) when a call does not give
+        ``batch_size``; None (default): cellvi's own, 1024 cells. scvi-tools' default is 128; training's
+        minibatch is ``train(batch_size=...)`` in both."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int | None) -> None:
+        from .errors import InvalidParameterError
+
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InvalidParameterError(f"settings.batch_size must be a positive integer or None, got {value!r}.")
+        self._batch_size = value
+
+    @property
+    def verbosity(self) -> int:
+        """Level of cellvi's log messages (the ``"cellvi"`` logger), as scvi-tools' ``settings.verbosity``:
+        a ``logging`` level (``logging.WARNING``) or its name (``"warning"``)."""
+        return logging.getLogger("cellvi").getEffectiveLevel()
+
+    @verbosity.setter
+    def verbosity(self, value: int | str) -> None:
+        from .errors import InvalidParameterError
+
+        level = logging.getLevelName(value.upper()) if isinstance(value, str) else value
+        if not isinstance(level, int) or isinstance(level, bool):
+            raise InvalidParameterError(f"settings.verbosity must be a logging level or its name, got {value!r}.")
+        logging.getLogger("cellvi").setLevel(level)
 
     def torch_device(self) -> torch.device:
         """The device models are put on: ``settings.device`` if set, else CUDA when present, else CPU."""

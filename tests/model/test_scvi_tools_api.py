@@ -288,3 +288,38 @@ def test_get_ranked_features_orders_genes_by_mean_attribution(adata):
     assert np.all(np.diff(table["attribution_mean"]) <= 0) and set(table["cells"]) == {50}
     with pytest.raises(InvalidParameterError, match="attrs must be"):
         model.get_ranked_features(attrs=attrs[:, :5])
+
+
+def test_settings_of_scvi_tools_scripts(adata):
+    import logging
+
+    settings = cellvi.settings
+    with pytest.warns(UserWarning, match="dl_num_workers is accepted .* and ignored"):
+        settings.dl_num_workers = 4
+    with pytest.raises(AttributeError, match="no setting 'seeed'"):
+        settings.seeed = 0
+    old = settings.verbosity
+    try:
+        settings.verbosity = "error"
+        assert logging.getLogger("cellvi").getEffectiveLevel() == logging.ERROR
+        settings.verbosity = logging.INFO
+        assert settings.verbosity == logging.INFO
+        with pytest.raises(InvalidParameterError):
+            settings.verbosity = "loud"
+    finally:
+        settings.verbosity = old
+    model = SCVI(adata, n_hidden=8, n_latent=2)
+    seen = []
+    original = model.module.latent
+    model.module.latent = lambda batch, **kw: seen.append(len(batch["batch"])) or original(batch, **kw)
+    try:
+        settings.batch_size = 50
+        model.get_latent_representation()
+        assert seen == [50, 50, 20]  # 120 cells in minibatches of the setting
+        with pytest.raises(InvalidParameterError):
+            settings.batch_size = 0
+    finally:
+        settings.batch_size = None
+    seen.clear()
+    model.get_latent_representation()
+    assert seen == [120]

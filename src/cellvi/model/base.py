@@ -115,7 +115,7 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
         data = self._cell_data(adata)
         if indices is not None:
             indices = np.arange(data.n_cells)[np.asarray(indices)]
-        size = 1024 if batch_size is None else batch_size
+        size = (settings.batch_size or 1024) if batch_size is None else batch_size
         _check_positive("batch_size", size)
         self.module.eval()
         return iter(self._loader(data, indices, size, False, 0, likelihood_terms, sparse_counts))
