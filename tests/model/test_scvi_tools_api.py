@@ -323,3 +323,10 @@ def test_settings_of_scvi_tools_scripts(adata):
     seen.clear()
     model.get_latent_representation()
     assert seen == [120]
+
+
+def test_data_readers_as_scvi_tools_re_exports_them(tmp_path, adata):
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    back = cellvi.data.read_h5ad(tmp_path / "a.h5ad")
+    assert back.shape == adata.shape and list(back.var_names) == list(adata.var_names)
+    assert callable(cellvi.data.read_csv) and callable(cellvi.data.read_loom) and callable(cellvi.data.read_text)
