@@ -388,8 +388,8 @@ def test_inlier_mask_flags_a_far_cell(rng):
 def test_importance_log_weights_follow_their_formula(trained, monkeypatch):
     """The batched, chunked log weights equal the formula evaluated one (sample, anchor) pair at a
     time: log p(z) + logsumexp_a [log p(x_a | z) - log p(x_a)] - logsumexp_a log q(z | x_a)."""
+    from cellvi.distributions.gaussian import log_normal_density
     from cellvi.module import importance as imp
-    from cellvi.module.vae import log_normal_density
 
     module = trained.module
     types = trained.adata.obs["cell_type"].to_numpy()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .vae import log_normal_density
+from ..distributions.gaussian import log_normal_density
 
 CHUNK_ELEMENTS = 4_000_000  # (samples x anchors, genes) entries evaluated at once
 

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..distributions.gaussian import kl_normal, log_normal_density
 from ..nn import Encoder, FCLayers
 from ..nn.layers import float32
-from .vae import VAE, kl_normal, log_normal_density, norm_parts
+from .vae import VAE, norm_parts
 
 CALIBRATION_BINS = 15
 
