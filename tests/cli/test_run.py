@@ -155,3 +155,32 @@ def test_root_group_starts_at_the_far_end_of_the_group():
     members = np.flatnonzero(t < 0.3)
     root = _farthest_member(a.obsm["X_diffmap"], a.uns["diffmap_evals"], members)
     assert t[root] < 0.03, t[root]
+
+
+def test_doublets_are_scored_batch_by_batch(tmp_path):
+    """`cellvi run --doublets`: SOLO per batch; cells made doublets by hand score higher; report section."""
+    import scipy.sparse as sp
+
+    from cellvi.data import simulate_trajectory
+
+    a = simulate_trajectory(n_cells=800, n_genes=200, n_batches=2, seed=1)
+    rng = np.random.default_rng(0)
+    X = sp.csr_matrix(a.X).toarray()
+    batch, branch = a.obs["batch"].astype(str).to_numpy(), a.obs["cell_type"].astype(str).to_numpy()
+    truth = np.zeros(a.n_obs, bool)
+    truth[rng.choice(a.n_obs, 60, replace=False)] = True
+    for i in np.flatnonzero(truth):  # the sum with a cell of the same batch and another cell type
+        X[i] += X[rng.choice(np.flatnonzero((batch == batch[i]) & (branch != branch[i])))]
+    a.X = sp.csr_matrix(X)
+    a.write_h5ad(tmp_path / "in.h5ad")
+    out = tmp_path / "run"
+    args = ["run", str(tmp_path / "in.h5ad"), "-o", str(out), "--batch-key", "batch", "--doublets"]
+    assert main(args + ["--max-epochs", "40", "--n-top-genes", "0", "--no-progress", "--no-scib", "--de-cells", "50"]) == 0
+    res = ad.read_h5ad(out / "result.h5ad")
+    score = res.obs["doublet_score"].to_numpy()
+    assert np.all((score >= 0) & (score <= 1)) and res.obs["predicted_doublet"].dtype == bool
+    assert score[truth].mean() > score[~truth].mean() + 0.2
+    page = (out / "report.html").read_text()
+    section = page.split("<h2>Doublets (SOLO)", 1)[1].split("<h2", 1)[0]
+    assert "<img" in section and "batch0" in section and "batch1" in section
+    assert json.loads((out / "summary.json").read_text())["params"]["doublets"] is True

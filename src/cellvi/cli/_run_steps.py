@@ -1,6 +1,6 @@
 """The steps of ``cellvi run`` that are more than one scanpy call: the genes to train on, the
-trajectory's root cell, marker genes, the latent's metrics, SCANVI's calibration and the versions of
-the summary."""
+trajectory's root cell, marker genes, doublet scores, the latent's metrics, SCANVI's calibration and the
+versions of the summary."""
 
 from __future__ import annotations
 
@@ -99,6 +99,23 @@ def marker_table(model, tdata, args) -> pd.DataFrame:
     top = top.sort_values(["cluster", "proba_de"], ascending=[True, False], kind="stable")
     top["rank"] = top.groupby("cluster", observed=True).cumcount() + 1
     return top[["cluster", "rank", "gene", *cols[1:]]].reset_index(drop=True)
+
+
+def doublet_scores(model, tdata, args) -> pd.DataFrame:
+    """SOLO on the trained scVI model, one batch at a time (doublets form within a lane): per cell
+    ``doublet_score`` = P(doublet) and ``predicted_doublet`` (P > 0.5), indexed like ``tdata``."""
+    from ..external import SOLO
+
+    batches = [None]
+    if args.batch_key and tdata.obs[args.batch_key].nunique() > 1:
+        batches = list(pd.unique(tdata.obs[args.batch_key].astype(str)))
+    parts = []
+    for batch in batches:
+        solo = SOLO.from_scvi_model(model, tdata, restrict_to_batch=batch, seed=args.seed)
+        solo.train(enable_progress_bar=not args.no_progress)
+        parts.append(solo.predict()["doublet"])
+    score = pd.concat(parts).reindex(tdata.obs_names)
+    return pd.DataFrame({"doublet_score": score, "predicted_doublet": score > 0.5})
 
 
 def latent_metrics(tdata, args) -> dict:

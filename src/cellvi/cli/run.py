@@ -28,6 +28,7 @@ from ._run_steps import (
     HVG_CELLS,
     METRIC_CELLS,
     calibrate,
+    doublet_scores,
     latent_metrics,
     marker_table,
     root_index,
@@ -81,6 +82,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--de-cells", type=int, default=1000, help="cells sampled per side of each marker comparison (default 1000)"
     )
     p.add_argument("--no-scib", action="store_true", help="skip the scIB metrics table (slow on large data)")
+    p.add_argument(
+        "--doublets",
+        action="store_true",
+        help="score doublets with SOLO on the scVI model, batch by batch (obs doublet_score, predicted_doublet)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument(
@@ -166,6 +172,7 @@ def _params(args) -> dict:
         "scanvi",
         "linear",
         "de_cells",
+        "doublets",
         "seed",
         "nproc",
     ]
@@ -193,6 +200,8 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
         raise CliError(f"--n-top-genes must be >= 0, got {args.n_top_genes}")
     if args.scanvi and not args.labels_key:
         raise CliError("--scanvi needs --labels-key")
+    if getattr(args, "doublets", False) and (adata.isbacked or getattr(args, "nproc", 1) > 1):
+        raise CliError("--doublets needs the data in memory and one process (not backed input, not --nproc)")
     t_start = time.perf_counter()
     cellvi.settings.seed = args.seed
     cellvi.settings.progress_bar = not args.no_progress
@@ -217,6 +226,11 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
             ldata = analysis_data(tdata)  # in memory: tdata itself, or its obs when tdata is backed
             ldata.obsm["X_scvi"] = z
             release_memory()  # the training's buffers
+        if getattr(args, "doublets", False):
+            with steps.step("doublets (SOLO)"):
+                calls = doublet_scores(model, tdata, args)
+                ldata.obs["doublet_score"] = calls["doublet_score"].to_numpy()
+                ldata.obs["predicted_doublet"] = calls["predicted_doublet"].to_numpy()
         scanvi = None
         if args.scanvi:
             with steps.step("train SCANVI"):
@@ -263,7 +277,7 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
             for key in ("X_scvi", "X_scanvi", "X_umap", "X_diffmap"):
                 if key in ldata.obsm:
                     adata.obsm[key] = ldata.obsm[key]
-            for key in ("leiden", "dpt_pseudotime"):
+            for key in ("leiden", "dpt_pseudotime", "doublet_score", "predicted_doublet"):
                 if key in ldata.obs:
                     adata.obs[key] = ldata.obs[key].to_numpy()
             adata.obs["leiden"] = adata.obs["leiden"].astype("category")

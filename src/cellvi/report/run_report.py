@@ -46,6 +46,7 @@ def _umaps(report: Report, tdata, args) -> None:
             (args.labels_key, "labels"),
             ("leiden", "Leiden clusters"),
             ("dpt_pseudotime", "pseudotime"),
+            ("doublet_score", "doublet score"),
         )
         if k and k in tdata.obs
     ]
@@ -204,6 +205,34 @@ def _markers(report: Report, tdata, counts, markers: pd.DataFrame, args) -> None
     )
 
 
+def _doublets(report: Report, tdata, args) -> None:
+    """Histogram of SOLO's doublet scores and the predicted doublets per batch (``--doublets``)."""
+    import matplotlib.pyplot as plt
+
+    score = tdata.obs["doublet_score"].to_numpy()
+    called = tdata.obs["predicted_doublet"].to_numpy().astype(bool)
+    group = tdata.obs[args.batch_key].astype(str) if args.batch_key else pd.Series("all", index=tdata.obs_names)
+    table = pd.DataFrame({"cells": group.value_counts(sort=False)})
+    table["predicted doublets"] = group[called].value_counts().reindex(table.index).fillna(0).astype(int)
+    table["%"] = (100 * table["predicted doublets"] / table["cells"]).round(1)
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.hist(score, bins=50, color="#4c72b0")
+    ax.axvline(0.5, color="k", lw=1, ls="--")
+    ax.set_xlabel("doublet score, P(doublet)")
+    ax.set_ylabel("cells")
+    note = (
+        "SOLO (cellvi.external.SOLO) on the scVI model, trained batch by batch on simulated doublets (sums "
+        "of two cells of the batch); cells with P(doublet) > 0.5 (dashed line) are predicted doublets. "
+        "Stored as obs['doublet_score'] and obs['predicted_doublet'] in result.h5ad; nothing is removed."
+    )
+    report.add(
+        "Doublets (SOLO)",
+        figure_html(fig, "doublet score histogram")
+        + f"<p class='note'>{html.escape(note)}</p>"
+        + table_html(table.rename_axis(args.batch_key or "batch")),
+    )
+
+
 def _summary(report: Report, tdata, summary: dict) -> None:
     info = {
         "input": summary["source"],
@@ -261,6 +290,8 @@ def build_run_report(tdata, model, summary: dict, markers: pd.DataFrame, args, c
     if hasattr(model, "get_loadings"):
         _loadings(report, model)
     _integration(report, tdata, counts, summary, args)
+    if "doublet_score" in tdata.obs:
+        _doublets(report, tdata, args)
     _clusters(report, tdata, args)
     _paga(report, tdata)
     _markers(report, tdata, counts, markers, args)
