@@ -175,7 +175,9 @@ def test_doublets_are_scored_batch_by_batch(tmp_path):
     a.write_h5ad(tmp_path / "in.h5ad")
     out = tmp_path / "run"
     args = ["run", str(tmp_path / "in.h5ad"), "-o", str(out), "--batch-key", "batch", "--doublets"]
-    assert main(args + ["--max-epochs", "40", "--n-top-genes", "0", "--no-progress", "--no-scib", "--de-cells", "50"]) == 0
+    assert (
+        main(args + ["--max-epochs", "40", "--n-top-genes", "0", "--no-progress", "--no-scib", "--de-cells", "50"]) == 0
+    )
     res = ad.read_h5ad(out / "result.h5ad")
     score = res.obs["doublet_score"].to_numpy()
     assert np.all((score >= 0) & (score <= 1)) and res.obs["predicted_doublet"].dtype == bool
