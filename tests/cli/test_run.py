@@ -3,6 +3,7 @@ import json
 import anndata as ad
 import numpy as np
 import pandas as pd
+import pytest
 
 from cellvi.cli import main
 from cellvi.model._files import read_meta
@@ -100,7 +101,6 @@ def test_tools_use_the_saved_model(tiny_run, tiny_input, tmp_path, capsys):
 
 
 def test_help_shows_examples(capsys):
-    import pytest
 
     for cmd in ([], ["run"], ["demo"], ["embed"], ["de"], ["map-query"], ["info"]):
         with pytest.raises(SystemExit):
@@ -157,7 +157,7 @@ def test_root_group_starts_at_the_far_end_of_the_group():
     assert t[root] < 0.03, t[root]
 
 
-def test_doublets_are_scored_batch_by_batch(tmp_path):
+def test_doublets_are_scored_batch_by_batch(tmp_path, monkeypatch, capsys):
     """`cellvi run --doublets`: SOLO per batch; cells made doublets by hand score higher; report section."""
     import scipy.sparse as sp
 
@@ -186,3 +186,9 @@ def test_doublets_are_scored_batch_by_batch(tmp_path):
     section = page.split("<h2>Doublets (SOLO)", 1)[1].split("<h2", 1)[0]
     assert "<img" in section and "batch0" in section and "batch1" in section
     assert json.loads((out / "summary.json").read_text())["params"]["doublets"] is True
+    for extra, env, match in ((["--nproc", "2"], None, "one process"), ([], "0", "needs the data in memory")):
+        if env is not None:
+            monkeypatch.setenv("CELLVI_BACKED_BYTES", env)
+        refused = [*args[:3], str(tmp_path / "refused"), *args[4:], *extra, "--no-progress"]
+        assert main(refused) == 2 and match in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()

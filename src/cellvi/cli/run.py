@@ -125,7 +125,13 @@ def register(sub) -> None:
     demo.set_defaults(func=demo_command, batch_key="batch", labels_key="cell_type", root_group=None)
 
 
+def _check_doublets(args) -> None:
+    if getattr(args, "doublets", False) and getattr(args, "nproc", 1) > 1:  # before torchrun starts anything
+        raise CliError("--doublets runs in one process; drop --nproc or --doublets")
+
+
 def run_command(args) -> int:
+    _check_doublets(args)
     if (rc := dist_run.launch_or_join(args)) is not None:  # --nproc N: torchrun runs this in N processes
         return rc
     out = Path(args.out)
@@ -141,6 +147,7 @@ def run_command(args) -> int:
 def demo_command(args) -> int:
     from ..data import simulate_trajectory
 
+    _check_doublets(args)
     if (rc := dist_run.launch_or_join(args)) is not None:  # --nproc N: torchrun runs this in N processes
         return rc
     out = Path(args.out)
@@ -200,8 +207,11 @@ def run_pipeline(adata, args, out: Path, steps: Steps, source: str) -> dict:
         raise CliError(f"--n-top-genes must be >= 0, got {args.n_top_genes}")
     if args.scanvi and not args.labels_key:
         raise CliError("--scanvi needs --labels-key")
-    if getattr(args, "doublets", False) and (adata.isbacked or getattr(args, "nproc", 1) > 1):
-        raise CliError("--doublets needs the data in memory and one process (not backed input, not --nproc)")
+    if getattr(args, "doublets", False) and adata.isbacked:
+        raise CliError(
+            "--doublets needs the data in memory, and the input was opened backed (files of CELLVI_BACKED_BYTES "
+            "or more, default 2 GiB): raise CELLVI_BACKED_BYTES to read it into memory, or drop --doublets"
+        )
     t_start = time.perf_counter()
     cellvi.settings.seed = args.seed
     cellvi.settings.progress_bar = not args.no_progress
