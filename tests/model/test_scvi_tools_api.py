@@ -330,3 +330,58 @@ def test_data_readers_as_scvi_tools_re_exports_them(tmp_path, adata):
     back = cellvi.data.read_h5ad(tmp_path / "a.h5ad")
     assert back.shape == adata.shape and list(back.var_names) == list(adata.var_names)
     assert callable(cellvi.data.read_csv) and callable(cellvi.data.read_loom) and callable(cellvi.data.read_text)
+
+
+def test_likelihoods_per_cell_with_return_mean_false(adata):
+    model = SCVI(adata, n_hidden=8, n_latent=2)
+    model.train(max_epochs=2)
+    torch.manual_seed(0)
+    per_cell = model.get_elbo(return_mean=False)
+    torch.manual_seed(0)
+    assert per_cell.shape == (adata.n_obs,) and np.isclose(per_cell.mean(), model.get_elbo())
+    rec = model.get_reconstruction_error(indices=[0, 5, 7], return_mean=False)["reconstruction_loss"]
+    assert rec.shape == (3,) and np.all(rec > 0)
+    torch.manual_seed(1)
+    ll = model.get_marginal_ll(n_mc_samples=5, return_mean=False)
+    torch.manual_seed(1)
+    assert ll.shape == (adata.n_obs,) and np.isclose(ll.mean(), model.get_marginal_ll(n_mc_samples=5))
+
+
+def test_query_mapping_with_scvi_tools_keywords(adata, tmp_path):
+    ref = SCVI(adata, n_hidden=8, n_latent=2)
+    ref.train(max_epochs=1)
+    ref.save(tmp_path / "ref")
+    query = cellvi.data.simulate(n_cells=40, n_genes=30, n_batches=1, seed=9)
+    query.obs["batch"] = "new"
+    query = query[:, list(adata.var_names[::-1])].copy()  # genes in another order
+    model = SCVI.load_query_data(
+        query, reference_model=str(tmp_path / "ref"), inplace_subset_query_vars=True, device="cpu"
+    )
+    assert list(query.var_names) == list(adata.var_names) and model.device.type == "cpu"
+    model.train(max_epochs=1)
+    assert SCVI.prepare_query_anndata(query, reference_model=ref, return_reference_var_names=True).equals(
+        adata.var_names
+    )
+    with pytest.raises(InvalidParameterError, match="once"):
+        SCVI.load_query_data(query, ref, reference_model=ref)
+    with pytest.raises(InvalidParameterError, match="once"):
+        SCVI.prepare_query_anndata(query)
+    with pytest.raises(InvalidParameterError, match="accelerator"):
+        SCVI.load_query_data(query, ref, accelerator="tpu")
+
+
+def test_posterior_predictive_sample_in_another_batch(adata):
+    model = SCVI(adata, n_hidden=8, n_latent=2, gene_likelihood="nb")
+    model.train(max_epochs=20)
+    batches = list(adata.obs["batch"].astype("category").cat.categories)
+    first = (adata.obs["batch"].astype(str) == batches[0]).to_numpy()
+    torch.manual_seed(0)
+    moved = model.posterior_predictive_sample(n_samples=100, transform_batch=batches[1]).mean(-1)[first].sum(0)
+    expected = {  # per-gene totals over batch0's cells of the NB means, decoded in each batch
+        b: model.get_normalized_expression(library_size="latent", transform_batch=b, return_numpy=True)[first].sum(0)
+        for b in batches
+    }
+    err = {b: np.abs(moved / expected[b] - 1).mean() for b in batches}
+    assert err[batches[1]] < 0.1 and err[batches[1]] < err[batches[0]] / 2  # the draws follow batch1's means
+    with pytest.raises(cellvi.errors.MissingKeyError):
+        model.posterior_predictive_sample(transform_batch="nowhere")

@@ -30,10 +30,11 @@ class ScviToolsCompat:
 
         minify(self, minified_data_type, use_latent_qzm_key, use_latent_qzv_key)
 
-    def view_anndata_setup(self, adata=None) -> None:
+    def view_anndata_setup(self, adata=None, hide_state_registries: bool = False) -> None:
         """Print how the data were set up (scvi-tools' ``model.view_anndata_setup()``): the arguments of
         ``setup_anndata``, cells x genes and the code of each batch, label and covariate category. With
-        ``adata``: that AnnData's own setup (it must have been set up), else the model's."""
+        ``adata``: that AnnData's own setup (it must have been set up), else the model's.
+        ``hide_state_registries`` is accepted for scvi-tools' call (there is one summary to show)."""
         from ..data.registry import Registry
 
         print(self.registry.describe() if adata is None else Registry.of(adata).describe())

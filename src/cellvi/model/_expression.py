@@ -171,15 +171,25 @@ class ExpressionMixin:
         )
 
     def posterior_predictive_sample(
-        self, adata=None, indices=None, n_samples: int = 1, gene_list=None, batch_size: int | None = None
+        self,
+        adata=None,
+        indices=None,
+        n_samples: int = 1,
+        gene_list=None,
+        batch_size: int | None = None,
+        transform_batch=None,
     ) -> np.ndarray:
         """Counts drawn from the posterior predictive, float32 (n_cells, n_genes), or
-        (n_cells, n_genes, n_samples) when ``n_samples > 1``."""
+        (n_cells, n_genes, n_samples) when ``n_samples > 1``. ``transform_batch``: a batch name to decode
+        every cell as if measured in that batch (default: each cell's own)."""
         _check_positive("n_samples", n_samples)
         genes = self._gene_mask(gene_list)
+        if isinstance(transform_batch, (list, tuple)):
+            raise InvalidParameterError("posterior_predictive_sample takes one transform_batch (a batch name).")
+        code = self._batch_codes(transform_batch)[0]
         parts = []
         for batch in self._batches(adata, indices, batch_size):
-            draws = [self.module.sample_counts(batch)[:, genes].cpu().numpy() for _ in range(n_samples)]
+            draws = [self.module.sample_counts(batch, code)[:, genes].cpu().numpy() for _ in range(n_samples)]
             parts.append(np.stack(draws, axis=-1) if n_samples > 1 else draws[0])
         return np.concatenate(parts).astype(np.float32)
 

@@ -206,44 +206,60 @@ class InferenceMixin:
         )
         return str(path)
 
-    def _mean_over_cells(self, per_batch, adata, indices, batch_size) -> float:
+    def _over_cells(self, per_batch, adata, indices, batch_size, return_mean: bool = True):
+        """The mean over cells of ``per_batch``'s per-cell values (a float), or with ``return_mean=False``
+        the values themselves, (n_cells,) float64 in cell order."""
         from ._minify import refuse_if_minified
 
         if adata is None:
             refuse_if_minified(self, "The ELBO, reconstruction error and marginal likelihood")
         mine = self._my_cells(adata, indices)  # under torchrun: each rank its share, summed over ranks
+        batches = self._batches(adata, indices if mine is None else mine, batch_size, likelihood_terms=True)
+        if not return_mean:
+            parts = [per_batch(batch).double().cpu().numpy() for batch in batches]
+            return distributed.gather_rows(np.concatenate(parts) if parts else np.zeros(0))
         total, n = 0.0, 0
-        for batch in self._batches(adata, indices if mine is None else mine, batch_size, likelihood_terms=True):
+        for batch in batches:
             values = per_batch(batch)
             total += float(values.double().sum())
             n += len(values)
         total, n = distributed.sum_over_ranks(torch.tensor([total, n], dtype=torch.float64)).tolist()
         return total / max(n, 1)
 
-    def get_elbo(self, adata=None, indices=None, batch_size: int | None = None) -> float:
-        """Mean evidence lower bound per cell (nats; higher is better), at one posterior sample."""
+    def get_elbo(self, adata=None, indices=None, batch_size: int | None = None, return_mean: bool = True):
+        """Mean evidence lower bound per cell (nats; higher is better), at one posterior sample; with
+        ``return_mean=False`` each cell's, (n_cells,) float64."""
 
         def elbo(batch):
             t = self.module.elbo_terms(batch)
             return -(t["reconstruction_loss"] + t["kl_z"] + t["kl_l"])
 
-        return self._mean_over_cells(elbo, adata, indices, batch_size)
+        return self._over_cells(elbo, adata, indices, batch_size, return_mean)
 
-    def get_reconstruction_error(self, adata=None, indices=None, batch_size: int | None = None) -> dict:
-        """Mean reconstruction loss per cell, ``-log p(x | z, l)`` in nats (lower is better)."""
-        value = self._mean_over_cells(
-            lambda b: self.module.elbo_terms(b)["reconstruction_loss"], adata, indices, batch_size
+    def get_reconstruction_error(
+        self, adata=None, indices=None, batch_size: int | None = None, return_mean: bool = True
+    ) -> dict:
+        """Mean reconstruction loss per cell, ``-log p(x | z, l)`` in nats (lower is better), as
+        ``{"reconstruction_loss": value}``; with ``return_mean=False`` the value is each cell's, (n_cells,)."""
+        value = self._over_cells(
+            lambda b: self.module.elbo_terms(b)["reconstruction_loss"], adata, indices, batch_size, return_mean
         )
         return {"reconstruction_loss": value}
 
     def get_marginal_ll(
-        self, adata=None, indices=None, n_mc_samples: int = 1000, batch_size: int | None = None
-    ) -> float:
+        self,
+        adata=None,
+        indices=None,
+        n_mc_samples: int = 1000,
+        batch_size: int | None = None,
+        return_mean: bool = True,
+    ):
         """Mean per cell of log p(x) (nats; higher is better), by importance sampling with
-        ``n_mc_samples`` draws from the approximate posterior."""
+        ``n_mc_samples`` draws from the approximate posterior; with ``return_mean=False`` each cell's,
+        (n_cells,) float64."""
         _check_positive("n_mc_samples", n_mc_samples)
-        return self._mean_over_cells(
-            lambda b: self.module.marginal_ll(b, n_mc_samples), adata, indices, batch_size or 256
+        return self._over_cells(
+            lambda b: self.module.marginal_ll(b, n_mc_samples), adata, indices, batch_size or 256, return_mean
         )
 
 

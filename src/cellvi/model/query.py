@@ -21,7 +21,13 @@ import scipy.sparse as sp
 
 from ..data import Registry
 from ..data.matrix import count_matrix
-from ..errors import InvalidDataError, InvalidTypeError, ModelFileError, RegistryMismatchError
+from ..errors import (
+    InvalidDataError,
+    InvalidParameterError,
+    InvalidTypeError,
+    ModelFileError,
+    RegistryMismatchError,
+)
 from ..module.surgery import extend_categories, freeze_for_query
 from . import _archive, _files
 
@@ -45,6 +51,13 @@ def _reference_parts(reference):
     raise InvalidTypeError(
         f"reference must be a trained model or a saved model folder, not {type(reference).__name__}."
     )
+
+
+def one_reference(reference, reference_model):
+    """The reference given positionally (cellvi) or as scvi-tools' ``reference_model=``; exactly one."""
+    if (reference is None) == (reference_model is None):
+        raise InvalidParameterError("Give the reference model (or its folder) once: reference or reference_model.")
+    return reference if reference is not None else reference_model
 
 
 def prepare_query_anndata(adata, reference, return_reference_var_names: bool = False, inplace: bool = False):

@@ -123,21 +123,29 @@ class SCVI(ExpressionMixin, BaseModel):
 
     # ------------------------------------------------------------------ query mapping (scArches)
     @staticmethod
-    def prepare_query_anndata(adata, reference, return_reference_var_names: bool = False, inplace: bool = True):
+    def prepare_query_anndata(
+        adata,
+        reference=None,
+        return_reference_var_names: bool = False,
+        inplace: bool = True,
+        *,
+        reference_model=None,
+    ):
         """Give the query ``adata`` the reference's genes, in its order; missing genes are zeros (a
-        warning says how many). reference: a model, a saved model folder (cellvi's or scvi-tools') or archive.
-        As in scvi-tools, ``adata`` is changed in place and None returned; ``inplace=False`` returns a
-        new AnnData and leaves ``adata`` as it was. ``return_reference_var_names``: only return the
-        reference's genes (a pandas Index)."""
-        from .query import prepare_query_anndata
+        warning says how many). reference (or scvi-tools' keyword ``reference_model``): a model, a saved
+        model folder (cellvi's or scvi-tools') or archive. As in scvi-tools, ``adata`` is changed in
+        place and None returned; ``inplace=False`` returns a new AnnData and leaves ``adata`` as it was.
+        ``return_reference_var_names``: only return the reference's genes (a pandas Index)."""
+        from .query import one_reference, prepare_query_anndata
 
+        reference = one_reference(reference, reference_model)
         return prepare_query_anndata(adata, reference, return_reference_var_names, inplace)
 
     @classmethod
     def load_query_data(
         cls,
         adata,
-        reference,
+        reference=None,
         freeze_expression: bool = True,
         freeze_decoder_first_layer: bool = True,
         freeze_batchnorm_encoder: bool = True,
@@ -145,6 +153,11 @@ class SCVI(ExpressionMixin, BaseModel):
         freeze_dropout: bool = False,
         freeze_classifier: bool = True,
         unfrozen: bool = False,
+        *,
+        reference_model=None,
+        inplace_subset_query_vars: bool = False,
+        device: str | int = "auto",
+        accelerator: str = "auto",
     ):
         """A model of the query ``adata`` built from a trained ``reference`` (a model, a saved folder or archive),
         to be trained on the query (scArches). The query needs the reference's genes (see
@@ -156,10 +169,18 @@ class SCVI(ExpressionMixin, BaseModel):
         default), ``freeze_dropout`` turns dropout off, ``freeze_classifier=False`` trains SCANVI's
         classifier, ``unfrozen`` trains everything. Training uses ``weight_decay=0`` by default (L2
         would move frozen weights). ``adata`` is set up in place (registry in ``adata.uns``).
+        scvi-tools' keywords: ``reference_model`` (= ``reference``), ``inplace_subset_query_vars=True``
+        (runs :meth:`prepare_query_anndata` in place first), ``device`` (then :meth:`to_device`) and
+        ``accelerator`` ("auto", "cpu", "gpu"/"cuda").
         """
-        from .query import load_query_data
+        from .query import load_query_data, one_reference
 
-        return load_query_data(
+        reference = one_reference(reference, reference_model)
+        if accelerator not in ("auto", "cpu", "gpu", "cuda"):
+            raise InvalidParameterError(f"accelerator must be 'auto', 'cpu', 'gpu' or 'cuda', got {accelerator!r}.")
+        if inplace_subset_query_vars:
+            cls.prepare_query_anndata(adata, reference, inplace=True)
+        model = load_query_data(
             cls,
             adata,
             reference,
@@ -171,6 +192,10 @@ class SCVI(ExpressionMixin, BaseModel):
             freeze_classifier,
             unfrozen,
         )
+        if device != "auto" or accelerator != "auto":
+            target = device if device != "auto" else ("cpu" if accelerator == "cpu" else "cuda")
+            model.to_device(int(target) if isinstance(target, str) and target.isdigit() else target)
+        return model
 
     def differential_expression(
         self,
