@@ -91,3 +91,17 @@ def test_solo_save_and_load_give_the_same_predictions(tmp_path):
         scvi.external.SOLO.load(tmp_path / "scvi")
     with pytest.raises(cellvi.errors.ModelFileError, match="already exists"):
         solo.save(tmp_path / "solo")
+
+
+def test_solo_early_stopping_options():
+    a, _ = _with_doublets(n_cells=200, n_doublets=10)
+    scvi.model.SCVI.setup_anndata(a)
+    model = scvi.model.SCVI(a, n_hidden=16, n_latent=4)
+    model.train(max_epochs=2)
+    solo = scvi.external.SOLO.from_scvi_model(model)
+    solo.train(max_epochs=60, early_stopping_patience=1, early_stopping_min_delta=10.0)
+    assert len(solo.history) == 2  # no epoch improves by 10 nats: stops after the patience of 1
+    solo.train(max_epochs=60, early_stopping_patience=1, early_stopping_min_delta=10.0, early_stopping_warmup_epochs=7)
+    assert len(solo.history) == 8
+    solo.train(max_epochs=1, shuffle_set_split=False)
+    assert solo.train_indices.max() < solo.validation_indices.min()

@@ -172,12 +172,17 @@ class SOLO:
         plan_kwargs: dict | None = None,
         early_stopping: bool = True,
         early_stopping_patience: int = 30,
+        early_stopping_min_delta: float = 0.0,
+        early_stopping_warmup_epochs: int = 0,
+        shuffle_set_split: bool = True,
         enable_progress_bar: bool | None = None,
         **trainer_kwargs,
     ) -> None:
         """Train the classifier (Adam, cross-entropy) on ``train_size`` of the rows, stopping after
         ``early_stopping_patience`` epochs without a better validation loss; the best epoch's weights are
-        kept. plan_kwargs: ``weight_decay`` (1e-6). ``accelerator``/``devices`` are accepted (CPU only)."""
+        kept. ``early_stopping_min_delta``: the improvement that counts; ``early_stopping_warmup_epochs``:
+        no stop before that epoch; ``shuffle_set_split=False``: the first rows train, the next validate.
+        plan_kwargs: ``weight_decay`` (1e-6). ``accelerator``/``devices`` are accepted (CPU only)."""
         unknown = sorted(set(trainer_kwargs) - {"accelerator", "devices"})
         if unknown:
             raise InvalidParameterError(f"SOLO.train() got unknown keywords {unknown}.")
@@ -192,7 +197,7 @@ class SOLO:
         if n_train + n_val > n:
             raise InvalidParameterError("validation_size must be at most 1 - train_size.")
         seed = self._seed
-        perm = np.random.default_rng([seed, 1]).permutation(n)
+        perm = np.random.default_rng([seed, 1]).permutation(n) if shuffle_set_split else np.arange(n)
         self.train_indices, self.validation_indices = np.sort(perm[:n_train]), np.sort(perm[n_train : n_train + n_val])
         progress = settings.progress_bar if enable_progress_bar is None else enable_progress_bar
         with torch.random.fork_rng(devices=[]):  # dropout follows the seed; the global stream is left alone
@@ -210,6 +215,8 @@ class SOLO:
                 early_stopping_patience if early_stopping else None,
                 seed,
                 progress=progress,
+                min_delta=early_stopping_min_delta,
+                warmup_epochs=early_stopping_warmup_epochs,
             )
         self.is_trained = True
 

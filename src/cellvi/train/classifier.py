@@ -44,13 +44,16 @@ def fit_classifier(
     early_stopping_patience: int | None,
     seed: int,
     progress: bool = True,
+    min_delta: float = 0.0,
+    warmup_epochs: int = 0,
 ) -> pd.DataFrame:
     """Train ``module`` (features X (n, d) -> logits) on the labels y (n,) int64 of ``train_idx``.
 
     Each epoch shuffles the training rows (a generator seeded with ``seed``), steps Adam over
     minibatches of ``batch_size`` and computes the mean cross-entropy (nats) of the validation rows.
-    Stops after ``early_stopping_patience`` epochs without a better validation loss (None: never) and
-    then loads the weights of the best epoch. Returns the history: one row per epoch, ``train_loss`` and
+    Stops after ``early_stopping_patience`` epochs without a validation loss ``min_delta`` below the
+    best (None: never; not within the first ``warmup_epochs``) and then loads the weights of the best
+    epoch. Returns the history: one row per epoch, ``train_loss`` and
     ``validation_loss`` (NaN without validation rows).
     """
     optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
@@ -64,11 +67,15 @@ def fit_classifier(
         bar.set_postfix(train_loss=f"{train_loss:.4f}", validation_loss=f"{val_loss:.4f}")
         monitored = val_loss if len(val_idx) else train_loss
         if monitored < best:
-            best, best_state, since_best = monitored, copy.deepcopy(module.state_dict()), 0
+            best_state = copy.deepcopy(module.state_dict())
+        if monitored < best - min_delta:
+            since_best = 0
         else:
             since_best += 1
-            if early_stopping_patience is not None and since_best >= early_stopping_patience:
+            stop = early_stopping_patience is not None and since_best >= early_stopping_patience
+            if stop and _epoch + 1 > warmup_epochs:
                 break
+        best = min(best, monitored)
     bar.close()
     if best_state is not None:
         module.load_state_dict(best_state)
