@@ -385,3 +385,9 @@ def test_posterior_predictive_sample_in_another_batch(adata):
     assert err[batches[1]] < 0.1 and err[batches[1]] < err[batches[0]] / 2  # the draws follow batch1's means
     with pytest.raises(cellvi.errors.MissingKeyError):
         model.posterior_predictive_sample(transform_batch="nowhere")
+
+
+def test_de_batchid_keywords_are_refused_by_name(adata):
+    model = SCVI(adata, n_hidden=8, n_latent=2)
+    with pytest.raises(InvalidParameterError, match="batchid1/batchid2 are not supported"):
+        model.differential_expression(groupby="cell_type", batch_correction=True, batchid1=["batch0"])

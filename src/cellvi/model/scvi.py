@@ -220,6 +220,8 @@ class SCVI(ExpressionMixin, BaseModel):
         weights: str | None = "uniform",
         filter_outlier_cells: bool = False,
         importance_weighting_kwargs: dict | None = None,
+        batchid1=None,
+        batchid2=None,
     ) -> pd.DataFrame:
         """Bayesian differential expression (Lopez et al. 2018 "vanilla"; Boyeau et al. 2019 "change").
 
@@ -256,6 +258,11 @@ class SCVI(ExpressionMixin, BaseModel):
         """
         from ._de import DERequest, differential_expression
 
+        if batchid1 is not None or batchid2 is not None:  # scvi-tools' keywords, not offered: say so
+            raise InvalidParameterError(
+                "batchid1/batchid2 are not supported: with batch_correction=True cellvi decodes both groups' "
+                "cells in every batch of the model and averages."
+            )
         request = DERequest(
             groupby=groupby,
             group1=group1,
