@@ -391,3 +391,15 @@ def test_de_batchid_keywords_are_refused_by_name(adata):
     model = SCVI(adata, n_hidden=8, n_latent=2)
     with pytest.raises(InvalidParameterError, match="batchid1/batchid2 are not supported"):
         model.differential_expression(groupby="cell_type", batch_correction=True, batchid1=["batch0"])
+
+
+def test_load_takes_scvi_tools_device_keywords(adata, tmp_path):
+    model = SCVI(adata, n_hidden=8, n_latent=2)
+    model.save(tmp_path / "m")
+    for kwargs in ({"accelerator": "cpu"}, {"device": "auto"}, {"accelerator": "auto", "device": "cpu"}):
+        assert SCVI.load(tmp_path / "m", adata, **kwargs).device.type == "cpu"
+    with pytest.raises(InvalidParameterError, match="accelerator"):
+        SCVI.load(tmp_path / "m", adata, accelerator="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidParameterError, match="no CUDA"):
+            SCVI.load(tmp_path / "m", adata, device=0)

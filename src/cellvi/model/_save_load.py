@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
+import torch
 
 from .. import __version__
 from .._settings import settings
@@ -99,15 +100,32 @@ class SaveLoadMixin:
             _archive.write_archive(final, Path(tmp) / "model", overwrite)
 
     @classmethod
-    def load(cls: type[ModelT], dir_path: str | os.PathLike, adata=None, device: str | None = None) -> ModelT:
+    def load(
+        cls: type[ModelT],
+        dir_path: str | os.PathLike,
+        adata=None,
+        device: str | int | None = None,
+        accelerator: str = "auto",
+    ) -> ModelT:
         """Load a model saved with :meth:`save`. ``adata`` must have the saved genes (in order) and
         known categories; when None, the AnnData saved in the folder is used. ``dir_path`` may also be an
         archive written by ``save(..., archive=True)`` (checked against its manifest first). Loading only
         reads JSON and safetensors: no code from the folder is ever executed.
 
         A folder saved by scvi-tools 1.x (``model.pt``) is read too, without executing anything from it
-        (see :mod:`cellvi.model._scvi_tools_format` and docs/switching.md)."""
+        (see :mod:`cellvi.model._scvi_tools_format` and docs/switching.md). ``device``: where to put it
+        (default ``settings.device``; ``"auto"`` too; a GPU index is ``"cuda:<index>"``); ``accelerator``
+        ("auto", "cpu", "gpu"/"cuda"), as scvi-tools."""
         from . import _scvi_tools_format
+
+        if accelerator not in ("auto", "cpu", "gpu", "cuda"):
+            raise InvalidParameterError(f"accelerator must be 'auto', 'cpu', 'gpu' or 'cuda', got {accelerator!r}.")
+        if device == "auto" or device is None:
+            device = None if accelerator == "auto" else ("cpu" if accelerator == "cpu" else "cuda")
+        elif isinstance(device, int):
+            device = f"cuda:{device}"
+        if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise InvalidParameterError(f"Cannot load onto {device}: this machine has no CUDA GPU.")
 
         if _archive.is_archive(dir_path):
             with _archive.opened(dir_path) as folder:
