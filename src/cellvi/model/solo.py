@@ -61,7 +61,10 @@ class SOLO:
         X = np.asarray(adata.X, dtype=np.float32)
         if not np.all(np.isfinite(X)):
             raise InvalidParameterError("SOLO's features contain NaN or infinite values.")
-        self._X = torch.as_tensor(X)
+        # standardised per feature (over all rows; no labels used): the log library (~6-10) and the
+        # latent (~0 +- 1) then enter on one scale
+        sd = X.std(0)
+        self._X = torch.as_tensor((X - X.mean(0)) / np.where(sd > 0, sd, 1.0)).float()
         self._y = torch.as_tensor((labels == "singlet").astype(np.int64))
         self._seed = (settings.seed if settings.seed is not None else 0) if seed is None else int(seed)
         with torch.random.fork_rng(devices=[]):  # the initial weights follow the seed, not the global stream

@@ -36,6 +36,12 @@ class Classifier(nn.Module):
             use_layer_norm=use_layer_norm,
         )
         self.out = nn.Linear(n_hidden, n_labels)
+        # PyTorch's default momentum, not FCLayers' 0.01: a small classifier takes few steps per epoch
+        # (400 cells and their 800 doublets: 9), and with 0.01 the running statistics that evaluation
+        # uses lagged the training batches' for dozens of epochs (SOLO then predicted the class prior)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm1d):
+                module.momentum = 0.1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.layers(x))
