@@ -69,7 +69,7 @@ class SOLO:
         self._seed = (settings.seed if settings.seed is not None else 0) if seed is None else int(seed)
         with torch.random.fork_rng(devices=[]):  # the initial weights follow the seed, not the global stream
             torch.manual_seed(self._seed)
-            self.module = Classifier(X.shape[1], len(self.classes), **classifier_kwargs)
+            self.module = Classifier(X.shape[1], len(self.classes), batch_norm_momentum=0.1, **classifier_kwargs)
         self.init_params = {"seed": self._seed, **classifier_kwargs}
         self.history = pd.DataFrame()
         self.is_trained = False

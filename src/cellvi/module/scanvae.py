@@ -15,41 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from ..distributions.gaussian import kl_normal, log_normal_density
-from ..nn import Encoder, FCLayers
-from ..nn.layers import float32
+from ..nn import Encoder
+from .classifier import Classifier
 from .vae import VAE, norm_parts
 
 CALIBRATION_BINS = 15
-
-
-class Classifier(nn.Module):
-    """``q(y | z1)``: (n_cells, n_latent) -> logits (n_cells, n_classes). With ``n_layers=0`` a linear map."""
-
-    def __init__(
-        self,
-        n_input: int,
-        n_classes: int,
-        n_hidden: int = 128,
-        n_layers: int = 1,
-        dropout_rate: float = 0.1,
-        use_batch_norm: bool = True,
-        use_layer_norm: bool = False,
-    ) -> None:
-        super().__init__()
-        self.hidden = None
-        if n_layers > 0 and n_hidden > 0:
-            self.hidden = FCLayers(
-                n_input, n_hidden, (), 0, n_layers, n_hidden, dropout_rate, True, use_batch_norm, use_layer_norm
-            )
-            n_input = n_hidden
-        self.out = nn.Linear(n_input, n_classes)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return float32(self.out(self.hidden(z) if self.hidden is not None else z))
 
 
 class SCANVAE(VAE):
