@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anndata
+import pandas as pd
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -49,6 +50,40 @@ def staged_folder(dir_path: str | os.PathLike, overwrite: bool):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def model_meta(model, model_class: str, registry: dict | None, **more) -> dict:
+    """The ``model.json`` description of ``model`` (its ``init_params``, ``is_trained`` and ``history``),
+    as :func:`write_folder` writes it."""
+    history = model.history
+    return {
+        "format": FORMAT,
+        "cellvi_version": __version__,
+        "model_class": model_class,
+        "init_params": model.init_params,
+        "registry": registry,
+        "is_trained": model.is_trained,
+        "history": json.loads(history.reset_index().to_json(orient="records")) if len(history) else [],
+        **more,
+    }
+
+
+def saved_history(meta: dict) -> pd.DataFrame | None:
+    """The training history that :func:`model_meta` recorded (None when there was none)."""
+    return pd.DataFrame(meta["history"]).set_index("epoch") if meta.get("history") else None
+
+
+def write_folder(dir_path, overwrite: bool, module: torch.nn.Module, meta: dict, adata=None) -> None:
+    """Write a model folder: the module's weights, ``adata`` when given, and ``meta`` with the SHA-256 of
+    those files, staged beside ``dir_path`` and renamed into place (:func:`staged_folder`)."""
+    with staged_folder(dir_path, overwrite) as tmp:
+        write_weights(tmp, module.state_dict())
+        names = [WEIGHTS_NAME]
+        if adata is not None:
+            adata.write_h5ad(tmp / ADATA_NAME)
+            names.append(ADATA_NAME)
+        meta["sha256"] = {name: sha256(tmp / name) for name in names}
+        (tmp / META_NAME).write_text(json.dumps(meta, indent=1))
 
 
 def sha256(path: Path) -> str:

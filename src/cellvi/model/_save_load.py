@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pandas as pd
 import torch
 
-from .. import __version__
 from .._settings import settings
 from ..errors import InvalidParameterError, ModelFileError
 from ..train import distributed
@@ -69,27 +68,10 @@ class SaveLoadMixin:
             raise InvalidParameterError(f"format must be 'cellvi' or 'scvi-tools', got {format!r}.")
         if archive:
             return distributed.on_main(lambda: self._save_archive(Path(dir_path), overwrite, save_anndata))
-        meta = {
-            "format": _files.FORMAT,
-            "cellvi_version": __version__,
-            "model_class": type(self).__name__,
-            "init_params": self.init_params,
-            "registry": json.loads(self.registry.to_json()),
-            "is_trained": self.is_trained,
-            "history": json.loads(self.history.reset_index().to_json(orient="records")) if len(self.history) else [],
-            "extras": self._saved_extras(),
-        }
-        distributed.on_main(lambda: self._save(dir_path, overwrite, save_anndata, meta))
-
-    def _save(self, dir_path, overwrite: bool, save_anndata: bool, meta: dict) -> None:
-        with _files.staged_folder(dir_path, overwrite) as tmp:
-            _files.write_weights(tmp, self.module.state_dict())
-            names = [_files.WEIGHTS_NAME]
-            if save_anndata:
-                self.adata.write_h5ad(tmp / _files.ADATA_NAME)
-                names.append(_files.ADATA_NAME)
-            meta["sha256"] = {name: _files.sha256(tmp / name) for name in names}
-            (tmp / _files.META_NAME).write_text(json.dumps(meta, indent=1))
+        registry = json.loads(self.registry.to_json())
+        meta = _files.model_meta(self, type(self).__name__, registry, extras=self._saved_extras())
+        adata = self.adata if save_anndata else None
+        distributed.on_main(lambda: _files.write_folder(dir_path, overwrite, self.module, meta, adata))
 
     def _save_archive(self, final: Path, overwrite: bool, save_anndata: bool) -> None:
         """Write the model as one checksummed zip (see ``save(archive=True)``)."""
@@ -158,8 +140,9 @@ class SaveLoadMixin:
         model.module.to(model.device)
         model.module.eval()
         model.is_trained = bool(meta.get("is_trained", True))
-        if meta.get("history"):
-            model.history = pd.DataFrame(meta["history"]).set_index("epoch")
+        history = _files.saved_history(meta)
+        if history is not None:
+            model.history = history
         model._restore_extras(meta.get("extras") or {})
         return model
 

@@ -18,7 +18,6 @@ features with the classifier.
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import anndata
@@ -27,7 +26,6 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .. import __version__
 from .._settings import settings
 from ..data.matrix import count_matrix
 from ..errors import InvalidParameterError, MissingKeyError, ModelFileError, NotSetUpError
@@ -240,20 +238,7 @@ class SOLO:
         """Save the classifier (``model.safetensors``), its settings and history (``model.json``) and its
         features with their singlet/doublet labels (``adata.h5ad``, cells x (n_latent + 1): small, and
         what :meth:`predict` reads, so always written; ``save_anndata`` is accepted for scvi-tools' call)."""
-        meta = {
-            "format": _files.FORMAT,
-            "cellvi_version": __version__,
-            "model_class": "SOLO",
-            "init_params": self.init_params,
-            "registry": None,
-            "is_trained": self.is_trained,
-            "history": json.loads(self.history.reset_index().to_json(orient="records")) if len(self.history) else [],
-        }
-        with _files.staged_folder(dir_path, overwrite) as tmp:
-            _files.write_weights(tmp, self.module.state_dict())
-            self.adata.write_h5ad(tmp / _files.ADATA_NAME)
-            meta["sha256"] = {name: _files.sha256(tmp / name) for name in (_files.WEIGHTS_NAME, _files.ADATA_NAME)}
-            (tmp / _files.META_NAME).write_text(json.dumps(meta, indent=1))
+        _files.write_folder(dir_path, overwrite, self.module, _files.model_meta(self, "SOLO", None), self.adata)
 
     @classmethod
     def load(cls, dir_path, adata=None) -> SOLO:
@@ -270,8 +255,9 @@ class SOLO:
         _files.load_weights_into(solo.module, dir_path, meta)
         solo.module.eval()
         solo.is_trained = bool(meta.get("is_trained", True))
-        if meta.get("history"):
-            solo.history = pd.DataFrame(meta["history"]).set_index("epoch")
+        history = _files.saved_history(meta)
+        if history is not None:
+            solo.history = history
         return solo
 
     def __repr__(self) -> str:
