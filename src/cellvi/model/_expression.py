@@ -217,12 +217,12 @@ class ExpressionMixin:
         _check_positive("rna_size_factor", rna_size_factor)
         mats = []
         for code in self._batch_codes(transform_batch):
-            draws = [
+            draws = [  # each minibatch read once, its n_samples draws taken together (row order is immaterial)
                 self.module.sample_counts(batch, code, float(rna_size_factor), denoised=True).cpu().numpy()
-                for _ in range(n_samples)
                 for batch in self._batches(adata, indices, batch_size)
+                for _ in range(n_samples)
             ]
-            flat = np.concatenate(draws)  # (n_samples * n_cells, n_genes)
+            flat = np.concatenate(draws)  # (n_cells * n_samples, n_genes)
             if correlation_type == "spearman":
                 flat = stats.rankdata(flat, axis=0)
             with np.errstate(invalid="ignore", divide="ignore"):  # a constant gene has no correlation: NaN
