@@ -30,7 +30,7 @@ class VAEOutputs:
         """Library size l (counts), (n_cells, 1): the observed total (or size factor) when observed; when
         latent, the mean exp(m + v / 2) of the log-normal q(l | x), or a sample of it."""
         inf = self.inference(batch, sample=not give_mean)
-        if self.use_observed_lib_size or not give_mean or "ql_m" not in inf:
+        if not give_mean or "ql_m" not in inf:  # observed library: no q(l | x), the total itself
             return torch.exp(inf["library"])
         return torch.exp(inf["ql_m"] + inf["ql_v"] / 2)
 
