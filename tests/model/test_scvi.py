@@ -34,6 +34,18 @@ def test_workflow_stores_latent_and_history(small_adata):
     assert model.history_["train_loss"].index.name == "epoch"
 
 
+def test_summary_says_what_the_model_is(small_adata):
+    one_batch = small_adata.copy()
+    SCVI.setup_anndata(small_adata, batch_key="batch")
+    model = SCVI(small_adata, n_latent=4)
+    text = model.summary_string
+    assert text == repr(model)
+    assert "n_latent=4" in text and "400 cells x 100 genes, 2 batches, 1 label;" in text
+    assert text.endswith("trained: False")
+    SCVI.setup_anndata(one_batch)
+    assert ", 1 batch, 1 label;" in repr(SCVI(one_batch))
+
+
 def test_check_val_every_n_epoch(small_adata):
     cellvi.model.SCVI.setup_anndata(small_adata, batch_key="batch")
     model = cellvi.model.SCVI(small_adata, n_latent=5, n_hidden=32)

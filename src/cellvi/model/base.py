@@ -87,11 +87,22 @@ class BaseModel(InferenceMixin, SaveLoadMixin, ScviToolsCompat):
 
     def __repr__(self) -> str:
         s = self.registry.summary
+
+        def count(n: int, one: str, many: str) -> str:
+            return f"{n} {one if n == 1 else many}"
+
         params = ", ".join(f"{k}={v!r}" for k, v in self.init_params.items())
         return (
-            f"{type(self).__name__}({params})\n  data: {s['n_cells']} cells x {s['n_vars']} genes, "
-            f"{s['n_batch']} batches, {s['n_labels']} labels; trained: {self.is_trained}"
+            f"{type(self).__name__}({params})\n  data: {count(s['n_cells'], 'cell', 'cells')} x "
+            f"{count(s['n_vars'], 'gene', 'genes')}, {count(s['n_batch'], 'batch', 'batches')}, "
+            f"{count(s['n_labels'], 'label', 'labels')}; trained: {self.is_trained}"
         )
+
+    @property
+    def summary_string(self) -> str:
+        """What ``print(model)`` shows: the model's arguments, its data and whether it is trained (as
+        scvi-tools' ``model.summary_string``)."""
+        return repr(self)
 
     # ------------------------------------------------------------------ data
     def _cell_data(self, adata=None) -> CellData:
