@@ -125,19 +125,23 @@ def register(sub) -> None:
     demo.set_defaults(func=demo_command, batch_key="batch", labels_key="cell_type", root_group=None)
 
 
-def _check_doublets(args) -> None:
+def _start(args) -> tuple[int | None, Path, Steps]:
+    """What `run` and `demo` check first. Returns torchrun's exit code in the process that launched
+    ``--nproc N`` workers (None in a worker or without --nproc), the output folder and the step timer."""
     if getattr(args, "doublets", False) and getattr(args, "nproc", 1) > 1:  # before torchrun starts anything
         raise CliError("--doublets runs in one process; drop --nproc or --doublets")
-
-
-def run_command(args) -> int:
-    _check_doublets(args)
-    if (rc := dist_run.launch_or_join(args)) is not None:  # --nproc N: torchrun runs this in N processes
-        return rc
+    if (rc := dist_run.launch_or_join(args)) is not None:
+        return rc, Path(args.out), Steps(quiet=True)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise CliError(f"{out} already exists; pass --overwrite to replace it")
-    steps = Steps(quiet=args.no_progress)
+    return None, out, Steps(quiet=args.no_progress)
+
+
+def run_command(args) -> int:
+    rc, out, steps = _start(args)
+    if rc is not None:
+        return rc
     with steps.step("read input"):
         adata = read_input(args.input, args.layer)
     run_pipeline(adata, args, out, steps, source=str(args.input))
@@ -147,13 +151,9 @@ def run_command(args) -> int:
 def demo_command(args) -> int:
     from ..data import simulate_trajectory
 
-    _check_doublets(args)
-    if (rc := dist_run.launch_or_join(args)) is not None:  # --nproc N: torchrun runs this in N processes
+    rc, out, steps = _start(args)
+    if rc is not None:
         return rc
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise CliError(f"{out} already exists; pass --overwrite to replace it")
-    steps = Steps(quiet=args.no_progress)
     with steps.step("simulate"):
         adata = simulate_trajectory(n_cells=args.n_cells, n_genes=args.n_genes, n_batches=3, seed=args.seed)
     if args.root_cell is None:
